@@ -1,0 +1,145 @@
+"""DTOKDConfig: TrainingArguments plus the teacher, the distillation signal and the trade-off method."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .balancing import METHODS, RESCALE_RULES
+
+GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters",)
+
+
+@dataclass
+class DTOKDConfig(TrainingArguments):
+    r"""Configuration of [`DTOKDTrainer`]: every field of `TrainingArguments` plus the ones below.
+
+    Every field has help text, so `HfArgumentParser((DTOKDConfig,))` turns them into command-line
+    flags. Defaults that differ from `TrainingArguments`: `logging_steps=10`, `report_to="none"`.
+
+    The trade-off `method`:
+
+    * `"dto"` (default): exact DTO-KD, the closed-form `pi` from the per-loss log-gradients,
+      taken at `gradient_placement` (all trainable student parameters);
+    * `"dto_amortized"`: DTO-KD's amortized form (FAMO with two objectives), one backward per
+      micro-batch plus one no-grad student forward per optimizer step;
+    * `"fixed"`: Hinton KD, `alpha * L_distill + (1 - alpha) * L_task`.
+    """
+
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id (e.g. 'microsoft/resnet-50', 'timm/resnet18.a1_in1k') or local folder of the teacher. "
+            "Used when the trainer is not given a teacher model instance."
+        },
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for the teacher's from_pretrained, as a dict or a JSON string "
+            '(e.g. \'{"revision": "main", "dtype": "bfloat16"}\').'
+        },
+    )
+    teacher_label_indices: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "When teacher and student label spaces differ: for each student class i, the teacher's class "
+            "index whose logit stands for it (length = student num_labels)."
+        },
+    )
+    temperature: float = field(
+        default=4.0, metadata={"help": "Distillation temperature T > 0 of the logit KL (scaled by T^2)."}
+    )
+    method: str = field(
+        default="dto",
+        metadata={
+            "help": "Trade-off between the task and distillation losses.",
+            "choices": list(METHODS),
+        },
+    )
+    alpha: float = field(
+        default=0.5,
+        metadata={"help": "Distillation weight in [0, 1] for method='fixed' (task weight is 1 - alpha)."},
+    )
+    gradient_placement: str = field(
+        default="parameters",
+        metadata={
+            "help": "Where method='dto' takes its per-loss gradients: 'parameters' = all trainable student "
+            "parameters (exact).",
+            "choices": list(GRADIENT_PLACEMENTS),
+        },
+    )
+    rescale: str = field(
+        default="famo",
+        metadata={
+            "help": "Scale of the balanced gradient: 'famo' divides by c = sum_i pi_i / L_i so the raw-loss weights "
+            "sum to 1 (learning rates and max_grad_norm keep their meaning); 'none' is the paper's literal g*.",
+            "choices": list(RESCALE_RULES),
+        },
+    )
+    min_loss: float = field(
+        default=0.0,
+        metadata={
+            "help": "Lower bound subtracted before the log: log(L - min_loss + eps). Set it for negative losses."
+        },
+    )
+    eps: float = field(
+        default=1e-8, metadata={"help": "eps > 0 in log(L - min_loss + eps); keeps a zero loss finite."}
+    )
+    tradeoff_learning_rate: float = field(
+        default=0.025,
+        metadata={"help": "Adam learning rate of the amortized trade-off logits (dto_amortized)."},
+    )
+    tradeoff_weight_decay: float = field(
+        default=0.01,
+        metadata={"help": "Adam weight decay of the amortized trade-off logits (dto_amortized)."},
+    )
+    logging_steps: float = field(
+        default=10,
+        metadata={
+            "help": "Log every X updates steps (an integer, or a float in (0, 1) for a ratio of total steps)."
+        },
+    )
+    report_to: None | str | list[str] = field(
+        default="none",
+        metadata={"help": "Integrations to report results and logs to ('none', 'tensorboard', ...)."},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher_model_init_kwargs, str):
+            try:
+                self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f'teacher_model_init_kwargs is not valid JSON ({error}); pass e.g. \'{{"revision": "main"}}\''
+                ) from error
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid values: {', '.join(METHODS)}")
+        if self.rescale not in RESCALE_RULES:
+            raise ValueError(
+                f"unknown rescale rule {self.rescale!r}; valid values: {', '.join(RESCALE_RULES)}"
+            )
+        if self.gradient_placement not in GRADIENT_PLACEMENTS:
+            raise ValueError(
+                f"unknown gradient_placement {self.gradient_placement!r}; valid values: {', '.join(GRADIENT_PLACEMENTS)}"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(
+                f"alpha must lie in [0, 1] (the distillation weight of method='fixed'), got {self.alpha}"
+            )
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0 (it keeps log(L - min_loss + eps) finite), got {self.eps}")
+        if not self.tradeoff_learning_rate > 0:
+            raise ValueError(f"tradeoff_learning_rate must be > 0, got {self.tradeoff_learning_rate}")
+        if self.tradeoff_weight_decay < 0:
+            raise ValueError(f"tradeoff_weight_decay must be >= 0, got {self.tradeoff_weight_decay}")
+        if self.teacher_label_indices is not None and any(i < 0 for i in self.teacher_label_indices):
+            raise ValueError(
+                f"teacher_label_indices must be class indices >= 0, got {self.teacher_label_indices}"
+            )
+        super().__post_init__()

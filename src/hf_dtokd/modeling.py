@@ -1,0 +1,108 @@
+"""Loading students and teachers (transformers and timm models) and checking they can be paired."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+
+OFFLINE_HINT = (
+    "If this machine is offline, download the model elsewhere and pass its local folder (saved with "
+    "save_pretrained), or set HF_HUB_OFFLINE=1 with the model already in the Hugging Face cache."
+)
+
+
+def load_image_classifier(name_or_path: str, role: str, **init_kwargs: Any) -> PreTrainedModel:
+    """``AutoModelForImageClassification.from_pretrained`` (``timm/...`` ids load through TimmWrapper).
+
+    ``role`` ("teacher" / "student") names the model in the error raised when it cannot be loaded.
+    """
+    try:
+        return AutoModelForImageClassification.from_pretrained(name_or_path, **init_kwargs)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"could not load the {role} {name_or_path!r}: {error}\n{OFFLINE_HINT}") from error
+
+
+def load_image_processor(name_or_path: str) -> Any | None:
+    """The image processor saved beside a model, or None when the model has none."""
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def prepare_frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode and no gradients: what a teacher must be before any forward."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+_DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+def _named_labels(model: PreTrainedModel) -> dict[int, str] | None:
+    id2label = getattr(model.config, "id2label", None) or {}
+    labels = {int(k): str(v) for k, v in id2label.items()}
+    if not labels or all(_DEFAULT_LABEL.match(v) for v in labels.values()):
+        return None
+    return labels
+
+
+def num_labels(model: PreTrainedModel) -> int:
+    return int(model.config.num_labels)
+
+
+def check_label_spaces(
+    student: PreTrainedModel, teacher: PreTrainedModel, teacher_label_indices: list[int] | None
+) -> torch.Tensor | None:
+    """Raise unless the teacher's logits can be compared class by class with the student's.
+
+    Returns the index tensor that selects, for each student class, the teacher's logit (None when the
+    label spaces are identical).
+    """
+    n_student, n_teacher = num_labels(student), num_labels(teacher)
+    if teacher_label_indices is not None:
+        if len(teacher_label_indices) != n_student:
+            raise ValueError(
+                f"teacher_label_indices has {len(teacher_label_indices)} entries but the student has {n_student} "
+                "classes; give one teacher class index per student class"
+            )
+        bad = [i for i in teacher_label_indices if not 0 <= i < n_teacher]
+        if bad:
+            raise ValueError(
+                f"teacher_label_indices {bad} are outside the teacher's classes [0, {n_teacher})"
+            )
+        return torch.tensor(teacher_label_indices, dtype=torch.long)
+    if n_student != n_teacher:
+        raise ValueError(
+            f"the teacher has {n_teacher} classes and the student {n_student}: their label spaces differ. Give the "
+            "student the teacher's id2label, or pass teacher_label_indices (one teacher class per student class)"
+        )
+    student_labels, teacher_labels = _named_labels(student), _named_labels(teacher)
+    if student_labels is not None and teacher_labels is not None and student_labels != teacher_labels:
+        diff = {
+            i: (student_labels.get(i), teacher_labels.get(i))
+            for i in student_labels
+            if student_labels.get(i) != teacher_labels.get(i)
+        }
+        shown = dict(list(diff.items())[:5])
+        raise ValueError(
+            f"student and teacher id2label differ at {len(diff)} classes (student, teacher): {shown}. Pass "
+            "teacher_label_indices to map student classes to teacher classes, or align the configs' id2label"
+        )
+    return None
+
+
+def classification_logits(outputs: Any) -> torch.Tensor:
+    """The logits of an image classifier's output (a ModelOutput, a dict or a tensor)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    logits = outputs["logits"] if isinstance(outputs, dict) or hasattr(outputs, "keys") else None
+    if logits is None:
+        raise ValueError(
+            f"the model returned {type(outputs).__name__} without 'logits'; an image classifier is needed"
+        )
+    return logits

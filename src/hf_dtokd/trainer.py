@@ -1,0 +1,379 @@
+"""DTOKDTrainer: a transformers.Trainer whose training step balances task and distillation every step.
+
+The trainer orchestrates; the maths lives elsewhere: losses in ``losses/``, trade-off methods in
+``balancing/``, per-loss gradients in ``gradients.py``, the teacher's inputs in ``teacher_inputs.py``.
+
+One optimizer step (an accumulation window of ``n`` micro-batches) runs:
+
+* every micro-batch: the student forward, the frozen teacher forward under ``no_grad``, the
+  float32 losses ``(L_distill, L_task)`` (per-micro-batch means, divided by ``n``), then
+
+  - gradient methods (``dto``): ``autograd.grad`` of ``L_distill`` into a buffer, then the single
+    ``accelerator.backward(L_task)``;
+  - weighted-loss methods (``fixed``, ``dto_amortized``): raw-loss weights from the current ``pi``
+    (and the process-averaged losses), then the single ``accelerator.backward(w . L)``;
+
+* on the window's last micro-batch (``accelerator.sync_gradients``): for ``dto``, the buffer is
+  averaged over processes, ``pi`` is computed from the Gram of the two window gradients and
+  ``.grad`` becomes the balanced gradient; the Trainer then clips and steps as usual. For
+  ``dto_amortized``, after the optimizer step the window is re-forwarded without grad and the
+  trade-off logits take one Adam step (see ``balancing/famo.py``).
+
+The loss returned to the Trainer (and logged as ``loss``) is the balanced raw-loss objective
+``sum_i w_i L_i`` of the step; ``task_loss``, ``distill_loss``, ``pi_distill``, ``grad_cos`` and
+``grad_norm_ratio`` are logged beside it, averaged over the logging interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .balancing import OBJECTIVES, Balancer, build_balancer
+from .config import DTOKDConfig
+from .gradients import WindowGradients
+from .losses import logit_kd_loss, task_cross_entropy
+from .metrics import classification_metrics
+from .modeling import (
+    check_label_spaces,
+    classification_logits,
+    load_image_classifier,
+    load_image_processor,
+    num_labels,
+    prepare_frozen,
+)
+from .teacher_inputs import PixelSpace, TeacherInputConverter
+
+logger = logging.getLogger(__name__)
+
+BALANCER_STATE_NAME = "dtokd_state.pt"
+TEACHER_PIXELS = "teacher_pixel_values"
+LABEL_COLUMNS = ("labels", "label")
+
+
+class _LookAheadCallback(TrainerCallback):
+    """Runs the amortized methods' same-batch look-ahead right after ``optimizer.step()``."""
+
+    def __init__(self, trainer: DTOKDTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._look_ahead_update()
+
+
+class DTOKDTrainer(Trainer):
+    """Knowledge distillation for image classifiers, balanced by DTO-KD (or a baseline) every step.
+
+    Args:
+        model: the student (any ``AutoModelForImageClassification`` model, timm models included).
+        args: a [`DTOKDConfig`].
+        teacher_model: the teacher as a model instance, a Hub id or a local folder; defaults to
+            ``args.teacher_model_name_or_path``. It is put in eval mode, frozen and placed by
+            accelerate (never wrapped in DDP).
+        balancer: a custom trade-off method (a ``Balancer``); defaults to ``args.method``.
+        teacher_processing_class: the teacher's image processor. With the student's
+            ``processing_class`` it defines how student pixels are converted for the teacher
+            (resize and re-normalise). Loaded from the teacher's folder / Hub id when not given.
+            A batch column ``teacher_pixel_values`` overrides the conversion.
+        Everything else is passed to ``transformers.Trainer``; ``compute_metrics`` defaults to top-1
+        (and top-5 with more than five classes) accuracy.
+    """
+
+    # Both losses are per-micro-batch means that this class divides by the accumulation steps itself.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: DTOKDConfig | None = None,
+        teacher_model: nn.Module | str | None = None,
+        balancer: Balancer | None = None,
+        teacher_processing_class: Any | None = None,
+        compute_metrics: Callable[..., dict[str, float]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            args = DTOKDConfig(output_dir="trainer_output")
+        if not isinstance(args, DTOKDConfig):
+            raise TypeError(
+                f"args must be a DTOKDConfig (got {type(args).__name__}); build it like TrainingArguments, e.g. "
+                "DTOKDConfig(output_dir=..., method='dto')"
+            )
+        if model is None:
+            raise ValueError("DTOKDTrainer needs the student model (model=...)")
+        teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        if teacher_model is None:
+            raise ValueError(
+                "no teacher: pass teacher_model=... or set DTOKDConfig.teacher_model_name_or_path"
+            )
+        if isinstance(teacher_model, str):
+            teacher_id = teacher_model
+            teacher_model = load_image_classifier(
+                teacher_id, "teacher", **(args.teacher_model_init_kwargs or {})
+            )
+            if teacher_processing_class is None:
+                teacher_processing_class = load_image_processor(teacher_id)
+        elif args.teacher_model_init_kwargs:
+            raise ValueError(
+                "teacher_model_init_kwargs is set but the teacher was given as an instance; the kwargs would be "
+                "ignored. Pass the teacher as a Hub id / path, or drop the kwargs"
+            )
+
+        super().__init__(
+            model=model,
+            args=args,
+            compute_metrics=compute_metrics if compute_metrics is not None else classification_metrics,
+            **kwargs,
+        )
+        self.teacher_label_index = check_label_spaces(self.model, teacher_model, args.teacher_label_indices)
+        self.teacher = self._prepare_teacher(teacher_model)
+        self.teacher_inputs = self._build_teacher_input_converter(teacher_processing_class)
+        self.balancer = (balancer if balancer is not None else build_balancer(args)).to(self.args.device)
+        if self.balancer.needs_gradients:
+            self._check_gradient_method_supported()
+        if self.balancer.needs_look_ahead:
+            self.add_callback(_LookAheadCallback(self))
+        if self.train_dataset is not None:
+            self._check_dataset_labels(self.train_dataset, "train_dataset")
+
+        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._nonfinite_losses = torch.zeros((), dtype=torch.long, device=self.args.device)
+        self._window_gradients: WindowGradients | None = None
+        self._window_losses: torch.Tensor | None = None
+        self._window_batches: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
+        self._window_model: nn.Module | None = None
+        self._window_open = False
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        if self.is_deepspeed_enabled:
+            raise NotImplementedError(
+                "DeepSpeed teacher preparation is not implemented yet (tracked in the multi-GPU issue); "
+                "launch with DDP or FSDP meanwhile"
+            )
+        teacher = prepare_frozen(teacher)
+        return prepare_frozen(self.accelerator.prepare_model(teacher, evaluation_mode=True))
+
+    def _build_teacher_input_converter(self, teacher_processor: Any | None) -> TeacherInputConverter | None:
+        student_processor = self.processing_class
+        if student_processor is None or teacher_processor is None:
+            logger.info(
+                "DTOKDTrainer: the teacher receives the student's pixel_values unchanged (%s image processor "
+                "missing). Pass processing_class and teacher_processing_class to resize / re-normalise, or add "
+                "a 'teacher_pixel_values' column.",
+                "student" if student_processor is None else "teacher",
+            )
+            return None
+        converter = TeacherInputConverter(
+            PixelSpace.from_processor(student_processor), PixelSpace.from_processor(teacher_processor)
+        )
+        return None if converter.is_identity else converter
+
+    def _check_gradient_method_supported(self) -> None:
+        if self.args.fp16:
+            raise ValueError(
+                "method='dto' combines per-loss gradients itself and does not support fp16 loss scaling; "
+                "use bf16=True, or method='dto_amortized'"
+            )
+
+    def _check_dataset_labels(self, dataset: Any, name: str) -> None:
+        columns = getattr(dataset, "column_names", None)
+        if columns is None:  # a torch Dataset: labels are checked batch by batch instead
+            return
+        column = next((c for c in LABEL_COLUMNS if c in columns), None)
+        if column is None:
+            raise ValueError(
+                f"{name} has no 'labels' or 'label' column (columns: {columns}); add the class index column"
+            )
+        values = np.asarray(dataset[column])
+        self._check_label_values(values, f"{name} column {column!r}")
+
+    def _check_label_values(self, values: np.ndarray, where: str) -> None:
+        if values.size == 0:
+            return
+        n = num_labels(self.accelerator.unwrap_model(self.model))
+        bad = values[(values < 0) | (values >= n)]
+        if bad.size:
+            raise ValueError(
+                f"{where} holds label {bad.flat[0]} outside [0, {n}) for a student with num_labels={n}; "
+                "fix the labels or build the student with the dataset's number of classes"
+            )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if TEACHER_PIXELS not in self._signature_columns:
+            self._signature_columns.append(TEACHER_PIXELS)
+
+    # ------------------------------------------------------------------ forward pieces
+    def _split_batch(
+        self, inputs: dict[str, Any]
+    ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor | None]:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError(
+                f"the batch has no 'labels' (keys: {sorted(inputs)}); the dataset needs a 'label' or 'labels' "
+                "column with class indices"
+            )
+        if isinstance(labels, torch.Tensor) and labels.device.type == "cpu":  # checked without a device sync
+            self._check_label_values(labels.numpy(), "the batch's 'labels'")
+        teacher_pixels = inputs.pop(TEACHER_PIXELS, None)
+        inputs = self._prepare_inputs(inputs)
+        labels = self._prepare_inputs({"labels": labels})["labels"]
+        if teacher_pixels is not None:
+            teacher_pixels = self._prepare_inputs({TEACHER_PIXELS: teacher_pixels})[TEACHER_PIXELS]
+        return inputs, labels, teacher_pixels
+
+    def _teacher_logits(
+        self, pixel_values: torch.Tensor, teacher_pixels: torch.Tensor | None
+    ) -> torch.Tensor:
+        if teacher_pixels is None:
+            teacher_pixels = (
+                pixel_values if self.teacher_inputs is None else self.teacher_inputs(pixel_values)
+            )
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = classification_logits(self.teacher(pixel_values=teacher_pixels))
+        if self.teacher_label_index is not None:
+            logits = logits[:, self.teacher_label_index.to(logits.device)]
+        return logits.detach()
+
+    def _losses(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """``(L_distill, L_task)`` in float32, in ``OBJECTIVES`` order."""
+        distill = logit_kd_loss(student_logits, teacher_logits, self.args.temperature)
+        task = task_cross_entropy(student_logits, labels, self.args.label_smoothing_factor)
+        return torch.stack([distill, task])
+
+    def _reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return tensor
+        return self.accelerator.reduce(tensor.clone(), reduction="mean")
+
+    # ------------------------------------------------------------------ the step
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        student_inputs, labels, teacher_pixels = self._split_batch(inputs)
+        steps = self.current_gradient_accumulation_steps
+        if not self._window_open:
+            self._open_window(model)
+
+        with self.compute_loss_context_manager():
+            student_logits = classification_logits(model(**student_inputs))
+        teacher_logits = self._teacher_logits(student_inputs["pixel_values"], teacher_pixels)
+        losses = self._losses(student_logits, teacher_logits, labels)
+        self._window_losses += losses.detach() / steps
+
+        if self.balancer.needs_gradients:
+            self._window_gradients.accumulate(losses[0] / steps)
+            self.accelerator.backward(losses[1] / steps)
+            logged = torch.zeros((), device=losses.device)
+        else:
+            weights = self.balancer.loss_weights(self._reduce_mean(losses.detach()))
+            self.accelerator.backward((weights * losses).sum() / steps)
+            logged = (weights * losses.detach()).sum() / steps
+            if self.balancer.needs_look_ahead:
+                self._window_batches.append((student_inputs, teacher_logits, labels))
+
+        if self.accelerator.sync_gradients:
+            logged = self._close_window(logged)
+        return logged
+
+    def _open_window(self, model: nn.Module) -> None:
+        if self.balancer.needs_gradients:
+            if self._window_gradients is None:
+                self._window_gradients = WindowGradients(model.parameters())
+            self._window_gradients.reset()
+        self._window_losses = torch.zeros(len(OBJECTIVES), device=self.args.device)
+        self._window_batches = []
+        self._window_model = model
+        self._window_open = True
+
+    def _close_window(self, logged: torch.Tensor) -> torch.Tensor:
+        """Once per optimizer step: reduce the window's losses, set pi (gradient methods), record metrics."""
+        self._window_open = False
+        window_losses = self._reduce_mean(self._window_losses)
+        self._window_losses = window_losses
+        self._nonfinite_losses += (~torch.isfinite(window_losses).all()).long()
+        if self.balancer.needs_gradients:
+            gradients = self._window_gradients
+            gradients.all_reduce_mean(self.accelerator)
+            gram = gradients.gram_with_grad()
+            self.balancer.update_from_gram(gram, window_losses)
+            weights = self.balancer.loss_weights(window_losses)
+            gradients.combine_into_grad(weights[0], weights[1])
+            logged = (weights * window_losses).sum()
+            norms = gram.diagonal().sqrt()
+            tiny = torch.finfo(torch.float64).tiny
+            self._metrics["grad_cos"].append(gram[0, 1] / (norms[0] * norms[1]).clamp_min(tiny))
+            self._metrics["grad_norm_ratio"].append(norms[0] / norms[1].clamp_min(tiny))
+        self._metrics["distill_loss"].append(window_losses[0])
+        self._metrics["task_loss"].append(window_losses[1])
+        self._metrics["pi_distill"].append(self.balancer.pi[0])
+        return logged
+
+    def _look_ahead_update(self) -> None:
+        """Amortized methods: losses of the same window after the optimizer step, then the pi update."""
+        if not self._window_batches:
+            return
+        model = self._window_model
+        after = torch.zeros(len(OBJECTIVES), device=self.args.device)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            for student_inputs, teacher_logits, labels in self._window_batches:
+                logits = classification_logits(model(**student_inputs))
+                after += self._losses(logits, teacher_logits, labels)
+        after = self._reduce_mean(after / len(self._window_batches))
+        self.balancer.update(self._window_losses, after)
+        self._window_batches = []
+
+    # ------------------------------------------------------------------ evaluation
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The student's task loss (cross-entropy), used by ``evaluate`` / ``predict``."""
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        inputs.pop(TEACHER_PIXELS, None)
+        outputs = model(**inputs)
+        loss = task_cross_entropy(classification_logits(outputs), labels, self.args.label_smoothing_factor)
+        return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------ logging and checkpoints
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metrics:
+            for name, values in self._metrics.items():
+                logs[name] = torch.stack([v.detach().double() for v in values]).mean().item()
+            logs["nonfinite_losses"] = int(self._nonfinite_losses.item())
+            logs["tradeoff_skipped"] = int(self.balancer.nonfinite_events.item())
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            state = {"balancer": self.balancer.state_dict(), "nonfinite_losses": self._nonfinite_losses.cpu()}
+            torch.save(state, os.path.join(output_dir, BALANCER_STATE_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, BALANCER_STATE_NAME) if checkpoint else None
+        if path and os.path.isfile(path):
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            self.balancer.load_state_dict(state["balancer"])
+            self._nonfinite_losses = state["nonfinite_losses"].to(self.args.device)
