@@ -8,7 +8,7 @@ from transformers import EvalPrediction
 
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Share of rows whose label is among the k largest logits (ties count against the label)."""
+    """Share of rows whose label has fewer than k logits strictly above it (ties go to the label)."""
     if logits.ndim != 2:
         raise ValueError(f"expected logits of shape (N, num_classes), got {logits.shape}")
     label_logit = logits[np.arange(len(labels)), labels]

@@ -15,6 +15,7 @@ mode solves in closed form. A non-finite ``delta`` skips the ``xi`` update and c
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -81,12 +82,12 @@ class FAMO(Balancer):
     def state_dict(self) -> dict[str, Any]:
         return {
             "xi": self.xi.detach().cpu(),
-            "optimizer": self._optimizer.state_dict(),
+            "optimizer": copy.deepcopy(self._optimizer.state_dict()),  # Adam's state_dict shares its moments
             "nonfinite_events": self.nonfinite_events.cpu(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.xi.copy_(state["xi"].to(self.xi.device))
-        self._optimizer.load_state_dict(state["optimizer"])
+        self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.nonfinite_events = state["nonfinite_events"].to(self.nonfinite_events.device)

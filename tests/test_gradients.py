@@ -1,0 +1,67 @@
+"""WindowGradients: accumulation over micro-batches, the Gram, the combination into .grad."""
+
+import torch
+
+from hf_dtokd.gradients import WindowGradients
+
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+
+
+def flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def test_accumulates_the_window_gradient_and_leaves_grad_untouched():
+    model = make_model()
+    x = torch.randn(6, 3)
+    window = WindowGradients(model.parameters())
+    for chunk in x.split(3):
+        window.accumulate(model(chunk).pow(2).mean() / 2)
+    assert all(p.grad is None for p in model.parameters())
+    expected = torch.autograd.grad(model(x).pow(2).mean(), list(model.parameters()))
+    assert torch.allclose(window.buffer, flat(expected), atol=1e-6)
+
+
+def test_gram_and_combination_against_explicit_vectors():
+    model = make_model()
+    x = torch.randn(5, 3)
+    out = model(x)
+    loss_a, loss_b = out[:, 0].mean(), out[:, 1].pow(2).mean()
+    window = WindowGradients(model.parameters())
+    window.accumulate(loss_a)
+    loss_b.backward()
+    params = list(model.parameters())
+    g_a = flat(torch.autograd.grad(model(x)[:, 0].mean(), params))
+    g_b = flat([p.grad for p in params])
+    gram = window.gram_with_grad()
+    expected = torch.tensor([[g_a @ g_a, g_a @ g_b], [g_a @ g_b, g_b @ g_b]], dtype=torch.float64)
+    assert torch.allclose(gram, expected, rtol=1e-5)
+    window.combine_into_grad(torch.tensor(0.25), torch.tensor(0.75))
+    assert torch.allclose(flat([p.grad for p in params]), 0.25 * g_a + 0.75 * g_b, atol=1e-6)
+
+
+def test_unused_parameters_count_as_zero_gradient():
+    model = make_model()
+    unused = torch.nn.Linear(2, 2)
+    params = list(model.parameters()) + list(unused.parameters())
+    window = WindowGradients(params)
+    window.accumulate(model(torch.randn(2, 3)).sum())
+    assert window.buffer[-6:].abs().sum() == 0
+    window.combine_into_grad(torch.tensor(1.0), torch.tensor(1.0))
+    assert torch.equal(unused.weight.grad, torch.zeros(2, 2))
+
+
+def test_frozen_parameters_are_skipped_and_no_trainable_parameter_is_an_error():
+    model = make_model()
+    model[0].requires_grad_(False)
+    assert len(WindowGradients(model.parameters()).parameters) == 2
+    model.requires_grad_(False)
+    try:
+        WindowGradients(model.parameters())
+    except ValueError as error:
+        assert "no trainable parameter" in str(error)
+    else:
+        raise AssertionError("expected a ValueError")
