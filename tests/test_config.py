@@ -1,5 +1,7 @@
 """DTOKDConfig: defaults, validation at config time, and the command line through HfArgumentParser."""
 
+import json
+
 import pytest
 from transformers import HfArgumentParser
 
@@ -59,6 +61,6 @@ def test_every_field_is_a_flag_with_help(tmp_path):
 
 def test_json_file_as_single_argument(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text('{"output_dir": "%s", "method": "fixed", "alpha": 0.7}' % tmp_path)
+    path.write_text(json.dumps({"output_dir": str(tmp_path), "method": "fixed", "alpha": 0.7}))
     (config,) = HfArgumentParser((DTOKDConfig,)).parse_json_file(str(path))
     assert config.method == "fixed" and config.alpha == 0.7
