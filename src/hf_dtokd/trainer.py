@@ -178,6 +178,11 @@ class DTOKDTrainer(Trainer):
         return None if converter.is_identity else converter
 
     def _check_gradient_method_supported(self) -> None:
+        if self.is_fsdp_enabled:
+            raise ValueError(
+                "method='dto' takes per-loss gradients at all student parameters, which FSDP shards; this is not "
+                "supported yet. Use method='dto_amortized' (one backward, works under FSDP) or plain DDP"
+            )
         if self.args.fp16:
             raise ValueError(
                 "method='dto' combines per-loss gradients itself and does not support fp16 loss scaling; "

@@ -1,0 +1,25 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need first.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+DEMO_DIR ?= outputs/digits
+
+.PHONY: install demo test lint benchmark
+
+# torch first, from the pinned build when none is installed (a plain `pip install torch` would pull
+# another, multi-GB build); then the package with its test extras.
+install:
+	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -q -e ".[dev]"
+
+demo: install
+	$(PYTHON) -m hf_dtokd.demo --output_dir $(DEMO_DIR)
+
+lint:
+	$(PYTHON) -m ruff check src tests examples benchmarks
+	$(PYTHON) -m ruff format --check src tests examples benchmarks
+
+test: install lint
+	$(PYTHON) -m pytest -q tests
+
+benchmark: install
+	$(PYTHON) benchmarks/step_cost.py

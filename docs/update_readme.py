@@ -1,0 +1,72 @@
+"""Regenerate the README's generated blocks from result files and from DTOKDConfig itself.
+
+Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->``:
+
+* ``demo``: the table printed by the digits demo (``python -m hf_dtokd.demo``), copied with its
+  JSON and plot into ``docs/results/``;
+* ``step-cost``: ``benchmarks/results/step_cost.md`` (``python benchmarks/step_cost.py``);
+* ``config``: the DTOKDConfig fields with their defaults and help text.
+
+Run: ``python docs/update_readme.py [--demo-dir outputs/digits]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import shutil
+from pathlib import Path
+
+from transformers import TrainingArguments
+
+from hf_dtokd import DTOKDConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def config_table() -> str:
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    rows = ["| field | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(DTOKDConfig):
+        if f.name in inherited:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        choices = f.metadata.get("choices")
+        meaning = f.metadata["help"] + (
+            f" One of: {', '.join(f'`{c}`' for c in choices)}." if choices else ""
+        )
+        rows.append(f"| `{f.name}` | `{default!r}` | {meaning.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--demo-dir", default=str(ROOT / "outputs" / "digits"))
+    args = parser.parse_args()
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    demo_dir = Path(args.demo_dir)
+    if (demo_dir / "results.md").is_file():
+        results = ROOT / "docs" / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "results.json", "tradeoff.png"):
+            shutil.copy(demo_dir / name, results / f"digits_demo_{name}")
+        text = replace_block(text, "demo", (demo_dir / "results.md").read_text())
+    step_cost = ROOT / "benchmarks" / "results" / "step_cost.md"
+    if step_cost.is_file():
+        text = replace_block(text, "step-cost", step_cost.read_text())
+    text = replace_block(text, "config", config_table())
+    readme.write_text(text)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()

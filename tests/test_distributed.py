@@ -1,0 +1,53 @@
+"""Two real processes (DDP on gloo, CPU) give the same pi and weights as one process with the global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddp_worker import METHODS
+from hf_dtokd import DTOKDTrainer
+from tiny import conflicting_pair, random_images, tiny_args, train_logs
+
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("ddp")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(HERE / "ddp_worker.py"), str(output_dir),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads((output_dir / "ddp_results.json").read_text())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_equal_one_process_with_the_global_batch(ddp_results, tmp_path, method):
+    result = ddp_results[method]
+    assert result["world_size"] == 2, "accelerate ran one process: the launch did not give DDP"
+    rank0, rank1 = (torch.tensor(p) for p in result["params"])
+    assert torch.allclose(rank0, rank1, atol=1e-7), "replicas diverged"
+
+    student, teacher = conflicting_pair()
+    args = tiny_args(tmp_path, method=method, temperature=2.0, max_steps=3, per_device_train_batch_size=16)
+    single = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(16))
+    single.train()
+    single_params = torch.cat([p.detach().reshape(-1) for p in single.model.parameters()])
+    assert result["pi_distill"] == pytest.approx(train_logs(single, "pi_distill"), abs=1e-5)
+    assert torch.allclose(rank0, single_params, atol=1e-5)
