@@ -87,11 +87,11 @@ def run(method: str, steps: int, batch: int, teacher) -> list[float]:
 def peak_rss_mib(method: str, steps: int, batch: int) -> float:
     """ru_maxrss of a child process that runs ``method`` (or only builds the models for 'baseline')."""
     code = (
-        "import resource, sys; sys.path.insert(0, %r); import step_cost as s; from hf_dtokd.demo import build_teacher;"
-        "t = build_teacher(s.LABELS); m = %r;"
-        "s.run(m, %d, %d, t) if m != 'baseline' else (s.build_student(0, s.LABELS), s.dataset(%d));"
+        f"import resource, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import step_cost as s;"
+        f"from hf_dtokd.demo import build_teacher; t = build_teacher(s.LABELS); m = {method!r};"
+        f"s.run(m, {steps}, {batch}, t) if m != 'baseline' else (s.build_student(0, s.LABELS), s.dataset({batch * steps}));"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    ) % (str(Path(__file__).parent), method, steps, batch, batch * steps)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return int(out.strip().splitlines()[-1]) / 1024.0
 

@@ -213,9 +213,9 @@ def run_demo(demo: DemoArguments) -> dict[str, Any]:
     teacher = train_teacher(demo, splits, labels)
     results = [train_student(run, demo, splits, labels) for run in demo.runs]
     table = format_table(teacher, results)
-    plot = plot_tradeoff(
-        {r["run"]: r["log_history"] for r in results if r["run"] != "no_kd"}, output_dir / "tradeoff.png"
-    )
+    histories = {r["run"]: r["log_history"] for r in results if r["run"] != "no_kd"}
+    logged = any("pi_distill" in row for history in histories.values() for row in history)
+    plot = plot_tradeoff(histories, output_dir / "tradeoff.png") if logged else "no plot (nothing logged)"
     summary = {
         "arguments": asdict(demo),
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads()},

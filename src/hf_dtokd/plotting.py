@@ -28,6 +28,10 @@ def plot_tradeoff(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: st
         ("distill_loss", "distillation loss"),
     ]
     panels = [p for p in panels if any(series(h, p[0])[0] for h in histories.values())]
+    if not panels:
+        raise ValueError(
+            "no trade-off scalar was logged; train for at least logging_steps steps before plotting"
+        )
     colours = {name: f"C{i}" for i, name in enumerate(histories)}  # one colour per run in every panel
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for axis, (key, title) in zip(axes[0], panels):
