@@ -23,8 +23,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoImageProcessor,
-    AutoModelForImageClassification,
     DefaultDataCollator,
     HfArgumentParser,
     ResNetConfig,
@@ -243,4 +241,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["AutoImageProcessor", "AutoModelForImageClassification", "DemoArguments", "main", "run_demo"]
+__all__ = ["DemoArguments", "main", "run_demo", "train_student", "train_teacher"]

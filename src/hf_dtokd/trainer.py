@@ -181,7 +181,7 @@ class DTOKDTrainer(Trainer):
         if self.is_fsdp_enabled:
             raise ValueError(
                 "method='dto' takes per-loss gradients at all student parameters, which FSDP shards; this is not "
-                "supported yet. Use method='dto_amortized' (one backward, works under FSDP) or plain DDP"
+                "supported yet. Use method='dto_amortized' (one backward; FSDP itself is not yet tested here) or plain DDP"
             )
         if self.args.fp16:
             raise ValueError(
