@@ -378,3 +378,29 @@ def test_bf16_runs_with_float32_losses(tmp_path):
     )
     trainer.train()
     assert all(math.isfinite(v) for v in train_logs(trainer, "pi_distill") + train_logs(trainer, "task_loss"))
+
+
+def test_tradeoff_scalars_reach_tensorboard(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv(
+        "TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb")
+    )  # transformers 5.x: no logging_dir field
+    args = tiny_args(tmp_path, max_steps=2, report_to="tensorboard")
+    trainer = DTOKDTrainer(
+        model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(16)
+    )
+    trainer.train()
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in (
+        "pi_distill",
+        "grad_cos",
+        "grad_norm_ratio",
+        "task_loss",
+        "distill_loss",
+        "nonfinite_losses",
+    ):
+        assert f"train/{name}" in tags, tags
+    pis = [event.value for event in events.Scalars("train/pi_distill")]
+    assert pis == pytest.approx(train_logs(trainer, "pi_distill"))
