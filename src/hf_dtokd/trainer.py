@@ -221,8 +221,7 @@ class DTOKDTrainer(Trainer):
     def _split_batch(
         self, inputs: dict[str, Any]
     ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor | None]:
-        inputs = dict(inputs)
-        labels = inputs.pop("labels", None)
+        labels = inputs.get("labels")
         if labels is None:
             raise ValueError(
                 f"the batch has no 'labels' (keys: {sorted(inputs)}); the dataset needs a 'label' or 'labels' "
@@ -230,12 +229,8 @@ class DTOKDTrainer(Trainer):
             )
         if isinstance(labels, torch.Tensor) and labels.device.type == "cpu":  # checked without a device sync
             self._check_label_values(labels.numpy(), "the batch's 'labels'")
-        teacher_pixels = inputs.pop(TEACHER_PIXELS, None)
-        inputs = self._prepare_inputs(inputs)
-        labels = self._prepare_inputs({"labels": labels})["labels"]
-        if teacher_pixels is not None:
-            teacher_pixels = self._prepare_inputs({TEACHER_PIXELS: teacher_pixels})[TEACHER_PIXELS]
-        return inputs, labels, teacher_pixels
+        inputs = dict(self._prepare_inputs(inputs))
+        return inputs, inputs.pop("labels"), inputs.pop(TEACHER_PIXELS, None)
 
     def _teacher_logits(
         self, pixel_values: torch.Tensor, teacher_pixels: torch.Tensor | None
