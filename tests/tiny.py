@@ -11,23 +11,24 @@ NUM_LABELS = 4
 IMAGE_SIZE = 16
 
 
+# one 1-layer, width-16 transformer shape for every ViT-like tiny model (ViT, DeiT), dropout off
+TINY_VIT = dict(
+    patch_size=4,
+    num_channels=3,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+
 def tiny_vit(
     seed: int = 0, num_labels: int = NUM_LABELS, image_size: int = IMAGE_SIZE
 ) -> ViTForImageClassification:
     torch.manual_seed(seed)
-    config = ViTConfig(
-        image_size=image_size,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=num_labels,
-    )
-    return ViTForImageClassification(config)
+    return ViTForImageClassification(ViTConfig(**TINY_VIT, image_size=image_size, num_labels=num_labels))
 
 
 def tiny_resnet(seed: int = 1, num_labels: int = NUM_LABELS) -> ResNetForImageClassification:
@@ -126,15 +127,7 @@ def family_students(num_labels: int = NUM_LABELS) -> dict:
     return {
         "vit": lambda: tiny_vit(num_labels=num_labels),
         "deit": lambda: DeiTForImageClassification(
-            DeiTConfig(
-                image_size=16,
-                patch_size=4,
-                hidden_size=16,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=32,
-                num_labels=num_labels,
-            )  # fmt: skip
+            DeiTConfig(**TINY_VIT, image_size=IMAGE_SIZE, num_labels=num_labels)
         ),
         "swin": lambda: SwinForImageClassification(
             SwinConfig(

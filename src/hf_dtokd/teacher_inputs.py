@@ -74,6 +74,7 @@ class TeacherInputConverter:
     def __init__(self, student: PixelSpace, teacher: PixelSpace) -> None:
         self.student, self.teacher = student, teacher
         self.renormalise = (student.mean, student.std) != (teacher.mean, teacher.std)
+        self._statistics: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     @property
     def is_identity(self) -> bool:
@@ -84,13 +85,20 @@ class TeacherInputConverter:
             return pixel_values
         x = pixel_values.float()
         if self.renormalise:
-            x = x * _channels(self.student.std, x) + _channels(self.student.mean, x)
+            student_mean, student_std, teacher_mean, teacher_std = self._channel_statistics(x)
+            x = x * student_std + student_mean
         if self.teacher.size is not None and tuple(x.shape[-2:]) != self.teacher.size:
             x = F.interpolate(x, size=self.teacher.size, mode="bilinear", align_corners=False, antialias=True)
         if self.renormalise:
-            x = (x - _channels(self.teacher.mean, x)) / _channels(self.teacher.std, x)
+            x = (x - teacher_mean) / teacher_std
         return x.to(pixel_values.dtype)
 
-
-def _channels(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    def _channel_statistics(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Mean/std as (1, C, 1, 1) tensors on ``like``'s device, built once (no host copy per step)."""
+        key = (like.device, like.dtype)
+        if key not in self._statistics:
+            values = (self.student.mean, self.student.std, self.teacher.mean, self.teacher.std)
+            self._statistics[key] = tuple(
+                torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1) for v in values
+            )
+        return self._statistics[key]
