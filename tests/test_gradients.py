@@ -19,10 +19,11 @@ def test_accumulates_the_window_gradient_and_leaves_grad_untouched():
     x = torch.randn(6, 3)
     window = WindowGradients(model.parameters())
     for chunk in x.split(3):
-        window.accumulate(model(chunk).pow(2).mean() / 2)
+        window.accumulate(0, model(chunk).pow(2).mean() / 2)
     assert all(p.grad is None for p in model.parameters())
     expected = torch.autograd.grad(model(x).pow(2).mean(), list(model.parameters()))
-    assert torch.allclose(window.buffer, flat(expected), atol=1e-6)
+    assert torch.allclose(window.buffers[0], flat(expected), atol=1e-6)
+    assert all(window.touched[0])
 
 
 def test_gram_and_combination_against_explicit_vectors():
@@ -31,7 +32,7 @@ def test_gram_and_combination_against_explicit_vectors():
     out = model(x)
     loss_a, loss_b = out[:, 0].mean(), out[:, 1].pow(2).mean()
     window = WindowGradients(model.parameters())
-    window.accumulate(loss_a)
+    window.accumulate(0, loss_a)
     loss_b.backward()
     params = list(model.parameters())
     g_a = flat(torch.autograd.grad(model(x)[:, 0].mean(), params))
@@ -39,8 +40,34 @@ def test_gram_and_combination_against_explicit_vectors():
     gram = window.gram_with_grad()
     expected = torch.tensor([[g_a @ g_a, g_a @ g_b], [g_a @ g_b, g_b @ g_b]], dtype=torch.float64)
     assert torch.allclose(gram, expected, rtol=1e-5)
-    window.combine_into_grad(torch.tensor(0.25), torch.tensor(0.75))
+    window.combine_into_grad(torch.tensor([0.25, 0.75]))
     assert torch.allclose(flat([p.grad for p in params]), 0.25 * g_a + 0.75 * g_b, atol=1e-6)
+
+
+def test_three_objectives_gram_and_combination():
+    model = make_model()
+    x = torch.randn(5, 3)
+    params = list(model.parameters())
+    losses = [lambda out: out[:, 0].mean(), lambda out: out[:, 1].pow(2).mean(), lambda out: out.sum()]
+    grads = [flat(torch.autograd.grad(fn(model(x)), params)) for fn in losses]
+    window = WindowGradients(params, num_buffers=2)
+    out = model(x)
+    window.accumulate(0, losses[0](out))
+    window.accumulate(1, losses[1](out))
+    losses[2](out).backward()
+    stacked = torch.stack(grads).double()
+    assert torch.allclose(window.gram_with_grad(), stacked @ stacked.T, rtol=1e-5)
+    weights = torch.tensor([0.2, 0.3, 0.5])
+    window.combine_into_grad(weights)
+    assert torch.allclose(
+        flat([p.grad for p in params]), (weights[:, None] * torch.stack(grads)).sum(0), atol=1e-6
+    )
+    try:
+        window.combine_into_grad(torch.tensor([0.5, 0.5]))
+    except ValueError as error:
+        assert "expected 3 weights" in str(error)
+    else:
+        raise AssertionError("expected a ValueError")
 
 
 def test_unused_parameters_count_as_zero_gradient():
@@ -48,9 +75,10 @@ def test_unused_parameters_count_as_zero_gradient():
     unused = torch.nn.Linear(2, 2)
     params = list(model.parameters()) + list(unused.parameters())
     window = WindowGradients(params)
-    window.accumulate(model(torch.randn(2, 3)).sum())
-    assert window.buffer[-6:].abs().sum() == 0
-    window.combine_into_grad(torch.tensor(1.0), torch.tensor(1.0))
+    window.accumulate(0, model(torch.randn(2, 3)).sum())
+    assert window.buffers[0, -6:].abs().sum() == 0
+    assert window.touched[0] == [True] * 4 + [False] * 2
+    window.combine_into_grad(torch.tensor([1.0, 1.0]))
     assert torch.equal(unused.weight.grad, torch.zeros(2, 2))
 
 

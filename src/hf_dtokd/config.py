@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .balancing import METHODS, RESCALE_RULES
+from .balancing import GRAMIAN_METHODS, METHODS, RESCALE_RULES
 
 GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters",)
 
@@ -20,13 +20,20 @@ class DTOKDConfig(TrainingArguments):
     Every field has help text, so `HfArgumentParser((DTOKDConfig,))` turns them into command-line
     flags. Defaults that differ from `TrainingArguments`: `logging_steps=10`, `report_to="none"`.
 
-    The trade-off `method`:
+    The trade-off `method` (each one module in `hf_dtokd.balancing`, its formula in the docstring):
 
-    * `"dto"` (default): exact DTO-KD, the closed-form `pi` from the per-loss log-gradients,
-      taken at `gradient_placement` (all trainable student parameters);
-    * `"dto_amortized"`: DTO-KD's amortized form (FAMO with two objectives), one backward per
-      micro-batch plus one no-grad student forward per optimizer step;
-    * `"fixed"`: Hinton KD, `alpha * L_distill + (1 - alpha) * L_task`.
+    * `"dto"` (default): exact DTO-KD, the min-norm `pi` (closed form for two objectives) from the
+      per-loss log-gradients, taken at `gradient_placement` (all trainable student parameters);
+    * `"dto_amortized"` / `"famo"`: DTO-KD's amortized form, which is FAMO (one implementation for
+      any number of objectives), one backward per micro-batch plus one no-grad student forward per
+      optimizer step;
+    * `"fixed"`: Hinton KD, `alpha * L_distill + (1 - alpha) * L_task`;
+    * `"mgda"`, `"pcgrad"`, `"cagrad"`, `"upgrad"`, `"imtl_g"`, `"aligned_mtl"`, `"dualproj"`: torchjd's
+      Gramian weightings on the per-loss gradients (raw by default, log-gradients with
+      `log_gradients=True`);
+    * `"uncertainty"`: Kendall et al.'s learned log-variances;
+    * `"dot"`: DOT's two momenta (the reference SGD rule; replaces `optim`), `"dot_adamw"`: our AdamW
+      form of DOT (two first moments, one second moment).
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -62,7 +69,28 @@ class DTOKDConfig(TrainingArguments):
     )
     alpha: float = field(
         default=0.5,
-        metadata={"help": "Distillation weight in [0, 1] for method='fixed' (task weight is 1 - alpha)."},
+        metadata={
+            "help": "Distillation weight in [0, 1] for method='fixed' and the DOT methods (task weight is 1 - alpha)."
+        },
+    )
+    log_gradients: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Gradient methods: weigh the Gram of the log-gradients grad L / L (True) or of the raw "
+            "gradients (False). Default: True for 'dto', False for the torchjd weightings (their published form)."
+        },
+    )
+    cagrad_c: float = field(default=0.4, metadata={"help": "CAGrad's radius c >= 0 (method='cagrad')."})
+    dot_momentum: float = field(
+        default=0.9,
+        metadata={"help": "DOT's base momentum mu in [0, 1) (method='dot'); beta1 of method='dot_adamw'."},
+    )
+    dot_delta: float = field(
+        default=0.075,
+        metadata={
+            "help": "DOT's momentum gap Delta: task momentum mu - Delta, distillation momentum mu + Delta "
+            "(0.075; the paper uses 0.09 on ImageNet)."
+        },
     )
     gradient_placement: str = field(
         default="parameters",
@@ -91,11 +119,17 @@ class DTOKDConfig(TrainingArguments):
     )
     tradeoff_learning_rate: float = field(
         default=0.025,
-        metadata={"help": "Adam learning rate of the amortized trade-off logits (dto_amortized)."},
+        metadata={
+            "help": "Adam learning rate of the trade-off parameters: the logits of dto_amortized / famo, the "
+            "log-variances of uncertainty."
+        },
     )
     tradeoff_weight_decay: float = field(
         default=0.01,
-        metadata={"help": "Adam weight decay of the amortized trade-off logits (dto_amortized)."},
+        metadata={
+            "help": "Adam weight decay of the trade-off parameters (dto_amortized / famo logits, uncertainty "
+            "log-variances)."
+        },
     )
     logging_steps: float = field(
         default=10,
@@ -122,6 +156,7 @@ class DTOKDConfig(TrainingArguments):
             raise ValueError(
                 f"unknown rescale rule {self.rescale!r}; valid values: {', '.join(RESCALE_RULES)}"
             )
+        self._check_method_options()
         if self.gradient_placement not in GRADIENT_PLACEMENTS:
             raise ValueError(
                 f"unknown gradient_placement {self.gradient_placement!r}; valid values: {', '.join(GRADIENT_PLACEMENTS)}"
@@ -143,3 +178,29 @@ class DTOKDConfig(TrainingArguments):
                 f"teacher_label_indices must be class indices >= 0, got {self.teacher_label_indices}"
             )
         super().__post_init__()
+
+    def _check_method_options(self) -> None:
+        """Options that only some methods read: refuse them elsewhere rather than ignore them."""
+        if self.log_gradients is not None and self.method not in GRAMIAN_METHODS:
+            raise ValueError(
+                f"log_gradients applies to the gradient methods ({', '.join(GRAMIAN_METHODS)}), not to "
+                f"method={self.method!r}; leave it unset"
+            )
+        log_gradients = self.log_gradients if self.log_gradients is not None else self.method == "dto"
+        uses_rescale = self.method in ("dto_amortized", "famo") or (
+            self.method in GRAMIAN_METHODS and log_gradients
+        )
+        if self.rescale != "famo" and not uses_rescale:
+            raise ValueError(
+                f"rescale={self.rescale!r} applies to log-loss weighting (dto, dto_amortized, famo, or a gradient "
+                f"method with log_gradients=True), not to method={self.method!r}; leave it at 'famo'"
+            )
+        if self.cagrad_c < 0:
+            raise ValueError(f"cagrad_c (CAGrad's radius) must be >= 0, got {self.cagrad_c}")
+        if not 0.0 <= self.dot_momentum < 1.0:
+            raise ValueError(f"dot_momentum (DOT's mu) must lie in [0, 1), got {self.dot_momentum}")
+        if not 0.0 <= self.dot_delta <= self.dot_momentum or self.dot_momentum + self.dot_delta >= 1.0:
+            raise ValueError(
+                f"dot_delta must satisfy 0 <= dot_delta <= dot_momentum and dot_momentum + dot_delta < 1, got "
+                f"dot_momentum={self.dot_momentum}, dot_delta={self.dot_delta}"
+            )

@@ -1,16 +1,17 @@
 """Per-loss gradients at the student's parameters, accumulated over one accumulation window.
 
-The exact trade-off needs the two per-loss gradients. To keep one ``accelerator.backward`` per
-micro-batch (DDP, DeepSpeed and gradient accumulation all hook into it), the trainer takes the
-distillation gradient with ``torch.autograd.grad`` into the flat buffer kept here, and lets the
-ordinary backward put the task gradient into ``.grad``. At the window's end:
+Gradient methods (exact DTO-KD, the torchjd weightings, DOT) need one gradient per objective.
+To keep one ``accelerator.backward`` per micro-batch (DDP, DeepSpeed and gradient accumulation
+all hook into it), the trainer takes the gradients of the first ``K - 1`` objectives with
+``torch.autograd.grad`` into the flat buffers kept here, and lets the ordinary backward put the
+last objective's gradient (the task loss) into ``.grad``. At the window's end:
 
-* the buffer is averaged over processes (``autograd.grad`` is never all-reduced by DDP), so both
-  gradients are the global-batch gradients and every rank computes the same ``pi``;
-* the 2x2 Gram of the raw gradients is formed (float32 dots, summed in float64);
-* ``.grad`` is overwritten with ``w_t * .grad + w_d * buffer`` for the Trainer's clipping and step.
+* the buffers are averaged over processes (``autograd.grad`` is never all-reduced by DDP), so all
+  ``K`` gradients are the global-batch gradients and every rank computes the same weights;
+* the ``K x K`` Gram of the raw gradients is formed (float32 dots, summed in float64);
+* ``.grad`` is overwritten with ``sum_k w_k g_k`` for the Trainer's clipping and step.
 
-Two backward passes per micro-batch, no third; one parameter-sized float32 buffer.
+``K`` backward passes per micro-batch, no more; ``K - 1`` parameter-sized float32 buffers.
 """
 
 from __future__ import annotations
@@ -22,51 +23,75 @@ from accelerate import Accelerator
 
 
 class WindowGradients:
-    """A flat float32 buffer holding one loss's gradient summed over the accumulation window."""
+    """Flat float32 buffers, one per objective but the last, each summing that loss's gradient over the window.
 
-    def __init__(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+    ``touched[k][j]`` records whether objective ``k`` reached parameter ``j`` at all during the
+    window (``autograd.grad`` returned a gradient); DOT's reference rule treats parameters reached by
+    one loss only differently.
+    """
+
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], num_buffers: int = 1) -> None:
         self.parameters = [p for p in parameters if p.requires_grad]
         if not self.parameters:
             raise ValueError(
                 "the student has no trainable parameter (requires_grad=True); nothing to distil into"
             )
+        if num_buffers < 1:
+            raise ValueError(f"WindowGradients needs at least one buffer, got num_buffers={num_buffers}")
         sizes = [p.numel() for p in self.parameters]
-        self.buffer = torch.zeros(sum(sizes), dtype=torch.float32, device=self.parameters[0].device)
-        self.views = [v.view_as(p) for v, p in zip(self.buffer.split(sizes), self.parameters)]
+        self.buffers = torch.zeros(
+            num_buffers, sum(sizes), dtype=torch.float32, device=self.parameters[0].device
+        )
+        self.views = [
+            [v.view_as(p) for v, p in zip(buffer.split(sizes), self.parameters)] for buffer in self.buffers
+        ]
+        self.columns = list(self.buffers.split(sizes, dim=1))  # (num_buffers, numel) views per parameter
+        self.touched = [[False] * len(self.parameters) for _ in range(num_buffers)]
+
+    @property
+    def num_objectives(self) -> int:
+        """Objectives covered: one per buffer plus the one whose gradient sits in ``.grad``."""
+        return self.buffers.shape[0] + 1
 
     def reset(self) -> None:
-        self.buffer.zero_()
+        self.buffers.zero_()
+        self.touched = [[False] * len(self.parameters) for _ in range(self.buffers.shape[0])]
 
-    def accumulate(self, loss: torch.Tensor) -> None:
-        """Add ``grad loss`` into the buffer, keeping the graph for the backward that follows."""
+    def accumulate(self, index: int, loss: torch.Tensor) -> None:
+        """Add ``grad loss`` into buffer ``index``, keeping the graph for the passes that follow."""
         grads = torch.autograd.grad(loss, self.parameters, retain_graph=True, allow_unused=True)
-        for view, grad in zip(self.views, grads):
+        for j, (view, grad) in enumerate(zip(self.views[index], grads)):
             if grad is not None:
                 view.add_(grad)
+                self.touched[index][j] = True
 
     def all_reduce_mean(self, accelerator: Accelerator) -> None:
-        """Average the buffer over processes: the same operation DDP applies to ``.grad``."""
+        """Average the buffers over processes: the same operation DDP applies to ``.grad``."""
         if accelerator.num_processes > 1:
-            self.buffer.copy_(accelerator.reduce(self.buffer, reduction="mean"))
+            self.buffers.copy_(accelerator.reduce(self.buffers, reduction="mean"))
 
     def gram_with_grad(self) -> torch.Tensor:
-        """``[[<b, b>, <b, g>], [<g, b>, <g, g>]]`` for the buffer ``b`` and the parameters' ``.grad`` ``g``."""
-        bb = torch.zeros((), dtype=torch.float64, device=self.buffer.device)
-        bg, gg = bb.clone(), bb.clone()
-        for view, param in zip(self.views, self.parameters):
-            bb += torch.dot(view.reshape(-1), view.reshape(-1)).double()
+        """The ``K x K`` Gram of (buffer_0, ..., buffer_{K-2}, ``.grad``), float64."""
+        m = self.buffers.shape[0]
+        gram = torch.zeros(m + 1, m + 1, dtype=torch.float64, device=self.buffers.device)
+        gram[:m, :m] = (self.buffers @ self.buffers.T).double()
+        for columns, param in zip(self.columns, self.parameters):
             if param.grad is not None:
                 grad = param.grad.reshape(-1).float()
-                bg += torch.dot(view.reshape(-1), grad).double()
-                gg += torch.dot(grad, grad).double()
-        return torch.stack([torch.stack([bb, bg]), torch.stack([bg, gg])])
+                cross = (columns @ grad).double()
+                gram[:m, m] += cross
+                gram[m, :m] += cross
+                gram[m, m] += torch.dot(grad, grad).double()
+        return gram
 
-    def combine_into_grad(self, buffer_weight: torch.Tensor, grad_weight: torch.Tensor) -> None:
-        """``.grad <- grad_weight * .grad + buffer_weight * buffer`` in the parameters' dtype."""
-        for view, param in zip(self.views, self.parameters):
+    def combine_into_grad(self, weights: torch.Tensor) -> None:
+        """``.grad <- w_{K-1} * .grad + sum_k w_k * buffer_k`` in the parameters' dtype."""
+        if weights.numel() != self.num_objectives:
+            raise ValueError(f"expected {self.num_objectives} weights, got {weights.numel()}")
+        buffer_weights, grad_weight = weights[:-1].float(), weights[-1]
+        for j, param in enumerate(self.parameters):
+            combined = sum(w * views[j] for w, views in zip(buffer_weights, self.views))
             if param.grad is None:
-                param.grad = (buffer_weight * view).to(param.dtype)
+                param.grad = combined.to(param.dtype)
             else:
-                param.grad.mul_(grad_weight.to(param.grad.dtype)).add_(
-                    (buffer_weight * view).to(param.grad.dtype)
-                )
+                param.grad.mul_(grad_weight.to(param.grad.dtype)).add_(combined.to(param.grad.dtype))

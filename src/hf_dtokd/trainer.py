@@ -6,22 +6,26 @@ The trainer orchestrates; the maths lives elsewhere: losses in ``losses/``, trad
 One optimizer step (an accumulation window of ``n`` micro-batches) runs:
 
 * every micro-batch: the student forward, the frozen teacher forward under ``no_grad``, the
-  float32 losses ``(L_distill, L_task)`` (per-micro-batch means, divided by ``n``), then
+  float32 objective losses (``objective_names``, task last; by default ``(L_distill, L_task)``;
+  per-micro-batch means, divided by ``n``), then
 
-  - gradient methods (``dto``): ``autograd.grad`` of ``L_distill`` into a buffer, then the single
-    ``accelerator.backward(L_task)``;
-  - weighted-loss methods (``fixed``, ``dto_amortized``): raw-loss weights from the current ``pi``
-    (and the process-averaged losses), then the single ``accelerator.backward(w . L)``;
+  - gradient methods (``dto``, the torchjd weightings, DOT): ``autograd.grad`` of every objective
+    but the last into its buffer, then the single ``accelerator.backward(L_task)``;
+  - weighted-loss methods (``fixed``, ``dto_amortized`` / ``famo``, ``uncertainty``): raw-loss weights
+    from the current ``pi`` (and the process-averaged losses), then the single
+    ``accelerator.backward(w . L)``;
 
-* on the window's last micro-batch (``accelerator.sync_gradients``): for ``dto``, the buffer is
-  averaged over processes, ``pi`` is computed from the Gram of the two window gradients and
-  ``.grad`` becomes the balanced gradient; the Trainer then clips and steps as usual. For
-  ``dto_amortized``, after the optimizer step the window is re-forwarded without grad and the
-  trade-off logits take one Adam step (see ``balancing/famo.py``).
+* on the window's last micro-batch (``accelerator.sync_gradients``): for gradient methods the
+  buffers are averaged over processes, the balancer sets its weights from the ``K x K`` Gram of the
+  window gradients and writes the update into ``.grad``; the Trainer then clips and steps as usual.
+  Every balancer then sees the window's losses (``observe_window``). For ``dto_amortized``, after the
+  optimizer step the window is re-forwarded without grad and the trade-off logits take one Adam
+  step (see ``balancing/famo.py``).
 
 The loss returned to the Trainer (and logged as ``loss``) is the balanced raw-loss objective
-``sum_i w_i L_i`` of the step; ``task_loss``, ``distill_loss``, ``pi_distill``, ``grad_cos`` and
-``grad_norm_ratio`` are logged beside it, averaged over the logging interval.
+``sum_i w_i L_i`` of the step; ``<name>_loss``, ``pi_<name>`` and, for gradient methods,
+``grad_cos`` and ``grad_norm_ratio`` (each objective against the task) are logged beside it,
+averaged over the logging interval.
 """
 
 from __future__ import annotations
@@ -87,8 +91,12 @@ class DTOKDTrainer(Trainer):
         (and top-5 with more than five classes) accuracy.
     """
 
-    # Both losses are per-micro-batch means that this class divides by the accumulation steps itself.
+    # Every loss is a per-micro-batch mean that this class divides by the accumulation steps itself.
     loss_is_scaled_for_ga = False
+
+    #: The objectives, in the order of ``compute_objective_losses``; the task loss is last (its gradient
+    #: goes through the Trainer's single backward). Subclasses add signals by extending both.
+    objective_names: tuple[str, ...] = OBJECTIVES
 
     def __init__(
         self,
@@ -136,7 +144,24 @@ class DTOKDTrainer(Trainer):
         self.teacher_label_index = check_label_spaces(self.model, teacher_model, args.teacher_label_indices)
         self.teacher = self._prepare_teacher(teacher_model)
         self.teacher_inputs = self._build_teacher_input_converter(teacher_processing_class)
-        self.balancer = (balancer if balancer is not None else build_balancer(args)).to(self.args.device)
+        self._check_objectives()
+        num_objectives = len(self.objective_names)
+        self.balancer = (balancer if balancer is not None else build_balancer(args, num_objectives)).to(
+            self.args.device
+        )
+        if self.balancer.num_objectives != num_objectives:
+            raise ValueError(
+                f"the balancer weighs {self.balancer.num_objectives} objectives but the trainer has {num_objectives} "
+                f"({', '.join(self.objective_names)}); build it with num_objectives={num_objectives}"
+            )
+        if (
+            getattr(self.balancer, "owns_update", False)
+            and kwargs.get("optimizers", (None, None))[0] is not None
+        ):
+            raise ValueError(
+                f"method={args.method!r} computes the whole update itself and steps with momentum-free SGD; do not "
+                "pass an optimizer (optimizers=...), or choose another method"
+            )
         if self.balancer.needs_gradients:
             self._check_gradient_method_supported()
         if self.balancer.needs_look_ahead:
@@ -177,16 +202,24 @@ class DTOKDTrainer(Trainer):
         )
         return None if converter.is_identity else converter
 
+    def _check_objectives(self) -> None:
+        names = self.objective_names
+        if len(names) < 2 or len(set(names)) != len(names) or names[-1] != "task":
+            raise ValueError(
+                f"objective_names must be at least two distinct names ending with 'task', got {names}"
+            )
+
     def _check_gradient_method_supported(self) -> None:
         if self.is_fsdp_enabled:
             raise ValueError(
-                "method='dto' takes per-loss gradients at all student parameters, which FSDP shards; this is not "
-                "supported yet. Use method='dto_amortized' (one backward; FSDP itself is not yet tested here) or plain DDP"
+                f"method={self.args.method!r} takes per-loss gradients at all student parameters, which FSDP shards; "
+                "this is not supported yet. Use method='dto_amortized' (one backward; FSDP itself is not yet tested "
+                "here) or plain DDP"
             )
         if self.args.fp16:
             raise ValueError(
-                "method='dto' combines per-loss gradients itself and does not support fp16 loss scaling; "
-                "use bf16=True, or method='dto_amortized'"
+                f"method={self.args.method!r} combines per-loss gradients itself and does not support fp16 loss "
+                "scaling; use bf16=True, or method='dto_amortized'"
             )
 
     def _check_dataset_labels(self, dataset: Any, name: str) -> None:
@@ -245,10 +278,10 @@ class DTOKDTrainer(Trainer):
             logits = logits[:, self.teacher_label_index.to(logits.device)]
         return logits.detach()
 
-    def _losses(
+    def compute_objective_losses(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        """``(L_distill, L_task)`` in float32, in ``OBJECTIVES`` order."""
+        """One float32 loss per entry of ``objective_names``: here ``(L_distill, L_task)``."""
         distill = logit_kd_loss(student_logits, teacher_logits, self.args.temperature)
         task = task_cross_entropy(student_logits, labels, self.args.label_smoothing_factor)
         return torch.stack([distill, task])
@@ -273,12 +306,13 @@ class DTOKDTrainer(Trainer):
         with self.compute_loss_context_manager():
             student_logits = classification_logits(model(**student_inputs))
         teacher_logits = self._teacher_logits(student_inputs["pixel_values"], teacher_pixels)
-        losses = self._losses(student_logits, teacher_logits, labels)
+        losses = self.compute_objective_losses(student_logits, teacher_logits, labels)
         self._window_losses += losses.detach() / steps
 
         if self.balancer.needs_gradients:
-            self._window_gradients.accumulate(losses[0] / steps)
-            self.accelerator.backward(losses[1] / steps)
+            for index in range(len(losses) - 1):
+                self._window_gradients.accumulate(index, losses[index] / steps)
+            self.accelerator.backward(losses[-1] / steps)
             logged = torch.zeros((), device=losses.device)
         else:
             weights = self.balancer.loss_weights(self._reduce_mean(losses.detach()))
@@ -294,9 +328,15 @@ class DTOKDTrainer(Trainer):
     def _open_window(self, model: nn.Module) -> None:
         if self.balancer.needs_gradients:
             if self._window_gradients is None:
-                self._window_gradients = WindowGradients(model.parameters())
+                self._window_gradients = WindowGradients(model.parameters(), len(self.objective_names) - 1)
+                if hasattr(self.balancer, "configure"):
+                    self.balancer.configure(
+                        self._window_gradients,
+                        self._weight_decays(self._window_gradients),
+                        self.args.max_grad_norm,
+                    )
             self._window_gradients.reset()
-        self._window_losses = torch.zeros(len(OBJECTIVES), device=self.args.device)
+        self._window_losses = torch.zeros(len(self.objective_names), device=self.args.device)
         self._window_batches = []
         self._window_model = model
         self._window_open = True
@@ -312,28 +352,68 @@ class DTOKDTrainer(Trainer):
             gradients.all_reduce_mean(self.accelerator)
             gram = gradients.gram_with_grad()
             self.balancer.update_from_gram(gram, window_losses)
-            weights = self.balancer.loss_weights(window_losses)
-            gradients.combine_into_grad(weights[0], weights[1])
-            logged = (weights * window_losses).sum()
-            norms = gram.diagonal().sqrt()
-            tiny = torch.finfo(torch.float64).tiny
-            self._metrics["grad_cos"].append(gram[0, 1] / (norms[0] * norms[1]).clamp_min(tiny))
-            self._metrics["grad_norm_ratio"].append(norms[0] / norms[1].clamp_min(tiny))
-        self._metrics["distill_loss"].append(window_losses[0])
-        self._metrics["task_loss"].append(window_losses[1])
-        self._metrics["pi_distill"].append(self.balancer.pi[0])
+            weights = self.balancer.combine_gradients(gradients, window_losses)
+            logged = (weights.to(window_losses.device) * window_losses).sum()
+            self._record_gradient_diagnostics(gram)
+        self.balancer.observe_window(window_losses)
+        pi = self.balancer.pi
+        for index, name in enumerate(self.objective_names):
+            self._metrics[f"{name}_loss"].append(window_losses[index])
+            if name != "task":
+                self._metrics[f"pi_{name}"].append(pi[index])
         return logged
+
+    def _record_gradient_diagnostics(self, gram: torch.Tensor) -> None:
+        """Gradient conflict (cosine) and dominance (norm ratio) of each objective against the task."""
+        norms = gram.diagonal().sqrt()
+        tiny = torch.finfo(torch.float64).tiny
+        task = len(self.objective_names) - 1
+        for index, name in enumerate(self.objective_names[:-1]):
+            suffix = "" if name == "distill" else f"_{name}"
+            self._metrics[f"grad_cos{suffix}"].append(
+                gram[index, task] / (norms[index] * norms[task]).clamp_min(tiny)
+            )
+            self._metrics[f"grad_norm_ratio{suffix}"].append(norms[index] / norms[task].clamp_min(tiny))
+
+    def _weight_decays(self, gradients: WindowGradients) -> list[float]:
+        """Per-parameter weight decay under the Trainer's rule (no decay on biases and norm layers)."""
+        model = self.accelerator.unwrap_model(self.model)
+        decay = set(self.get_decay_parameter_names(model))
+        names = {id(p): n for n, p in model.named_parameters()}
+        return [self.args.weight_decay if names.get(id(p)) in decay else 0.0 for p in gradients.parameters]
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """DOT computes the whole update itself: its optimizer is momentum-free SGD, ``p <- p - lr .grad``."""
+        if not getattr(self.balancer, "owns_update", False) or self.optimizer is not None:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if self.args.optim != TrainingArguments.optim:
+            logger.warning(
+                "method=%r replaces optim=%r with its own update rule (momentum-free SGD on the DOT direction)",
+                self.args.method,
+                self.args.optim,
+            )
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            parameters, lr=self.args.learning_rate, momentum=0.0, weight_decay=0.0
+        )
+        return self.optimizer
+
+    def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
+        """Methods that clip the per-loss gradients themselves report their pre-clip norm and skip the Trainer's."""
+        if self.balancer.handles_clipping and self.balancer.last_grad_norm is not None:
+            return self.balancer.last_grad_norm
+        return super()._clip_grad_norm(model)
 
     def _look_ahead_update(self) -> None:
         """Amortized methods: losses of the same window after the optimizer step, then the pi update."""
         if not self._window_batches:
             return
         model = self._window_model
-        after = torch.zeros(len(OBJECTIVES), device=self.args.device)
+        after = torch.zeros(len(self.objective_names), device=self.args.device)
         with torch.no_grad(), self.compute_loss_context_manager():
             for student_inputs, teacher_logits, labels in self._window_batches:
                 logits = classification_logits(model(**student_inputs))
-                after += self._losses(logits, teacher_logits, labels)
+                after += self.compute_objective_losses(logits, teacher_logits, labels)
         after = self._reduce_mean(after / len(self._window_batches))
         self.balancer.update(self._window_losses, after)
         self._window_batches = []

@@ -1,19 +1,32 @@
 """What every trade-off method shares: the objectives' order, the log-loss shift and the raw-loss weights.
 
-A balancer holds ``pi``, a point of the simplex over the objectives (``OBJECTIVES`` order:
-distillation first, task second, as in METHODS.md), and turns it into the raw-loss weights
-``w`` that the trainer applies: either to the losses before the single backward
-(fixed / amortized methods) or to the per-loss gradients at the end of the accumulation window
-(exact method). State lives on the training device and never needs a host sync, so the
-trainer's hot path stays asynchronous.
+A balancer sees a vector of ``K`` named losses (the trainer's ``objective_names``; by default
+``OBJECTIVES``: distillation first, task last, as in METHODS.md). It holds ``pi``, a point of the
+simplex over the objectives (what is logged and plotted), and turns it into the raw-loss weights
+``w`` that the trainer applies: either to the losses before the single backward (weighted-loss
+methods) or to the per-loss gradients at the end of the accumulation window (gradient methods,
+``needs_gradients``). State lives on the training device; the closed-form methods need no host
+sync, so the trainer's hot path stays asynchronous.
+
+Hooks, each called by the trainer once per optimizer step and on every process alike:
+
+* ``update_from_gram(raw_gram, losses)`` (gradient methods): set the weights from the window's
+  ``K x K`` raw-gradient Gram and the window's process-averaged losses;
+* ``combine_gradients(gradients, losses)`` (gradient methods): write the update into ``.grad``
+  (default: the weighted sum of the per-loss gradients);
+* ``observe_window(losses)``: any method, after the window's losses are known;
+* ``update(losses_before, losses_after)`` (``needs_look_ahead``): after the optimizer step.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ..gradients import WindowGradients
 
 OBJECTIVES: tuple[str, ...] = ("distill", "task")
 RESCALE_RULES: tuple[str, ...] = ("famo", "none")
@@ -52,11 +65,19 @@ class Balancer(ABC):
     #: True when the method updates itself from the losses measured after the optimizer step.
     needs_look_ahead: bool = False
 
+    #: True when the method clips the per-loss gradients itself (``max_grad_norm``) before its update.
+    handles_clipping: bool = False
+
     #: The current point of the simplex, one entry per objective.
     pi: torch.Tensor
 
-    def __init__(self) -> None:
-        self.pi = torch.full((len(OBJECTIVES),), 1.0 / len(OBJECTIVES))
+    def __init__(self, num_objectives: int = len(OBJECTIVES)) -> None:
+        if num_objectives < 2:
+            raise ValueError(
+                f"a trade-off needs at least two objectives, got num_objectives={num_objectives}"
+            )
+        self.num_objectives = num_objectives
+        self.pi = torch.full((num_objectives,), 1.0 / num_objectives)
         self.nonfinite_events = torch.zeros((), dtype=torch.long)
 
     def to(self, device: torch.device | str) -> Balancer:
@@ -71,6 +92,16 @@ class Balancer(ABC):
     def update_from_gram(self, raw_gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """Gradient methods (``needs_gradients``): set ``pi`` from the window's raw-gradient Gram."""
         raise NotImplementedError(f"{type(self).__name__} sets needs_gradients but has no update_from_gram")
+
+    def combine_gradients(self, gradients: WindowGradients, losses: torch.Tensor) -> torch.Tensor:
+        """Gradient methods: write ``sum_k w_k g_k`` into ``.grad``; return the weights used."""
+        weights = self.loss_weights(losses)
+        gradients.combine_into_grad(weights)
+        return weights
+
+    def observe_window(self, losses: torch.Tensor) -> None:
+        """Called once per optimizer step with the window's process-averaged losses (default: nothing)."""
+        return None
 
     def update(self, losses_before: torch.Tensor, losses_after: torch.Tensor) -> bool:
         """Look-ahead methods (``needs_look_ahead``): update from the losses before / after the step."""

@@ -1,4 +1,4 @@
-"""DTO-KD, exact mode (ICLR 2026, Theorem 3.1): the closed-form trade-off on the log-gradient Gram.
+"""DTO-KD, exact mode (ICLR 2026, Theorem 3.1): the min-norm trade-off on the log-gradient Gram.
 
 With log-gradients ``a_d = grad L_d / l_d`` and ``a_t = grad L_t / l_t`` (``l`` the shifted losses)
 and their Gram matrix ``G = [[g11, g12], [g12, g22]]``::
@@ -10,6 +10,11 @@ the min-norm point of the segment between ``a_d`` and ``a_t`` (two-task MGDA). A
 is ``g* = pi_d a_d + pi_t a_t``; when ``0 < pi_d < 1`` it satisfies
 ``<g*, a_d> = <g*, a_t> = ||g*||^2`` (equal contribution).
 
+For ``K > 2`` objectives (the paper's multi-signal extension) ``pi`` is the exact min-norm point
+of the simplex, ``argmin_{pi >= 0, sum pi = 1} pi^T G pi``, solved as a quadratic programme with
+quadprog (through qpsolvers, the solver torchjd's projectors use); ``K = 2`` keeps the closed form,
+which needs no host sync.
+
 Edge cases (METHODS.md 1.1):
 
 * ``g11 + g22 - 2 g12 <= tol * (g11 + g22)`` (``a_d ~ a_t``, both zero included): ``pi = (1/2, 1/2)``;
@@ -19,11 +24,14 @@ Edge cases (METHODS.md 1.1):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from .base import Balancer, raw_loss_weights, shifted_losses
+from .gramian import GramianBalancer, log_gram
 
 DEGENERATE_TOL = 1e-8
+#: Ridge added to the trace-normalised Gram so quadprog's Cholesky accepts a rank-deficient Gram.
+QP_RIDGE = 1e-10
 
 
 def dto_closed_form(gram: torch.Tensor, tol: float = DEGENERATE_TOL) -> torch.Tensor:
@@ -39,38 +47,45 @@ def dto_closed_form(gram: torch.Tensor, tol: float = DEGENERATE_TOL) -> torch.Te
     return torch.stack([pi_d, 1.0 - pi_d]).float()
 
 
-def log_gram(raw_gram: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
-    """Gram of the log-gradients from the Gram of the raw gradients: ``G_ij = R_ij / (l_i l_j)``."""
-    scale = shifted.double()
-    return raw_gram.double() / torch.outer(scale, scale)
+def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
+    """The min-norm point of the simplex for any ``K``: closed form at ``K = 2``, quadprog above.
+
+    Raises ``ValueError`` when the solver finds no solution (the balancer then keeps its ``pi``).
+    """
+    k = gram.shape[0]
+    if k == 2:
+        return dto_closed_form(gram).double()
+    from qpsolvers import solve_qp  # torchjd[quadprog-projector], a dependency of hf-dtokd
+
+    matrix = gram.detach().double().cpu().numpy()
+    scale = np.trace(matrix) / k
+    if not scale > 0:  # every gradient is zero: nothing to balance
+        return torch.full((k,), 1.0 / k, dtype=torch.float64, device=gram.device)
+    matrix = (matrix + matrix.T) / (2.0 * scale) + QP_RIDGE * np.eye(k)
+    solution = solve_qp(
+        matrix, np.zeros(k), -np.eye(k), np.zeros(k), np.ones((1, k)), np.ones(1), solver="quadprog"
+    )
+    if solution is None:
+        raise ValueError("quadprog found no min-norm point for this Gram")
+    solution = np.clip(solution, 0.0, None)
+    return torch.as_tensor(solution / solution.sum(), dtype=torch.float64, device=gram.device)
 
 
-class DTOExact(Balancer):
-    """Exact DTO-KD: ``pi`` from the closed form each optimizer step, the balanced gradient applied."""
+class DTOExact(GramianBalancer):
+    """Exact DTO-KD: ``pi`` from the min-norm point of the log-gradient Gram each optimizer step."""
 
-    needs_gradients = True
+    def __init__(
+        self,
+        num_objectives: int = 2,
+        min_loss: float = 0.0,
+        eps: float = 1e-8,
+        rescale: str = "famo",
+        log_gradients: bool = True,
+    ) -> None:
+        super().__init__(num_objectives, log_gradients, min_loss, eps, rescale)
 
-    def __init__(self, min_loss: float = 0.0, eps: float = 1e-8, rescale: str = "famo") -> None:
-        super().__init__()
-        self.min_loss, self.eps, self.rescale = min_loss, eps, rescale
-        raw_loss_weights(self.pi, torch.ones(2), rescale)  # validates the rule name now
+    def weigh(self, gram: torch.Tensor) -> torch.Tensor:
+        return min_norm_weights(gram)
 
-    def update_from_gram(self, raw_gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        """Set ``pi`` from the raw per-loss gradient Gram and the window's losses; return it.
 
-        A non-finite Gram or loss keeps the previous ``pi`` and increments ``nonfinite_events``.
-        """
-        shifted = shifted_losses(losses, self.min_loss, self.eps)
-        gram = log_gram(raw_gram, shifted)
-        finite = torch.isfinite(gram).all() & torch.isfinite(shifted).all() & (shifted > 0).all()
-        candidate = dto_closed_form(
-            torch.where(finite, gram, torch.eye(2, dtype=gram.dtype, device=gram.device))
-        )
-        self.pi = torch.where(finite, candidate.to(self.pi.device), self.pi)
-        self.nonfinite_events = self.nonfinite_events + (~finite).long()
-        return self.pi
-
-    def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:
-        return raw_loss_weights(
-            self.pi.to(losses.device), shifted_losses(losses, self.min_loss, self.eps), self.rescale
-        )
+__all__ = ["DTOExact", "dto_closed_form", "log_gram", "min_norm_weights"]

@@ -35,6 +35,11 @@ class FAMO(Balancer):
         eps: float = 1e-8,
         rescale: str = "famo",
     ) -> None:
+        if num_objectives < 2:
+            raise ValueError(
+                f"a trade-off needs at least two objectives, got num_objectives={num_objectives}"
+            )
+        self.num_objectives = num_objectives
         self.nonfinite_events = torch.zeros((), dtype=torch.long)
         if lr <= 0:
             raise ValueError(f"the trade-off learning rate must be > 0, got {lr}")

@@ -1,10 +1,13 @@
 """Fixed weights (Hinton et al., 2015): ``L = alpha * L_distill + (1 - alpha) * L_task``.
 
 ``pi = (alpha, 1 - alpha)`` never changes, and the weights apply to the raw losses (no log, no
-rescale), which is the baseline every balancing method is compared with.
+rescale), which is the baseline every balancing method is compared with. For ``K`` objectives,
+``FixedWeights(weights=[...])`` takes one non-negative weight per objective.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -12,11 +15,28 @@ from .base import Balancer
 
 
 class FixedWeights(Balancer):
-    def __init__(self, alpha: float) -> None:
-        super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1] (the distillation weight), got {alpha}")
-        self.pi = torch.tensor([alpha, 1.0 - alpha])
+    def __init__(self, alpha: float | None = None, weights: Sequence[float] | None = None) -> None:
+        if (alpha is None) == (weights is None):
+            raise ValueError(
+                "FixedWeights takes either alpha (two objectives) or weights (one per objective)"
+            )
+        if alpha is not None:
+            if not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"alpha must lie in [0, 1] (the distillation weight), got {alpha}")
+            weights = [alpha, 1.0 - alpha]
+        values = torch.tensor([float(w) for w in weights])
+        if values.numel() < 2 or bool((values < 0).any()) or not bool(torch.isfinite(values).all()):
+            raise ValueError(
+                f"fixed weights must be >= 0 and finite, at least two of them; got {list(weights)}"
+            )
+        super().__init__(values.numel())
+        self.weights = values
+        self.pi = values / values.sum() if values.sum() > 0 else values
+
+    def to(self, device: torch.device | str) -> FixedWeights:
+        super().to(device)
+        self.weights = self.weights.to(device)
+        return self
 
     def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:
-        return self.pi.to(losses.device)
+        return self.weights.to(losses.device)

@@ -1,0 +1,187 @@
+"""DOT, the Distillation-Oriented Trainer (Zhao et al., ICCV 2023): one momentum per loss.
+
+Inputs are the already-weighted gradients ``g_t = (1 - alpha) grad L_task`` and
+``g_d = alpha grad L_distill`` (reference configs: alpha = 0.9, T = 4 on CIFAR; 0.5, T = 1 on
+ImageNet). Reference rule (``form="sgd"``), per parameter ``p`` with weight decay ``wd``::
+
+    v_t <- (mu - Delta) v_t + (g_t + wd p)       # task momentum, weight decay on this branch only
+    v_d <- (mu + Delta) v_d + g_d                # distillation momentum
+    p   <- p - lr (v_t + v_d)
+
+``mu = 0.9``, ``Delta = 0.075`` (0.09 on ImageNet). As in the reference, a parameter reached by one
+loss only keeps one buffer with the mean momentum ``mu`` (and the weight decay on it).
+
+Our extension, labelled as such (``form="adamw"``): two first moments with ``beta1 -/+ Delta`` and
+one shared second moment, AdamW's decoupled weight decay::
+
+    m_t <- b_t m_t + (1 - b_t) g_t,   m_d <- b_d m_d + (1 - b_d) g_d,   b_{t,d} = beta1 -/+ Delta
+    v   <- beta2 v + (1 - beta2) (g_t + g_d)^2
+    p   <- p - lr ((m_t / (1 - b_t^k) + m_d / (1 - b_d^k)) / (sqrt(v / (1 - beta2^k)) + eps) + wd p)
+
+How it lives in the Trainer: the per-loss gradients of the window (averaged over processes, so the
+buffers are identical on every rank) enter the rule at the window's end; the resulting update
+direction is written to ``.grad`` and the trainer's optimizer is plain SGD without momentum or weight
+decay, so ``p <- p - lr .grad`` with the Trainer's learning-rate schedule. ``max_grad_norm`` clips
+``g_t + g_d`` (both scaled by the same factor) before the momenta, as clipping does for SGD with
+momentum; the Trainer's own clipping of ``.grad`` is then skipped. The buffers are parameter-sized
+float32 and are saved with the balancer state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .base import Balancer
+
+if TYPE_CHECKING:
+    from ..gradients import WindowGradients
+
+DOT_FORMS: tuple[str, ...] = ("sgd", "adamw")
+
+
+class DOT(Balancer):
+    needs_gradients = True
+    handles_clipping = True
+    #: The trainer must step with momentum-free SGD: this method computes the whole update.
+    owns_update = True
+
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        momentum: float = 0.9,
+        delta: float = 0.075,
+        form: str = "sgd",
+        beta2: float = 0.999,
+        adam_eps: float = 1e-8,
+    ) -> None:
+        super().__init__(2)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1] (DOT's distillation loss weight), got {alpha}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"dot_momentum (DOT's mu) must lie in [0, 1), got {momentum}")
+        if not 0.0 <= delta <= momentum or momentum + delta >= 1.0:
+            raise ValueError(
+                f"dot_delta must satisfy 0 <= Delta <= mu and mu + Delta < 1 (got mu={momentum}, Delta={delta})"
+            )
+        if form not in DOT_FORMS:
+            raise ValueError(f"unknown DOT form {form!r}; valid values: {', '.join(DOT_FORMS)}")
+        self.pi = torch.tensor([alpha, 1.0 - alpha])
+        self.momentum, self.delta, self.form = momentum, delta, form
+        self.beta2, self.adam_eps = beta2, adam_eps
+        self.max_grad_norm = 0.0
+        self.weight_decays: list[float] = []
+        self.buffers: torch.Tensor | None = None  # rows: task momentum, distill momentum (, second moment)
+        self.steps = 0
+        self.last_grad_norm: torch.Tensor | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    def configure(self, gradients: WindowGradients, weight_decays: list[float], max_grad_norm: float) -> None:
+        """Bind to the trainer's window gradients: per-parameter weight decay and the clipping norm."""
+        if len(weight_decays) != len(gradients.parameters):
+            raise ValueError("DOT needs one weight decay per trainable parameter")
+        self.weight_decays, self.max_grad_norm = list(weight_decays), max_grad_norm
+        rows = 3 if self.form == "adamw" else 2
+        self.buffers = torch.zeros(
+            rows, gradients.buffers.shape[1], dtype=torch.float32, device=gradients.buffers.device
+        )
+        self._sizes = [p.numel() for p in gradients.parameters]
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+            self._pending_state = None
+
+    def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        return self.pi.to(losses.device)
+
+    def update_from_gram(self, raw_gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        return self.pi  # pi is alpha: DOT balances through its momenta, not through weights
+
+    def combine_gradients(self, gradients: WindowGradients, losses: torch.Tensor) -> torch.Tensor:
+        if self.buffers is None:
+            raise RuntimeError("DOT.configure(...) must run before the first step")
+        weights = self.pi.to(gradients.buffers.device)
+        alpha_d, alpha_t = weights[0], weights[1]
+        params, distill_views = gradients.parameters, gradients.views[0]
+        task = [None if p.grad is None else alpha_t * p.grad.float() for p in params]
+        distill = [alpha_d * v for v in distill_views]
+        squared = sum(((d + t) if t is not None else d).pow(2).sum() for d, t in zip(distill, task))
+        self.last_grad_norm = squared.sqrt()
+        if self.max_grad_norm > 0:
+            coef = (self.max_grad_norm / (self.last_grad_norm + 1e-6)).clamp(max=1.0)
+            task = [None if t is None else t * coef for t in task]
+            distill = [d * coef for d in distill]
+        self.steps += 1
+        rows = [list(row.split(self._sizes)) for row in self.buffers]
+        for j, param in enumerate(params):
+            has_t, has_d = task[j] is not None, gradients.touched[0][j]
+            if not (has_t or has_d):
+                continue
+            g_t = task[j].reshape(-1) if has_t else torch.zeros_like(rows[0][j])
+            g_d = distill[j].reshape(-1)
+            flat_p = param.detach().reshape(-1).float()
+            direction = self._direction(j, g_t, g_d, flat_p, rows, has_t, has_d)
+            param.grad = direction.view_as(param).to(param.dtype)
+        return weights
+
+    def _direction(
+        self,
+        j: int,
+        g_t: torch.Tensor,
+        g_d: torch.Tensor,
+        flat_p: torch.Tensor,
+        rows: list[list[torch.Tensor]],
+        has_t: bool,
+        has_d: bool,
+    ) -> torch.Tensor:
+        wd = self.weight_decays[j]
+        mu, delta = self.momentum, self.delta
+        if has_t and has_d:
+            beta_t, beta_d = mu - delta, mu + delta
+        else:  # reached by one loss only: the reference keeps that loss's buffer with the mean momentum
+            beta_t = beta_d = mu
+        v_t, v_d = rows[0][j], rows[1][j]
+        if self.form == "sgd":
+            if has_t:
+                v_t.mul_(beta_t).add_(g_t + wd * flat_p)
+                if has_d:
+                    v_d.mul_(beta_d).add_(g_d)
+            else:
+                v_d.mul_(beta_d).add_(g_d + wd * flat_p)
+            return v_t + v_d
+        second = rows[2][j]
+        k = self.steps
+        v_t.mul_(beta_t).add_((1.0 - beta_t) * g_t)
+        v_d.mul_(beta_d).add_((1.0 - beta_d) * g_d)
+        second.mul_(self.beta2).add_((1.0 - self.beta2) * (g_t + g_d).pow(2))
+        first = v_t / (1.0 - beta_t**k) + v_d / (1.0 - beta_d**k)
+        return first / ((second / (1.0 - self.beta2**k)).sqrt() + self.adam_eps) + wd * flat_p
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["steps"] = self.steps
+        state["form"] = self.form
+        state["buffers"] = None if self.buffers is None else self.buffers.detach().cpu().clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("form") != self.form:
+            raise ValueError(
+                f"this checkpoint holds DOT state of form {state.get('form')!r} but the run uses form {self.form!r}; "
+                "resume with the method that wrote it"
+            )
+        super().load_state_dict(state)
+        if self.buffers is None:
+            self._pending_state = state
+        else:
+            self._restore(state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        if state["buffers"] is not None:
+            if state["buffers"].shape != self.buffers.shape:
+                raise ValueError(
+                    f"DOT buffers in the checkpoint have shape {tuple(state['buffers'].shape)}, the student needs "
+                    f"{tuple(self.buffers.shape)}: the checkpoint belongs to another model"
+                )
+            self.buffers.copy_(state["buffers"].to(self.buffers.device))
