@@ -124,3 +124,52 @@ def test_zero_loss_gives_finite_weights():
 def test_unknown_rescale_rule_is_refused():
     with pytest.raises(ValueError, match="valid values: famo, none"):
         DTOExact(rescale="sum")
+
+
+def simplex_grid(step: float = 0.002) -> np.ndarray:
+    values = np.arange(0.0, 1.0 + step / 2, step)
+    a, b = np.meshgrid(values, values, indexing="ij")
+    keep = a + b <= 1.0 + 1e-12
+    return np.stack([a[keep], b[keep], np.clip(1.0 - a[keep] - b[keep], 0.0, None)], axis=1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_three_objectives_min_norm_point_beats_a_brute_force_grid(seed):
+    from hf_dtokd.balancing import min_norm_weights
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((3, int(rng.integers(2, 12)))) * rng.uniform(0.2, 5.0, size=(3, 1))
+    gram = vectors @ vectors.T
+    pi = min_norm_weights(torch.from_numpy(gram)).numpy()
+    assert pi.min() >= 0 and pi.sum() == pytest.approx(1.0)
+    grid = simplex_grid()
+    grid_values = np.einsum("ni,ij,nj->n", grid, gram, grid)
+    assert float(pi @ gram @ pi) <= grid_values.min() + 1e-9 * np.trace(gram)
+    best = grid[int(np.argmin(grid_values))]
+    assert float(best @ gram @ best) - float(pi @ gram @ pi) < 1e-3 * np.trace(gram)
+
+
+def test_three_objectives_balancer_uses_log_gradients_and_the_famo_rescale():
+    rng = np.random.default_rng(4)
+    grads = torch.from_numpy(rng.standard_normal((3, 6)))
+    losses = torch.tensor([0.5, 2.0, 1.0])
+    balancer = DTOExact(num_objectives=3)
+    balancer.update_from_gram(grads @ grads.T, losses)
+    from hf_dtokd.balancing import min_norm_weights
+
+    log_grads = grads / (losses.double() + 1e-8)[:, None]
+    p = min_norm_weights(log_grads @ log_grads.T)
+    assert torch.allclose(balancer.pi.double(), p, atol=1e-6)
+    w = p / (losses.double() + 1e-8)
+    assert torch.allclose(balancer.loss_weights(losses).double(), w / w.sum(), atol=1e-6)
+
+
+def test_three_identical_gradients_and_all_zero_gradients():
+    from hf_dtokd.balancing import min_norm_weights
+
+    assert torch.allclose(
+        min_norm_weights(torch.zeros(3, 3, dtype=torch.float64)), torch.full((3,), 1 / 3).double()
+    )
+    v = torch.tensor([[1.0, 2.0]], dtype=torch.float64).repeat(3, 1)
+    pi = min_norm_weights(v @ v.T)
+    assert pi.sum().item() == pytest.approx(1.0) and (pi >= 0).all()

@@ -1,0 +1,373 @@
+"""Every trade-off method on the embedded digits task: same student, teacher, data and budget.
+
+The regime (chosen so that distillation matters at all, see ``docs/compare_methods.md``):
+scikit-learn's 1,797 digits in 5 stratified folds. For fold ``f`` a ResNet teacher (24 px) is
+trained on the four other folds with all their labels; the ViT student (32 px) sees only a
+*labelled subset* of those images (``labelled_per_class`` per class) and is tested on fold ``f``.
+Every image is a test image exactly once per seed, so each method is scored on all 1,797 digits.
+
+Runs are paired: a (fold, seed) fixes the labelled subset, the student's initialisation and the
+data order for every method. The table reports mean +- std top-1 over the pairs, the paired
+difference to fixed alpha = 0.5 with its standard error (std of the paired differences /
+sqrt(pairs)), the first evaluation step at which the method's mean accuracy curve reaches fixed
+alpha = 0.5's final mean accuracy, and wall time per step. Every method gets the same learning rate,
+schedule and steps; none is tuned (DOT's SGD form takes the SGD learning rate of its reference).
+
+Writes ``<results_dir>/compare_methods.{json,md,png}``. ``--help`` lists the flags; a smoke run:
+``python benchmarks/compare_methods.py --folds 2 --max_steps 4 --eval_steps 2 --teacher_steps 4``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+BASELINE = "fixed_0.5"
+ROWS = (
+    "no_kd", "fixed_0.1", "fixed_0.5", "fixed_0.9", "dto", "dto_amortized", "mgda", "pcgrad", "cagrad",
+    "upgrad", "imtl_g", "aligned_mtl", "dualproj", "uncertainty", "dot", "dot_adamw",
+)  # fmt: skip
+
+
+@dataclass
+class CompareArguments:
+    rows: list[str] = field(default_factory=lambda: list(ROWS), metadata={"help": f"Rows among {ROWS}."})
+    folds: int = field(default=5, metadata={"help": "Stratified folds of the 1,797 digits (>= 2)."})
+    seeds: int = field(default=2, metadata={"help": "Seeds per fold (subset, init, data order)."})
+    labelled_per_class: int = field(default=15, metadata={"help": "Labelled training images per class."})
+    max_steps: int = field(default=300, metadata={"help": "Optimizer steps of every student run."})
+    batch_size: int = field(default=32, metadata={"help": "Student batch size."})
+    learning_rate: float = field(
+        default=2e-3, metadata={"help": "AdamW learning rate of every run but DOT-SGD."}
+    )
+    sgd_learning_rate: float = field(default=0.05, metadata={"help": "Learning rate of DOT's SGD form."})
+    temperature: float = field(default=4.0, metadata={"help": "Distillation temperature of every KD run."})
+    eval_steps: int = field(default=25, metadata={"help": "Evaluate the student every this many steps."})
+    teacher_steps: int = field(default=300, metadata={"help": "Optimizer steps of each fold's teacher."})
+    student_width: int = field(default=48, metadata={"help": "ViT student hidden size."})
+    student_layers: int = field(default=2, metadata={"help": "ViT student depth."})
+    workers: int = field(default=2, metadata={"help": "Runs in parallel (one torch thread each)."})
+    output_dir: str = field(default="outputs/compare_methods", metadata={"help": "Teachers and run folders."})
+    results_dir: str = field(default=str(RESULTS), metadata={"help": "Where the json, md and png go."})
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.rows if r not in ROWS]
+        if unknown:
+            raise ValueError(f"unknown rows {unknown}; valid values: {', '.join(ROWS)}")
+        if BASELINE not in self.rows:
+            raise ValueError(f"rows must include the baseline {BASELINE!r}")
+        if self.folds < 2 or self.seeds < 1 or self.labelled_per_class < 1:
+            raise ValueError("folds must be >= 2, seeds and labelled_per_class >= 1")
+        if self.max_steps < 1 or self.eval_steps < 1 or self.teacher_steps < 1:
+            raise ValueError("max_steps, eval_steps and teacher_steps must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------- data
+@cache
+def fold_data(folds: int, fold: int) -> tuple[Any, Any, list[str]]:
+    """(pool, test) of one fold, both with the raw ``image`` / ``label`` columns."""
+    from datasets import concatenate_datasets
+    from sklearn.model_selection import StratifiedKFold
+
+    from hf_dtokd.data import load_digits_splits
+
+    splits = load_digits_splits(seed=0)
+    everything = concatenate_datasets([splits["train"], splits["test"]])
+    labels = np.asarray(everything["label"])
+    folds_iter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0).split(labels, labels)
+    pool_idx, test_idx = list(folds_iter)[fold]
+    names = everything.features["label"].names
+    return everything.select(pool_idx), everything.select(test_idx), names
+
+
+@cache
+def processed(folds: int, fold: int, which: str, size: int) -> Any:
+    from hf_dtokd.data import preprocess_images
+    from hf_dtokd.demo import student_processor, teacher_processor
+
+    pool, test, _ = fold_data(folds, fold)
+    processor = student_processor() if size == 32 else teacher_processor()
+    return preprocess_images(pool if which == "pool" else test, processor)
+
+
+def labelled_subset(dataset: Any, per_class: int, seed: int) -> Any:
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset["label"])
+    chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in np.unique(labels)]
+    return dataset.select(np.sort(np.concatenate(chosen)))
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def teacher_dir(args: CompareArguments, fold: int) -> Path:
+    return Path(args.output_dir) / f"teacher_fold{fold}"
+
+
+def train_teacher(args: CompareArguments, fold: int) -> float:
+    from transformers import DefaultDataCollator, Trainer, TrainingArguments
+
+    from hf_dtokd.demo import build_teacher, teacher_processor
+    from hf_dtokd.metrics import classification_metrics
+
+    folder = teacher_dir(args, fold)
+    metrics_file = folder / "metrics.json"
+    if metrics_file.is_file() and json.loads(metrics_file.read_text()).get("steps") == args.teacher_steps:
+        return json.loads(metrics_file.read_text())["top1"]
+    _, _, names = fold_data(args.folds, fold)
+    training = TrainingArguments(
+        output_dir=str(folder / "run"), use_cpu=True, per_device_train_batch_size=64, max_steps=args.teacher_steps,
+        learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=int(0.05 * args.teacher_steps),
+        weight_decay=0.05, save_strategy="no", report_to="none", disable_tqdm=True, seed=1234, data_seed=1234,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=build_teacher(names), args=training, train_dataset=processed(args.folds, fold, "pool", 24),
+        eval_dataset=processed(args.folds, fold, "test", 24), data_collator=DefaultDataCollator(),
+        compute_metrics=classification_metrics,
+    )  # fmt: skip
+    trainer.train()
+    top1 = trainer.evaluate()["eval_top1"]
+    trainer.model.save_pretrained(folder)
+    teacher_processor().save_pretrained(folder)
+    metrics_file.write_text(json.dumps({"top1": top1, "steps": args.teacher_steps}))
+    return top1
+
+
+def build_student(args: CompareArguments, seed: int, names: list[str]) -> Any:
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=32, patch_size=4, hidden_size=args.student_width, num_hidden_layers=args.student_layers,
+        num_attention_heads=4, intermediate_size=2 * args.student_width, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )  # fmt: skip
+    return ViTForImageClassification(config)
+
+
+def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str, Any]:
+    """One student run; returns its final top-1, accuracy curve, pi curve and time per step."""
+    import torch
+    from transformers import DefaultDataCollator, Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    from hf_dtokd import DTOKDConfig, DTOKDTrainer
+    from hf_dtokd.demo import student_processor
+    from hf_dtokd.metrics import classification_metrics
+
+    hf_logging.set_verbosity_error()
+    run_seed = 1000 * fold + seed
+    _, _, names = fold_data(args.folds, fold)
+    train = labelled_subset(processed(args.folds, fold, "pool", 32), args.labelled_per_class, run_seed)
+    test = processed(args.folds, fold, "test", 32)
+    is_dot_sgd = row == "dot"
+    common = dict(
+        output_dir=str(Path(args.output_dir) / "runs" / f"{row}_f{fold}_s{seed}"), use_cpu=True,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=512, max_steps=args.max_steps,
+        learning_rate=args.sgd_learning_rate if is_dot_sgd else args.learning_rate, lr_scheduler_type="cosine",
+        warmup_steps=int(0.05 * args.max_steps), weight_decay=5e-4 if is_dot_sgd else 0.05,
+        eval_strategy="steps", eval_steps=args.eval_steps, logging_steps=args.eval_steps, save_strategy="no",
+        report_to="none", disable_tqdm=True, seed=run_seed, data_seed=run_seed,
+    )  # fmt: skip
+    student = build_student(args, run_seed, names)
+    kwargs = dict(
+        model=student, train_dataset=train, eval_dataset=test, data_collator=DefaultDataCollator(),
+        compute_metrics=classification_metrics,
+    )  # fmt: skip
+    if row == "no_kd":
+        trainer: Trainer = Trainer(args=TrainingArguments(**common), **kwargs)
+    else:
+        method, alpha = ("fixed", float(row.split("_")[1])) if row.startswith("fixed_") else (row, 0.5)
+        config = DTOKDConfig(
+            **common, method=method, alpha=alpha, temperature=args.temperature,
+            teacher_model_name_or_path=str(teacher_dir(args, fold)),
+        )  # fmt: skip
+        trainer = DTOKDTrainer(args=config, processing_class=student_processor(), **kwargs)
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    history = trainer.state.log_history
+    curve = [(row_["step"], row_["eval_top1"]) for row_ in history if "eval_top1" in row_]
+    pis = [(row_["step"], row_["pi_distill"]) for row_ in history if "pi_distill" in row_]
+    cosines = [row_["grad_cos"] for row_ in history if "grad_cos" in row_]
+    evaluations = len(curve)
+    return {
+        "row": row, "fold": fold, "seed": seed, "top1": curve[-1][1], "curve": curve, "pi": pis,
+        "share_logged_steps_conflicting": (sum(c < 0 for c in cosines) / len(cosines)) if cosines else None,
+        "seconds_per_step": wall / args.max_steps, "evaluations": evaluations,
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.ERROR)
+
+
+def _run_task(task: tuple[CompareArguments, str, int, int]) -> dict[str, Any]:
+    return run_one(*task)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def summarise(args: CompareArguments, runs: list[dict[str, Any]], teachers: list[float]) -> dict[str, Any]:
+    by_row = {row: {(r["fold"], r["seed"]): r for r in runs if r["row"] == row} for row in args.rows}
+    pairs = sorted(by_row[BASELINE])
+    baseline_curve = mean_curve([by_row[BASELINE][p]["curve"] for p in pairs])
+    target = baseline_curve[-1][1]
+    table = []
+    for row in args.rows:
+        top1 = [by_row[row][p]["top1"] for p in pairs]
+        diffs = [by_row[row][p]["top1"] - by_row[BASELINE][p]["top1"] for p in pairs]
+        curve = mean_curve([by_row[row][p]["curve"] for p in pairs])
+        reach = next((step for step, acc in curve if acc >= target - 1e-12), None)
+        pis = [v for p in pairs for _, v in by_row[row][p]["pi"]]
+        conflict = [by_row[row][p]["share_logged_steps_conflicting"] for p in pairs]
+        table.append(
+            {
+                "row": row, "pairs": len(pairs), "top1_mean": statistics.fmean(top1),
+                "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                "diff_to_baseline": statistics.fmean(diffs),
+                "diff_se": statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0,
+                "first_step_reaching_baseline": reach,
+                "seconds_per_step": statistics.fmean(by_row[row][p]["seconds_per_step"] for p in pairs),
+                "mean_pi_distill": statistics.fmean(pis) if pis else None,
+                "share_logged_steps_conflicting": statistics.fmean(conflict) if None not in conflict else None,
+                "curve": curve,
+                "pi_curve": mean_curve([by_row[row][p]["pi"] for p in pairs]) if pis else [],
+            }
+        )  # fmt: skip
+    return {"baseline_final_top1": target, "teacher_top1_per_fold": teachers, "table": table}
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves])) if curves else []
+    lookup = [dict(c) for c in curves]
+    return [(s, statistics.fmean(d[s] for d in lookup)) for s in steps]
+
+
+def markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}"
+
+    lines = [
+        f"| method | top-1 % (mean +- std, {summary['table'][0]['pairs']} paired runs) | "
+        f"diff to {BASELINE} (pp, +- SE) | first step at {BASELINE}'s final {pct(summary['baseline_final_top1'])} | "
+        "s / step | mean pi_distill | logged steps in conflict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["table"]:
+        diff = (
+            "-" if r["row"] == BASELINE else f"{100 * r['diff_to_baseline']:+.2f} +- {100 * r['diff_se']:.2f}"
+        )
+        reach = (
+            "not reached"
+            if r["first_step_reaching_baseline"] is None
+            else str(r["first_step_reaching_baseline"])
+        )
+        pi = "-" if r["mean_pi_distill"] is None else f"{r['mean_pi_distill']:.3f}"
+        conflict = (
+            "-"
+            if r["share_logged_steps_conflicting"] is None
+            else f"{100 * r['share_logged_steps_conflicting']:.0f} %"
+        )
+        lines.append(
+            f"| {r['row']} | {pct(r['top1_mean'])} +- {pct(r['top1_std'])} | {diff} | {reach} | "
+            f"{r['seconds_per_step']:.3f} | {pi} | {conflict} |"
+        )
+    teachers = ", ".join(pct(t) for t in summary["teacher_top1_per_fold"])
+    lines += [
+        "",
+        f"Digits, {args.folds} stratified folds x {args.seeds} seeds; student ViT {args.student_layers}x"
+        f"{args.student_width} (32 px) trained on {args.labelled_per_class} labelled images per class for "
+        f"{args.max_steps} steps (batch {args.batch_size}, AdamW {args.learning_rate}, cosine; DOT-SGD: SGD "
+        f"{args.sgd_learning_rate}); teacher ResNet (24 px) per fold, top-1 {teachers}. T = {args.temperature}, "
+        "alpha = 0.5 for DOT, every other hyper-parameter at its library default.",
+    ]
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, pi_ax) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for r in summary["table"]:
+        steps, values = zip(*r["curve"]) if r["curve"] else ((), ())
+        style = "-" if r["row"] in ("dto", "dto_amortized", BASELINE, "no_kd") else ":"
+        acc_ax.plot(steps, [100 * v for v in values], style, label=r["row"])
+        if r["pi_curve"] and not r["row"].startswith("fixed") and r["row"] not in ("dot", "dot_adamw"):
+            pi_steps, pi_values = zip(*r["pi_curve"])
+            pi_ax.plot(pi_steps, pi_values, style, label=r["row"])
+    acc_ax.set(xlabel="step", ylabel="test top-1 % (mean over paired runs)", title="accuracy")
+    acc_ax.set_ylim(bottom=max(0.0, min(100 * r["top1_mean"] for r in summary["table"]) - 15))
+    pi_ax.set(xlabel="step", ylabel="pi_distill (mean over runs)", title="trade-off of the balancing methods")
+    for ax in (acc_ax, pi_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser((CompareArguments,)).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.ERROR)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    teachers = [train_teacher(args, fold) for fold in range(args.folds)]
+    tasks = [
+        (args, row, fold, seed)
+        for seed in range(args.seeds)
+        for fold in range(args.folds)
+        for row in args.rows
+    ]
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
+    if args.workers > 1:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            runs = list(pool.map(_run_task, tasks))
+    else:
+        runs = [_run_task(task) for task in tasks]
+    summary = summarise(args, runs, teachers)
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown(args, summary)
+    plot(summary, results_dir / "compare_methods.png")
+    report = {
+        "arguments": asdict(args), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+        "threads_per_run": threads, "workers": args.workers}, "total_seconds": time.perf_counter() - start,
+        **summary, "runs": runs,
+    }  # fmt: skip
+    (results_dir / "compare_methods.json").write_text(json.dumps(report, indent=1))
+    (results_dir / "compare_methods.md").write_text(table + "\n")
+    print(table)
+    print(f"\n{len(runs)} runs in {report['total_seconds']:.0f} s on {report['machine']['platform']}; wrote "
+          f"{results_dir / 'compare_methods.json'}, .md and .png")  # fmt: skip
+    return report
+
+
+if __name__ == "__main__":
+    main()

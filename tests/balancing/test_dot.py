@@ -1,0 +1,153 @@
+"""DOT: one and two steps of the SGD rule and of the AdamW form against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from hf_dtokd.balancing import DOT
+from hf_dtokd.gradients import WindowGradients
+
+LR = 0.1
+
+
+class TwoHeads(torch.nn.Module):
+    """A shared body reached by both losses, and a head reached by the task loss only."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Linear(3, 2)
+        self.task_head = torch.nn.Linear(2, 1)
+
+    def losses(self, x):
+        hidden = self.body(x)
+        return hidden.pow(2).mean(), (self.task_head(torch.tanh(hidden)) - 1).pow(2).mean()
+
+
+def run_steps(dot, model, batches, weight_decays, max_grad_norm=0.0):
+    """What the trainer does: per-loss gradients, the DOT direction in .grad, then p <- p - lr .grad."""
+    params = list(model.parameters())
+    window = WindowGradients(params)
+    dot.configure(window, weight_decays, max_grad_norm)
+    for x in batches:
+        for p in params:
+            p.grad = None
+        window.reset()
+        distill, task = model.losses(x)
+        window.accumulate(0, distill)
+        task.backward()
+        dot.combine_gradients(window, torch.stack([distill, task]).detach())
+        with torch.no_grad():
+            for p in params:
+                p -= LR * p.grad
+
+
+def per_loss_grads(model, x):
+    params = list(model.parameters())
+    distill, task = model.losses(x)
+    g_d = torch.autograd.grad(distill, params[:2], retain_graph=True)
+    g_t = torch.autograd.grad(task, params)
+    return list(g_d), list(g_t)
+
+
+def test_two_sgd_steps_equal_the_reference_rule():
+    alpha, mu, delta, wd = 0.7, 0.9, 0.075, 0.01
+    torch.manual_seed(1)
+    batches = [torch.randn(5, 3), torch.randn(5, 3)]
+    model, reference = TwoHeads(), TwoHeads()
+    run_steps(DOT(alpha=alpha, momentum=mu, delta=delta), model, batches, [wd, 0.0, wd, 0.0])
+
+    params = list(reference.parameters())
+    v_t = [torch.zeros_like(p) for p in params]
+    v_d = [torch.zeros_like(p) for p in params[:2]]
+    for x in batches:
+        g_d, g_t = per_loss_grads(reference, x)
+        decays = [wd, 0.0, wd, 0.0]
+        with torch.no_grad():
+            for j, p in enumerate(params):
+                if j < 2:  # body: both losses reach it, momenta mu -/+ Delta
+                    v_t[j] = (mu - delta) * v_t[j] + ((1 - alpha) * g_t[j] + decays[j] * p)
+                    v_d[j] = (mu + delta) * v_d[j] + alpha * g_d[j]
+                    update = v_t[j] + v_d[j]
+                else:  # task head only: the reference's mean momentum mu
+                    v_t[j] = mu * v_t[j] + ((1 - alpha) * g_t[j] + decays[j] * p)
+                    update = v_t[j]
+                p -= LR * update
+    for got, expected in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_two_adamw_steps_equal_the_hand_written_extension():
+    alpha, beta1, delta, beta2, eps, wd = 0.5, 0.9, 0.05, 0.999, 1e-8, 0.1
+    torch.manual_seed(2)
+    batches = [torch.randn(4, 3), torch.randn(4, 3)]
+    model, reference = TwoHeads(), TwoHeads()
+    run_steps(DOT(alpha=alpha, momentum=beta1, delta=delta, form="adamw", beta2=beta2, adam_eps=eps),
+              model, batches, [wd] * 4)  # fmt: skip
+
+    params = list(reference.parameters())
+    m_t = [torch.zeros_like(p) for p in params]
+    m_d = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for k, x in enumerate(batches, start=1):
+        g_d, g_t = per_loss_grads(reference, x)
+        with torch.no_grad():
+            for j, p in enumerate(params):
+                both = j < 2
+                b_t, b_d = (beta1 - delta, beta1 + delta) if both else (beta1, beta1)
+                gt, gd = (1 - alpha) * g_t[j], (alpha * g_d[j] if both else torch.zeros_like(p))
+                m_t[j] = b_t * m_t[j] + (1 - b_t) * gt
+                m_d[j] = b_d * m_d[j] + (1 - b_d) * gd
+                v[j] = beta2 * v[j] + (1 - beta2) * (gt + gd) ** 2
+                first = m_t[j] / (1 - b_t**k) + m_d[j] / (1 - b_d**k)
+                p -= LR * (first / ((v[j] / (1 - beta2**k)).sqrt() + eps) + wd * p)
+    for got, expected in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_clipping_scales_both_gradients_before_the_momenta_and_reports_the_norm():
+    torch.manual_seed(3)
+    x = torch.randn(5, 3)
+    model, reference = TwoHeads(), TwoHeads()
+    dot = DOT(alpha=0.5)
+    run_steps(dot, model, [x], [0.0] * 4, max_grad_norm=1e-3)
+    g_d, g_t = per_loss_grads(reference, x)
+    summed = [0.5 * g_t[j] + (0.5 * g_d[j] if j < 2 else 0) for j in range(4)]
+    norm = math.sqrt(sum(float(s.pow(2).sum()) for s in summed))
+    assert float(dot.last_grad_norm) == pytest.approx(norm, rel=1e-5)
+    with torch.no_grad():
+        for p, s in zip(reference.parameters(), summed):
+            p -= LR * s * (1e-3 / (norm + 1e-6))
+    for got, expected in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(got, expected, atol=1e-7)
+
+
+def test_state_round_trip_continues_with_the_same_buffers():
+    torch.manual_seed(4)
+    batches = [torch.randn(5, 3) for _ in range(3)]
+    straight = TwoHeads()
+    run_steps(DOT(), straight, batches, [0.01] * 4)
+
+    first, dot = TwoHeads(), DOT()
+    run_steps(dot, first, batches[:2], [0.01] * 4)
+    state = dot.state_dict()
+    assert state["buffers"].shape == (2, sum(p.numel() for p in first.parameters())) and state["steps"] == 2
+    resumed = DOT()
+    resumed.load_state_dict(state)  # before configure: kept until the buffers exist
+    run_steps(resumed, first, batches[2:], [0.01] * 4)
+    for got, expected in zip(first.parameters(), straight.parameters()):
+        assert torch.allclose(got, expected, atol=1e-7)
+
+
+def test_bad_hyper_parameters_and_a_checkpoint_of_the_other_form():
+    with pytest.raises(ValueError, match="dot_momentum"):
+        DOT(momentum=1.0)
+    with pytest.raises(ValueError, match="dot_delta"):
+        DOT(momentum=0.9, delta=0.2)
+    with pytest.raises(ValueError, match="alpha"):
+        DOT(alpha=1.5)
+    with pytest.raises(ValueError, match="unknown DOT form"):
+        DOT(form="lion")
+    with pytest.raises(ValueError, match="form 'sgd'.*form 'adamw'"):
+        DOT(form="adamw").load_state_dict(DOT().state_dict())

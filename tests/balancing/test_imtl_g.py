@@ -1,0 +1,23 @@
+"""IMTLG: the balancer's weights are torchjd's IMTLGWeighting on the same Gramian (raw and log-gradients)."""
+
+import pytest
+import torch
+from gramian_checks import check_balancer_matches_torchjd, check_nonfinite_gram_keeps_previous_weights
+from torchjd.aggregation import IMTLGWeighting
+
+from hf_dtokd.balancing import IMTLG
+
+
+@pytest.mark.parametrize("num_objectives", [2, 3])
+@pytest.mark.parametrize("log_gradients", [False, True])
+def test_weights_equal_torchjd(num_objectives, log_gradients):
+    balancer = IMTLG(num_objectives=num_objectives, log_gradients=log_gradients)
+    check_balancer_matches_torchjd(balancer, IMTLGWeighting(), log_gradients)
+
+
+def test_nonfinite_gram_keeps_the_previous_weights():
+    check_nonfinite_gram_keeps_previous_weights(IMTLG())
+
+
+def test_starts_uniform():
+    assert torch.allclose(IMTLG(num_objectives=3).pi, torch.full((3,), 1 / 3))
