@@ -18,7 +18,17 @@ def test_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"method": "mgda2"}, "valid values: dto, dto_amortized, fixed"),
+        (
+            {"method": "mgda2"},
+            "valid values: dto, dto_amortized, fixed, famo, mgda, pcgrad, cagrad, upgrad, imtl_g, "
+            "aligned_mtl, dualproj, uncertainty, dot, dot_adamw",
+        ),
+        ({"method": "fixed", "log_gradients": True}, "log_gradients applies to the gradient methods"),
+        ({"method": "fixed", "rescale": "none"}, "rescale='none' applies to log-loss weighting"),
+        ({"method": "mgda", "rescale": "none"}, "rescale='none' applies to log-loss weighting"),
+        ({"cagrad_c": -0.5}, "cagrad_c"),
+        ({"dot_momentum": 1.0}, "dot_momentum"),
+        ({"dot_delta": 0.2}, "dot_delta"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"temperature": -1.0}, "temperature must be > 0"),
         ({"alpha": 1.2}, r"alpha must lie in \[0, 1\]"),
@@ -31,7 +41,7 @@ def test_defaults(tmp_path):
         ({"teacher_label_indices": [0, -1]}, "teacher_label_indices"),
     ],
 )
-def test_bad_values_are_refused_at_config_time(tmp_path, overrides, message):
+def test_bad_values_are_refused_at_config_time(tmp_path, overrides, message):  # fmt: skip
     with pytest.raises(ValueError, match=message):
         DTOKDConfig(output_dir=str(tmp_path), **overrides)
 
