@@ -47,18 +47,19 @@ class CompareArguments:
     rows: list[str] = field(default_factory=lambda: list(ROWS), metadata={"help": f"Rows among {ROWS}."})
     folds: int = field(default=5, metadata={"help": "Stratified folds of the 1,797 digits (>= 2)."})
     seeds: int = field(default=2, metadata={"help": "Seeds per fold (subset, init, data order)."})
-    labelled_per_class: int = field(default=15, metadata={"help": "Labelled training images per class."})
-    max_steps: int = field(default=300, metadata={"help": "Optimizer steps of every student run."})
+    labelled_per_class: int = field(default=20, metadata={"help": "Labelled training images per class."})
+    max_steps: int = field(default=400, metadata={"help": "Optimizer steps of every student run."})
     batch_size: int = field(default=32, metadata={"help": "Student batch size."})
     learning_rate: float = field(
         default=2e-3, metadata={"help": "AdamW learning rate of every run but DOT-SGD."}
     )
     sgd_learning_rate: float = field(default=0.05, metadata={"help": "Learning rate of DOT's SGD form."})
     temperature: float = field(default=4.0, metadata={"help": "Distillation temperature of every KD run."})
-    eval_steps: int = field(default=25, metadata={"help": "Evaluate the student every this many steps."})
+    eval_steps: int = field(default=40, metadata={"help": "Evaluate the student every this many steps."})
     teacher_steps: int = field(default=300, metadata={"help": "Optimizer steps of each fold's teacher."})
-    student_width: int = field(default=48, metadata={"help": "ViT student hidden size."})
+    student_width: int = field(default=64, metadata={"help": "ViT student hidden size."})
     student_layers: int = field(default=2, metadata={"help": "ViT student depth."})
+    student_patch: int = field(default=8, metadata={"help": "ViT student patch size (32 px images)."})
     workers: int = field(default=2, metadata={"help": "Runs in parallel (one torch thread each)."})
     output_dir: str = field(default="outputs/compare_methods", metadata={"help": "Teachers and run folders."})
     results_dir: str = field(default=str(RESULTS), metadata={"help": "Where the json, md and png go."})
@@ -150,7 +151,7 @@ def build_student(args: CompareArguments, seed: int, names: list[str]) -> Any:
 
     torch.manual_seed(seed)
     config = ViTConfig(
-        image_size=32, patch_size=4, hidden_size=args.student_width, num_hidden_layers=args.student_layers,
+        image_size=32, patch_size=args.student_patch, hidden_size=args.student_width, num_hidden_layers=args.student_layers,
         num_attention_heads=4, intermediate_size=2 * args.student_width, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, num_labels=len(names), id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
@@ -293,7 +294,7 @@ def markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
     lines += [
         "",
         f"Digits, {args.folds} stratified folds x {args.seeds} seeds; student ViT {args.student_layers}x"
-        f"{args.student_width} (32 px) trained on {args.labelled_per_class} labelled images per class for "
+        f"{args.student_width}, patch {args.student_patch} (32 px) trained on {args.labelled_per_class} labelled images per class for "
         f"{args.max_steps} steps (batch {args.batch_size}, AdamW {args.learning_rate}, cosine; DOT-SGD: SGD "
         f"{args.sgd_learning_rate}); teacher ResNet (24 px) per fold, top-1 {teachers}. T = {args.temperature}, "
         "alpha = 0.5 for DOT, every other hyper-parameter at its library default.",
@@ -334,23 +335,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
     teachers = [train_teacher(args, fold) for fold in range(args.folds)]
+    # finished runs are appended to runs.jsonl as they end, keyed by the settings that change them, so an
+    # interrupted benchmark continues where it stopped
+    done_file = Path(args.output_dir) / "runs.jsonl"
+    done_file.parent.mkdir(parents=True, exist_ok=True)
+    ignored = ("rows", "folds", "seeds", "workers", "results_dir")
+    settings = {k: v for k, v in asdict(args).items() if k not in ignored}
+    done: dict[tuple[str, int, int], dict[str, Any]] = {}
+    if done_file.is_file():
+        for line in done_file.read_text().splitlines():
+            record = json.loads(line)
+            if record.pop("settings") == settings:
+                done[(record["row"], record["fold"], record["seed"])] = record
     tasks = [
         (args, row, fold, seed)
         for seed in range(args.seeds)
         for fold in range(args.folds)
         for row in args.rows
+        if (row, fold, seed) not in done
     ]
     threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
-    if args.workers > 1:
-        import multiprocessing
+    with done_file.open("a") as sink:
 
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
-        ) as pool:
-            runs = list(pool.map(_run_task, tasks))
-    else:
-        runs = [_run_task(task) for task in tasks]
+        def keep(run: dict[str, Any]) -> None:
+            done[(run["row"], run["fold"], run["seed"])] = run
+            sink.write(json.dumps({**run, "settings": settings}) + "\n")
+            sink.flush()
+
+        if args.workers > 1:
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(
+                args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+            ) as pool:
+                for run in pool.map(_run_task, tasks):
+                    keep(run)
+        else:
+            for task in tasks:
+                keep(_run_task(task))
+    runs = [
+        done[(row, fold, seed)]
+        for seed in range(args.seeds)
+        for fold in range(args.folds)
+        for row in args.rows
+    ]
     summary = summarise(args, runs, teachers)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->``:
 * ``demo``: the table printed by the digits demo (``python -m hf_dtokd.demo``), copied with its
   JSON and plot into ``docs/results/``;
 * ``step-cost``: ``benchmarks/results/step_cost.md`` (``python benchmarks/step_cost.py``);
+* ``compare``: ``benchmarks/results/compare_methods.md`` (``python benchmarks/compare_methods.py``),
+  and its run time in the sentence before it;
 * ``config``: the DTOKDConfig fields with their defaults and help text.
 
 Run: ``python docs/update_readme.py [--demo-dir outputs/digits]``.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import shutil
 from pathlib import Path
@@ -63,6 +66,12 @@ def main() -> None:
     step_cost = ROOT / "benchmarks" / "results" / "step_cost.md"
     if step_cost.is_file():
         text = replace_block(text, "step-cost", step_cost.read_text())
+    compare = ROOT / "benchmarks" / "results" / "compare_methods.md"
+    if compare.is_file():
+        text = replace_block(text, "compare", compare.read_text())
+        report = json.loads(compare.with_suffix(".json").read_text())
+        text = re.sub(r"\(about \S+ minutes on 2 cores\) runs every method",
+                      f"(about {report['total_seconds'] / 60:.0f} minutes on 2 cores) runs every method", text)
     text = replace_block(text, "config", config_table())
     readme.write_text(text)
     print(f"updated {readme}")

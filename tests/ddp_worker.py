@@ -12,7 +12,7 @@ import torch
 from hf_dtokd import DTOKDTrainer
 from tiny import conflicting_pair, random_images, tiny_args, train_logs
 
-METHODS = ("dto", "dto_amortized", "fixed")
+METHODS = ("dto", "dto_amortized", "fixed", "dot", "upgrad", "uncertainty")
 
 
 def main(output_dir: str) -> None:
