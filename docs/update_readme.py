@@ -69,9 +69,14 @@ def main() -> None:
     compare = ROOT / "benchmarks" / "results" / "compare_methods.md"
     if compare.is_file():
         text = replace_block(text, "compare", compare.read_text())
+        page = ROOT / "docs" / "compare_methods.md"
+        page.write_text(replace_block(page.read_text(), "compare", compare.read_text()))
         report = json.loads(compare.with_suffix(".json").read_text())
-        text = re.sub(r"\(about \S+ minutes on 2 cores\) runs every method",
-                      f"(about {report['total_seconds'] / 60:.0f} minutes on 2 cores) runs every method", text)
+        text = re.sub(
+            r"\(about \S+ minutes on 2 cores\) runs every method",
+            f"(about {report['total_seconds'] / 60:.0f} minutes on 2 cores) runs every method",
+            text,
+        )
     text = replace_block(text, "config", config_table())
     readme.write_text(text)
     print(f"updated {readme}")

@@ -1,6 +1,23 @@
 """hf_dtokd: knowledge distillation for vision models in transformers.Trainer, balanced by DTO-KD."""
 
-from .balancing import FAMO, Balancer, DTOExact, FixedWeights, build_balancer, dto_closed_form
+from .balancing import (
+    DOT,
+    FAMO,
+    IMTLG,
+    METHODS,
+    MGDA,
+    AlignedMTL,
+    Balancer,
+    CAGrad,
+    DTOExact,
+    DualProj,
+    FixedWeights,
+    PCGrad,
+    UncertaintyWeighting,
+    UPGrad,
+    build_balancer,
+    dto_closed_form,
+)
 from .config import DTOKDConfig
 from .metrics import classification_metrics
 from .trainer import DTOKDTrainer
@@ -8,9 +25,19 @@ from .trainer import DTOKDTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "DOT",
     "FAMO",
+    "IMTLG",
+    "MGDA",
+    "METHODS",
+    "AlignedMTL",
     "Balancer",
+    "CAGrad",
     "DTOExact",
+    "DualProj",
+    "PCGrad",
+    "UPGrad",
+    "UncertaintyWeighting",
     "DTOKDConfig",
     "DTOKDTrainer",
     "FixedWeights",

@@ -25,13 +25,14 @@ class FixedWeights(Balancer):
                 raise ValueError(f"alpha must lie in [0, 1] (the distillation weight), got {alpha}")
             weights = [alpha, 1.0 - alpha]
         values = torch.tensor([float(w) for w in weights])
-        if values.numel() < 2 or bool((values < 0).any()) or not bool(torch.isfinite(values).all()):
+        valid = bool((values >= 0).all()) and bool(torch.isfinite(values).all()) and float(values.sum()) > 0
+        if values.numel() < 2 or not valid:
             raise ValueError(
-                f"fixed weights must be >= 0 and finite, at least two of them; got {list(weights)}"
+                f"fixed weights must be finite, >= 0, not all zero, at least two of them; got {list(weights)}"
             )
         super().__init__(values.numel())
         self.weights = values
-        self.pi = values / values.sum() if values.sum() > 0 else values
+        self.pi = values / values.sum()
 
     def to(self, device: torch.device | str) -> FixedWeights:
         super().to(device)

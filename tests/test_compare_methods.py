@@ -1,0 +1,45 @@
+"""The method-comparison benchmark end to end on a tiny budget: files, rows, paired statistics."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import compare_methods  # noqa: E402
+
+
+def test_smoke_run_writes_the_table_the_json_and_the_plot(tmp_path):
+    rows = ["no_kd", "fixed_0.5", "dto"]
+    argv = ["--rows", *rows, "--folds", "2", "--seeds", "1", "--max_steps", "2", "--eval_steps", "1",
+            "--teacher_steps", "2", "--labelled_per_class", "2", "--workers", "1",
+            "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results")]  # fmt: skip
+    report = compare_methods.main(argv)
+    results = tmp_path / "results"
+    assert (results / "compare_methods.png").stat().st_size > 0
+    table = (results / "compare_methods.md").read_text()
+    for row in rows:
+        assert f"| {row} |" in table
+    saved = json.loads((results / "compare_methods.json").read_text())
+    assert len(saved["runs"]) == len(rows) * 2 and len(saved["teacher_top1_per_fold"]) == 2
+    by_row = {r["row"]: r for r in report["table"]}
+    baseline = [r["top1"] for r in report["runs"] if r["row"] == "fixed_0.5"]
+    dto = [r["top1"] for r in report["runs"] if r["row"] == "dto"]
+    assert by_row["dto"]["diff_to_baseline"] == pytest.approx(sum(d - b for d, b in zip(dto, baseline)) / 2)
+    assert by_row["fixed_0.5"]["first_step_reaching_baseline"] is not None
+    assert by_row["dto"]["mean_pi_distill"] is not None and by_row["no_kd"]["mean_pi_distill"] is None
+
+    # a second call with one more row reuses the finished runs
+    again = compare_methods.main([*argv[:1], *rows, "dot_adamw", *argv[1 + len(rows) :]])
+    assert len(again["runs"]) == (len(rows) + 1) * 2
+    lines = (tmp_path / "out" / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == (len(rows) + 1) * 2
+
+
+def test_bad_rows_are_refused():
+    with pytest.raises(ValueError, match="unknown rows"):
+        compare_methods.CompareArguments(rows=["fixed_0.5", "magic"])
+    with pytest.raises(ValueError, match="baseline"):
+        compare_methods.CompareArguments(rows=["dto"])
