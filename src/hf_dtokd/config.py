@@ -11,6 +11,7 @@ from transformers import TrainingArguments
 from .balancing import GRAMIAN_METHODS, METHODS, RESCALE_RULES
 
 GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters",)
+NONFINITE_POLICIES: tuple[str, ...] = ("continue", "skip_step", "stop")
 
 
 @dataclass
@@ -117,6 +118,15 @@ class DTOKDConfig(TrainingArguments):
     eps: float = field(
         default=1e-8, metadata={"help": "eps > 0 in log(L - min_loss + eps); keeps a zero loss finite."}
     )
+    on_nonfinite_loss: str = field(
+        default="continue",
+        metadata={
+            "help": "When a window's losses are NaN/inf (pi is always kept and the event counted): 'continue' "
+            "applies the step as the Trainer would (its gradient is then non-finite too), 'skip_step' zeroes the "
+            "window's gradient before the optimizer step, 'stop' zeroes it and ends training after that step.",
+            "choices": ["continue", "skip_step", "stop"],
+        },
+    )
     tradeoff_learning_rate: float = field(
         default=0.025,
         metadata={
@@ -166,6 +176,10 @@ class DTOKDConfig(TrainingArguments):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(
                 f"alpha must lie in [0, 1] (the distillation weight of method='fixed'), got {self.alpha}"
+            )
+        if self.on_nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"unknown on_nonfinite_loss {self.on_nonfinite_loss!r}; valid values: {', '.join(NONFINITE_POLICIES)}"
             )
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0 (it keeps log(L - min_loss + eps) finite), got {self.eps}")

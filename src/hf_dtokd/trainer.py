@@ -42,6 +42,14 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .balancing import OBJECTIVES, Balancer, build_balancer
+from .checkpoints import (
+    TRAINER_STATE_NAME,
+    is_complete,
+    last_complete_checkpoint,
+    load_tradeoff_state,
+    restore_student,
+    save_tradeoff_state,
+)
 from .config import DTOKDConfig
 from .gradients import WindowGradients
 from .losses import logit_kd_loss, task_cross_entropy
@@ -58,7 +66,6 @@ from .teacher_inputs import PixelSpace, TeacherInputConverter
 
 logger = logging.getLogger(__name__)
 
-BALANCER_STATE_NAME = "dtokd_state.pt"
 TEACHER_PIXELS = "teacher_pixel_values"
 LABEL_COLUMNS = ("labels", "label")
 
@@ -146,6 +153,7 @@ class DTOKDTrainer(Trainer):
         self.teacher_inputs = self._build_teacher_input_converter(teacher_processing_class)
         self._check_objectives()
         num_objectives = len(self.objective_names)
+        self._balancer_from_config = balancer is None
         self.balancer = (balancer if balancer is not None else build_balancer(args, num_objectives)).to(
             self.args.device
         )
@@ -346,22 +354,43 @@ class DTOKDTrainer(Trainer):
         self._window_open = False
         window_losses = self._reduce_mean(self._window_losses)
         self._window_losses = window_losses
-        self._nonfinite_losses += (~torch.isfinite(window_losses).all()).long()
+        nonfinite = ~torch.isfinite(window_losses).all()
+        self._nonfinite_losses += nonfinite.long()
+        # a host sync only when a policy other than the Trainer's default was asked for
+        skip = self.args.on_nonfinite_loss != "continue" and bool(nonfinite)
         if self.balancer.needs_gradients:
             gradients = self._window_gradients
             gradients.all_reduce_mean(self.accelerator)
             gram = gradients.gram_with_grad()
             self.balancer.update_from_gram(gram, window_losses)
-            weights = self.balancer.combine_gradients(gradients, window_losses)
-            logged = (weights.to(window_losses.device) * window_losses).sum()
+            if not skip:
+                weights = self.balancer.combine_gradients(gradients, window_losses)
+                logged = (weights.to(window_losses.device) * window_losses).sum()
             self._record_gradient_diagnostics(gram)
         self.balancer.observe_window(window_losses)
+        if skip:
+            self._drop_window_gradient()
         pi = self.balancer.pi
         for index, name in enumerate(self.objective_names):
             self._metrics[f"{name}_loss"].append(window_losses[index])
             if name != "task":
                 self._metrics[f"pi_{name}"].append(pi[index])
         return logged
+
+    def _drop_window_gradient(self) -> None:
+        """``on_nonfinite_loss``: zero the non-finite window's gradient (and stop training if asked)."""
+        for param in self._window_model.parameters():
+            if param.grad is not None:
+                param.grad.zero_()
+        if self.balancer.handles_clipping:
+            self.balancer.last_grad_norm = torch.zeros((), device=self.args.device)
+        logger.warning(
+            "non-finite losses at step %d: the update is skipped%s",
+            self.state.global_step + 1,
+            " and training stops (on_nonfinite_loss='stop')" if self.args.on_nonfinite_loss == "stop" else "",
+        )
+        if self.args.on_nonfinite_loss == "stop":
+            self.control.should_training_stop = True
 
     def _record_gradient_diagnostics(self, gram: torch.Tensor) -> None:
         """Gradient conflict (cosine) and dominance (norm ratio) of each objective against the task."""
@@ -444,16 +473,59 @@ class DTOKDTrainer(Trainer):
             self._metrics.clear()
         super().log(logs, start_time)
 
+    def _method_name(self) -> str:
+        """The name checkpoints record: the config's method, or the class of a custom balancer."""
+        return self.args.method if self._balancer_from_config else f"custom:{type(self.balancer).__name__}"
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:
             state = {"balancer": self.balancer.state_dict(), "nonfinite_losses": self._nonfinite_losses.cpu()}
-            torch.save(state, os.path.join(output_dir, BALANCER_STATE_NAME))
+            save_tradeoff_state(output_dir, self._method_name(), self.objective_names, state)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, BALANCER_STATE_NAME) if checkpoint else None
-        if path and os.path.isfile(path):
-            state = torch.load(path, map_location="cpu", weights_only=False)
+        if checkpoint:
+            state = load_tradeoff_state(checkpoint, self._method_name(), self.objective_names)
             self.balancer.load_state_dict(state["balancer"])
             self._nonfinite_losses = state["nonfinite_losses"].to(self.args.device)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Restore the student through ``from_pretrained`` (see ``checkpoints.restore_student``)."""
+        target = model if model is not None else self.model
+        if (
+            self.is_fsdp_enabled
+            or self.is_deepspeed_enabled
+            or not restore_student(target, resume_from_checkpoint)
+        ):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint.
+
+        A checkpoint whose save was interrupted (no ``trainer_state.json`` or trade-off state) is skipped
+        with a warning; an explicit path to one is an error. The method, objectives and layout of the
+        checkpoint's trade-off state must match this run.
+        """
+        if resume_from_checkpoint is True:
+            found, skipped = last_complete_checkpoint(self.args.output_dir)
+            for folder in skipped:
+                logger.warning("skipping incomplete checkpoint %s (its save did not finish)", folder)
+            if found is None:
+                raise ValueError(
+                    f"resume_from_checkpoint=True but {self.args.output_dir} holds no complete checkpoint; start "
+                    "without resume_from_checkpoint"
+                )
+            resume_from_checkpoint = found
+        elif isinstance(resume_from_checkpoint, str) and not is_complete(resume_from_checkpoint):
+            if not os.path.isdir(resume_from_checkpoint):
+                raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint!r} is not a folder")
+            load_tradeoff_state(
+                resume_from_checkpoint, self._method_name(), self.objective_names
+            )  # names what lacks
+            raise ValueError(
+                f"checkpoint {resume_from_checkpoint} is incomplete (no {TRAINER_STATE_NAME}): its save did not "
+                "finish. Resume from an earlier checkpoint, or pass resume_from_checkpoint=True to take the newest "
+                "complete one"
+            )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
