@@ -141,6 +141,13 @@ class DTOKDConfig(TrainingArguments):
             "log-variances)."
         },
     )
+    plot_tradeoff: bool = field(
+        default=True,
+        metadata={
+            "help": "Write <output_dir>/tradeoff.png (pi, gradient conflict and dominance, losses) at every save "
+            "and at the end of training; the model card shows it."
+        },
+    )
     logging_steps: float = field(
         default=10,
         metadata={

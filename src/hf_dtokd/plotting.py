@@ -13,41 +13,65 @@ def series(log_history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int
     return [s for s, _ in rows], [float(v) for _, v in rows]
 
 
+def tradeoff_keys(log_history: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The logged trade-off scalars, grouped by panel: pi per objective, cosines, norm ratios, losses."""
+    keys = sorted({k for row in log_history for k in row})
+    return {
+        "pi": [k for k in keys if k.startswith("pi_")],
+        "grad_cos": [k for k in keys if k.startswith("grad_cos")],
+        "grad_norm_ratio": [k for k in keys if k.startswith("grad_norm_ratio")],
+        "losses": [k for k in keys if k.endswith("_loss") and k not in ("train_loss", "eval_loss")],
+    }
+
+
+PANEL_TITLES = {
+    "pi": "pi (weight of each objective but the task)",
+    "grad_cos": "cos(g_objective, g_task)  (< 0: conflict)",
+    "grad_norm_ratio": "||g_objective|| / ||g_task||  (dominance)",
+    "losses": "losses",
+}
+
+
 def plot_tradeoff(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
-    """PNG with pi_distill, grad_cos and the two losses over steps, one line per run."""
+    """PNG with pi per objective, gradient conflict and dominance, and the losses over steps.
+
+    One colour per run in every panel; with several objectives each key gets its own line style.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("pi_distill", "pi (distillation weight)"),
-        ("grad_cos", "cos(g_distill, g_task)  (< 0: conflict)"),
-        ("grad_norm_ratio", "||g_distill|| / ||g_task||  (dominance)"),
-        ("task_loss", "task loss"),
-        ("distill_loss", "distillation loss"),
-    ]
-    panels = [p for p in panels if any(series(h, p[0])[0] for h in histories.values())]
-    if not panels:
+    grouped: dict[str, list[str]] = {panel: [] for panel in PANEL_TITLES}
+    for history in histories.values():
+        for panel, keys in tradeoff_keys(history).items():
+            grouped[panel] += [k for k in keys if k not in grouped[panel]]
+    panels = [p for p in PANEL_TITLES if grouped[p]]
+    if not grouped["pi"]:
         raise ValueError(
             "no trade-off scalar was logged; train for at least logging_steps steps before plotting"
         )
     colours = {name: f"C{i}" for i, name in enumerate(histories)}  # one colour per run in every panel
+    styles = ["-", "--", ":", "-."]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for axis, (key, title) in zip(axes[0], panels):
+    for axis, panel in zip(axes[0], panels):
         for name, history in histories.items():
-            steps, values = series(history, key)
-            if steps:
-                axis.plot(steps, values, label=name, color=colours[name], linewidth=1.2)
-        axis.set_title(title, fontsize=9)
+            for index, key in enumerate(grouped[panel]):
+                steps, values = series(history, key)
+                if steps:
+                    label = name if len(grouped[panel]) == 1 else f"{name}: {key}"
+                    axis.plot(steps, values, styles[index % len(styles)], label=label, color=colours[name],
+                              linewidth=1.2)  # fmt: skip
+        axis.set_title(PANEL_TITLES[panel], fontsize=9)
         axis.set_xlabel("step")
-        if key == "grad_norm_ratio":
+        if panel in ("grad_norm_ratio", "losses"):
             axis.set_yscale("log")
-        if key == "grad_cos":
+        if panel == "grad_cos":
             axis.axhline(0.0, color="grey", linewidth=0.6)
         axis.legend(fontsize=7)
     figure.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path

@@ -42,6 +42,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .balancing import OBJECTIVES, Balancer, build_balancer
+from .callbacks import PLOT_NAME, TradeoffPlotCallback
 from .checkpoints import (
     TRAINER_STATE_NAME,
     is_complete,
@@ -54,6 +55,7 @@ from .config import DTOKDConfig
 from .gradients import WindowGradients
 from .losses import logit_kd_loss, task_cross_entropy
 from .metrics import classification_metrics
+from .model_card import CARD_TAGS, distillation_section
 from .modeling import (
     check_label_spaces,
     classification_logits,
@@ -129,6 +131,7 @@ class DTOKDTrainer(Trainer):
             raise ValueError(
                 "no teacher: pass teacher_model=... or set DTOKDConfig.teacher_model_name_or_path"
             )
+        teacher_name = teacher_model if isinstance(teacher_model, str) else _model_name(teacher_model)
         if isinstance(teacher_model, str):
             teacher_id = teacher_model
             teacher_model = load_image_classifier(
@@ -151,6 +154,7 @@ class DTOKDTrainer(Trainer):
         self.teacher_label_index = check_label_spaces(self.model, teacher_model, args.teacher_label_indices)
         self.teacher = self._prepare_teacher(teacher_model)
         self.teacher_inputs = self._build_teacher_input_converter(teacher_processing_class)
+        self.teacher_name = teacher_name
         self._check_objectives()
         num_objectives = len(self.objective_names)
         self._balancer_from_config = balancer is None
@@ -174,6 +178,8 @@ class DTOKDTrainer(Trainer):
             self._check_gradient_method_supported()
         if self.balancer.needs_look_ahead:
             self.add_callback(_LookAheadCallback(self))
+        if args.plot_tradeoff:
+            self.add_callback(TradeoffPlotCallback())
         if self.train_dataset is not None:
             self._check_dataset_labels(self.train_dataset, "train_dataset")
 
@@ -473,6 +479,42 @@ class DTOKDTrainer(Trainer):
             self._metrics.clear()
         super().log(logs, start_time)
 
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """The Trainer's card (``finetuned_from`` stays the student's base) plus the distillation section.
+
+        Tags ``knowledge-distillation`` and ``dto-kd`` are added; the section names the teacher, the method and
+        its hyper-parameters, summarises pi / gradient conflict over training and shows ``tradeoff.png``.
+        """
+        if not self.is_world_process_zero():
+            return
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags += [tag for tag in CARD_TAGS if tag not in tags]
+        super().create_model_card(
+            language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
+            tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
+        )  # fmt: skip
+        plot = os.path.join(self.args.output_dir, PLOT_NAME)
+        section = distillation_section(
+            self.args, self._method_name(), self.teacher_name, self.objective_names, self.state.log_history,
+            PLOT_NAME if os.path.isfile(plot) else None,
+        )  # fmt: skip
+        card = os.path.join(self.args.output_dir, "README.md")
+        with open(card, encoding="utf-8") as handle:
+            text = handle.read()
+        with open(card, "w", encoding="utf-8") as handle:
+            handle.write(text.rstrip() + "\n\n" + section)
+
     def _method_name(self) -> str:
         """The name checkpoints record: the config's method, or the class of a custom balancer."""
         return self.args.method if self._balancer_from_config else f"custom:{type(self.balancer).__name__}"
@@ -529,3 +571,9 @@ class DTOKDTrainer(Trainer):
                 "complete one"
             )
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+def _model_name(model: nn.Module) -> str:
+    """A teacher instance's Hub id / folder when it has one, else its class name."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", "") or type(model).__name__

@@ -1,0 +1,86 @@
+"""The distillation section of the model card: teacher, method, hyper-parameters, pi over training.
+
+``DTOKDTrainer.create_model_card`` (called by ``push_to_hub``) lets the Trainer write its card
+(front matter with ``base_model`` = the student's base, tags, metrics, training hyper-parameters)
+and appends this section, so a reader of the pushed student sees how it was distilled.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .plotting import series, tradeoff_keys
+
+CARD_TAGS = ("knowledge-distillation", "dto-kd")
+METHOD_FIELDS = {
+    "dto": ("temperature", "gradient_placement", "rescale", "log_gradients", "min_loss", "eps"),
+    "dto_amortized": ("temperature", "rescale", "tradeoff_learning_rate", "tradeoff_weight_decay"),
+    "famo": ("temperature", "rescale", "tradeoff_learning_rate", "tradeoff_weight_decay"),
+    "fixed": ("temperature", "alpha"),
+    "uncertainty": ("temperature", "tradeoff_learning_rate", "tradeoff_weight_decay"),
+    "dot": ("temperature", "alpha", "dot_momentum", "dot_delta"),
+    "dot_adamw": ("temperature", "alpha", "dot_momentum", "dot_delta"),
+}
+GRAMIAN_FIELDS = ("temperature", "gradient_placement", "log_gradients", "rescale")
+
+
+def _summary(values: list[float]) -> str:
+    return (
+        f"first {values[0]:.3f}, mean {statistics.fmean(values):.3f}, min {min(values):.3f}, "
+        f"max {max(values):.3f}, final {values[-1]:.3f}"
+    )
+
+
+def distillation_section(
+    config: Any,
+    method: str,
+    teacher: str,
+    objective_names: Sequence[str],
+    log_history: Sequence[Mapping[str, Any]],
+    plot_file: str | None,
+) -> str:
+    """Markdown for the card: what was distilled from what, how, and how the trade-off moved."""
+    fields = METHOD_FIELDS.get(
+        method, GRAMIAN_FIELDS if not method.startswith("custom:") else ("temperature",)
+    )
+    hyper = ", ".join(f"`{name}={getattr(config, name)!r}`" for name in fields)
+    lines = [
+        "## Distillation",
+        "",
+        "Distilled with [hf-dtokd](https://pypi.org/project/hf-dtokd/) (`DTOKDTrainer`).",
+        "",
+        f"- teacher: `{teacher}`",
+        f"- objectives: {', '.join(f'`{n}`' for n in objective_names)} (the task loss is the student's cross-entropy)",
+        f"- trade-off method: `{method}`; {hyper}",
+    ]
+    keys = tradeoff_keys(log_history)
+    if keys["pi"]:
+        lines += ["", "### The trade-off over training", ""]
+        for key in keys["pi"]:
+            _, values = series(log_history, key)
+            lines.append(f"- `{key}` (logged every {config.logging_steps} steps): {_summary(values)}")
+        for key in keys["grad_cos"]:
+            _, values = series(log_history, key)
+            share = 100 * sum(v < 0 for v in values) / len(values)
+            lines.append(
+                f"- `{key}`: negative (gradient conflict) at {share:.0f} % of logged steps; {_summary(values)}"
+            )
+        for key in keys["grad_norm_ratio"]:
+            _, values = series(log_history, key)
+            lines.append(f"- `{key}` (dominance): median {statistics.median(values):.3g}")
+    else:
+        lines += ["", "No trade-off scalar was logged (train for at least `logging_steps` steps)."]
+    evaluations = [row for row in log_history if any(k.startswith("eval_") for k in row)]
+    if evaluations:
+        final = {
+            k: v for k, v in evaluations[-1].items() if k.startswith("eval_") and isinstance(v, (int, float))
+        }
+        shown = ", ".join(
+            f"`{k}` {v:.4g}" for k, v in final.items() if "runtime" not in k and "per_second" not in k
+        )
+        lines += ["", f"Final evaluation: {shown}."]
+    if plot_file:
+        lines += ["", f"![pi, gradient conflict and dominance over training]({plot_file})"]
+    return "\n".join(lines) + "\n"
