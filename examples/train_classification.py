@@ -1,128 +1,14 @@
-"""Distil an image classifier with DTO-KD: the shape of transformers' run_image_classification.py.
+"""Distil an image classifier with DTO-KD (the shape of transformers' run_image_classification.py).
 
-    python examples/train_classification.py \
-        --model_name_or_path google/vit-base-patch16-224-in21k \
-        --teacher_model_name_or_path microsoft/resnet-50 \
-        --dataset_name beans --output_dir vit-beans-dtokd --method dto \
-        --do_train --do_eval --max_steps 2000 --push_to_hub
+The code lives in ``hf_dtokd/cli/classify.py`` so that ``pip install hf-dtokd`` installs it as the
+``hf-dtokd-classify`` command; this file runs the same thing from a clone::
 
-Without --dataset_name it uses the embedded digits data set (no download). Every DTOKDConfig
-field is a flag (``--help``); a single JSON file with the same keys works as the only argument.
+    python examples/train_classification.py --model_name_or_path google/vit-base-patch16-224-in21k \\
+        --teacher_model_name_or_path microsoft/resnet-50 --dataset_name beans \\
+        --output_dir vit-beans-dtokd --method dto --do_train --do_eval --max_steps 2000 --push_to_hub
 """
 
-from __future__ import annotations
-
-import logging
-import sys
-from dataclasses import dataclass, field
-from typing import Any
-
-from datasets import DatasetDict, load_dataset
-from transformers import DefaultDataCollator, HfArgumentParser
-
-from hf_dtokd import DTOKDConfig, DTOKDTrainer
-from hf_dtokd.data import load_digits_splits, preprocess_images
-from hf_dtokd.modeling import load_image_classifier, load_image_processor
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(
-        metadata={"help": "Student: Hub id (transformers or timm/...) or local folder."}
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=True, metadata={"help": "Replace the student's classifier when its label count differs."}
-    )
-
-
-@dataclass
-class DataArguments:
-    dataset_name: str | None = field(
-        default=None,
-        metadata={"help": "A datasets Hub id or local folder; default: the embedded digits data set."},
-    )
-    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding the class indices."})
-    train_split: str = field(default="train", metadata={"help": "Split used for training."})
-    eval_split: str = field(
-        default="test", metadata={"help": "Split used for evaluation ('validation', 'test'...)."}
-    )
-
-
-def load_splits(data: DataArguments) -> DatasetDict:
-    if data.dataset_name is None:
-        return load_digits_splits()
-    splits = load_dataset(data.dataset_name)
-    for split in (data.train_split, data.eval_split):
-        if split not in splits:
-            raise ValueError(
-                f"{data.dataset_name} has no split {split!r} (splits: {list(splits)}); set --train_split / --eval_split"
-            )
-    missing = {data.image_column_name, data.label_column_name} - set(splits[data.train_split].column_names)
-    if missing:
-        raise ValueError(
-            f"{data.dataset_name} has no column(s) {sorted(missing)} (columns: {splits[data.train_split].column_names}); "
-            "set --image_column_name / --label_column_name"
-        )
-    return splits.rename_columns({data.image_column_name: "image", data.label_column_name: "label"})
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, DTOKDConfig))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, config = parser.parse_json_file(argv[0])
-    else:
-        model_args, data_args, config = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING)
-
-    splits = load_splits(data_args)
-    labels = splits[data_args.train_split].features["label"].names
-    student = load_image_classifier(
-        model_args.model_name_or_path, "student", num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-    )  # fmt: skip
-    processor = load_image_processor(model_args.model_name_or_path)
-    if processor is None:
-        raise ValueError(
-            f"{model_args.model_name_or_path} has no image processor; save one beside the student"
-        )
-    train = preprocess_images(splits[data_args.train_split], processor)
-    evaluation = preprocess_images(splits[data_args.eval_split], processor)
-
-    trainer = DTOKDTrainer(
-        model=student, args=config, train_dataset=train if config.do_train else None,
-        eval_dataset=evaluation if config.do_eval else None, processing_class=processor,
-        data_collator=DefaultDataCollator(),
-    )  # fmt: skip
-    metrics: dict[str, Any] = {}
-    if config.do_train:
-        result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-        metrics.update(result.metrics)
-    if config.do_eval:
-        evaluation_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", evaluation_metrics)
-        trainer.save_metrics("eval", evaluation_metrics)
-        metrics.update(evaluation_metrics)
-    card = {
-        "finetuned_from": model_args.model_name_or_path,
-        "tasks": "image-classification",
-        "dataset": data_args.dataset_name or "sklearn digits",
-        "tags": ["image-classification", "knowledge-distillation", "dto-kd"],
-    }
-    if config.push_to_hub:
-        trainer.push_to_hub(**card)
-    else:
-        trainer.create_model_card(**card)
-    return metrics
-
+from hf_dtokd.cli.classify import main
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,64 @@
+"""The installed commands: --help reads well, a JSON file works as the only argument, bad commands are named."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from transformers import ViTImageProcessor
+
+from hf_dtokd.cli import main as hf_dtokd_main
+from tiny import tiny_resnet, tiny_vit
+
+
+def run(*command):
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", [["hf-dtokd-classify", "--help"], ["hf-dtokd", "classify", "--help"]])
+def test_classify_help_lists_model_data_and_method_flags(command):
+    assert shutil.which(command[0]), f"{command[0]} is not installed: pip install -e ."
+    completed = run(*command)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    out = completed.stdout
+    assert out.startswith("usage: hf-dtokd-classify")
+    for flag in ("--model_name_or_path", "--dataset_name", "--teacher_model_name_or_path", "--method", "--alpha",
+                 "--temperature", "--log_gradients", "--on_nonfinite_loss", "--push_to_hub", "--learning_rate"):  # fmt: skip
+        assert flag in out, flag
+    assert "Distil an image classifier" in out and "{dto,dto_amortized,fixed,famo," in out
+
+
+def test_demo_help_and_the_umbrella_command():
+    assert run("hf-dtokd-demo", "--help").returncode == 0
+    listing = run("hf-dtokd")
+    assert listing.returncode == 2 and "classify" in listing.stdout and "demo" in listing.stdout
+    unknown = run("hf-dtokd", "distill")
+    assert (
+        unknown.returncode != 0
+        and "unknown command 'distill'; valid commands: classify, demo" in unknown.stderr
+    )
+
+
+def test_a_json_file_is_the_single_argument(tmp_path, monkeypatch):
+    student_dir, teacher_dir = tmp_path / "student", tmp_path / "teacher"
+    tiny_vit(num_labels=10).save_pretrained(student_dir)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(student_dir)
+    tiny_resnet(num_labels=10).save_pretrained(teacher_dir)
+    settings = {
+        "model_name_or_path": str(student_dir), "teacher_model_name_or_path": str(teacher_dir),
+        "output_dir": str(tmp_path / "out"), "do_train": True, "max_steps": 2, "per_device_train_batch_size": 8,
+        "use_cpu": True, "method": "upgrad", "log_gradients": True, "logging_steps": 1, "disable_tqdm": True,
+    }  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    monkeypatch.chdir(tmp_path)
+    hf_dtokd_main(["classify", "run.json"])
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "trade-off method: `upgrad`" in card and "`log_gradients=True`" in card
+    assert (tmp_path / "out" / "tradeoff.png").is_file()
+
+
+def test_a_bad_flag_value_is_refused_with_the_valid_choices(tmp_path):
+    completed = run(sys.executable, "-m", "hf_dtokd.cli", "classify", "--model_name_or_path", "x", "--output_dir",
+                    str(tmp_path), "--method", "magic")  # fmt: skip
+    assert completed.returncode != 0 and "invalid choice: 'magic'" in completed.stderr
