@@ -48,14 +48,14 @@ class CompareArguments:
     folds: int = field(default=5, metadata={"help": "Stratified folds of the 1,797 digits (>= 2)."})
     seeds: int = field(default=2, metadata={"help": "Seeds per fold (subset, init, data order)."})
     labelled_per_class: int = field(default=20, metadata={"help": "Labelled training images per class."})
-    max_steps: int = field(default=400, metadata={"help": "Optimizer steps of every student run."})
+    max_steps: int = field(default=600, metadata={"help": "Optimizer steps of every student run."})
     batch_size: int = field(default=32, metadata={"help": "Student batch size."})
     learning_rate: float = field(
         default=2e-3, metadata={"help": "AdamW learning rate of every run but DOT-SGD."}
     )
     sgd_learning_rate: float = field(default=0.05, metadata={"help": "Learning rate of DOT's SGD form."})
     temperature: float = field(default=4.0, metadata={"help": "Distillation temperature of every KD run."})
-    eval_steps: int = field(default=40, metadata={"help": "Evaluate the student every this many steps."})
+    eval_steps: int = field(default=50, metadata={"help": "Evaluate the student every this many steps."})
     teacher_steps: int = field(default=300, metadata={"help": "Optimizer steps of each fold's teacher."})
     student_width: int = field(default=64, metadata={"help": "ViT student hidden size."})
     student_layers: int = field(default=2, metadata={"help": "ViT student depth."})
@@ -309,13 +309,15 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (acc_ax, pi_ax) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for r in summary["table"]:
+    palette = plt.get_cmap("tab20")
+    for index, r in enumerate(summary["table"]):
+        colour = palette(index % 20)
         steps, values = zip(*r["curve"]) if r["curve"] else ((), ())
         style = "-" if r["row"] in ("dto", "dto_amortized", BASELINE, "no_kd") else ":"
-        acc_ax.plot(steps, [100 * v for v in values], style, label=r["row"])
+        acc_ax.plot(steps, [100 * v for v in values], style, label=r["row"], color=colour)
         if r["pi_curve"] and not r["row"].startswith("fixed") and r["row"] not in ("dot", "dot_adamw"):
             pi_steps, pi_values = zip(*r["pi_curve"])
-            pi_ax.plot(pi_steps, pi_values, style, label=r["row"])
+            pi_ax.plot(pi_steps, pi_values, style, label=r["row"], color=colour)
     acc_ax.set(xlabel="step", ylabel="test top-1 % (mean over paired runs)", title="accuracy")
     acc_ax.set_ylim(bottom=max(0.0, min(100 * r["top1_mean"] for r in summary["table"]) - 15))
     pi_ax.set(xlabel="step", ylabel="pi_distill (mean over runs)", title="trade-off of the balancing methods")
