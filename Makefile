@@ -15,11 +15,13 @@ demo: install
 	$(PYTHON) -m hf_dtokd.demo --output_dir $(DEMO_DIR)
 
 lint:
-	$(PYTHON) -m ruff check src tests examples benchmarks
-	$(PYTHON) -m ruff format --check src tests examples benchmarks
+	$(PYTHON) -m ruff check src tests examples benchmarks docs
+	$(PYTHON) -m ruff format --check src tests examples benchmarks docs
 
 test: install lint
 	$(PYTHON) -m pytest -q tests
 
 benchmark: install
 	$(PYTHON) benchmarks/step_cost.py
+	$(PYTHON) benchmarks/compare_methods.py
+	$(PYTHON) docs/update_readme.py
