@@ -183,3 +183,13 @@ def test_trainer_state_and_tradeoff_state_sit_side_by_side(tmp_path):
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2
     assert not list(checkpoint.glob("*.partial"))
     shutil.rmtree(checkpoint)
+
+
+def test_a_checkpoint_for_other_objectives_is_refused(tmp_path):
+    from test_trainer_methods import ThreeObjectives
+
+    make(tmp_path, "famo", max_steps=2).train()
+    args = tiny_args(tmp_path, method="famo", max_steps=4, per_device_train_batch_size=8)
+    three = ThreeObjectives(model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=DATA)
+    with pytest.raises(ValueError, match=r"balances the objectives \('distill', 'task'\) but this run has"):
+        three.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
