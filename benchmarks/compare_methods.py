@@ -46,7 +46,7 @@ ROWS = (
 class CompareArguments:
     rows: list[str] = field(default_factory=lambda: list(ROWS), metadata={"help": f"Rows among {ROWS}."})
     folds: int = field(default=5, metadata={"help": "Stratified folds of the 1,797 digits (>= 2)."})
-    seeds: int = field(default=2, metadata={"help": "Seeds per fold (subset, init, data order)."})
+    seeds: int = field(default=3, metadata={"help": "Seeds per fold (subset, init, data order)."})
     labelled_per_class: int = field(default=20, metadata={"help": "Labelled training images per class."})
     max_steps: int = field(default=600, metadata={"help": "Optimizer steps of every student run."})
     batch_size: int = field(default=32, metadata={"help": "Student batch size."})
