@@ -12,15 +12,25 @@ import torch
 from hf_dtokd import DTOKDTrainer
 from tiny import conflicting_pair, random_images, tiny_args, train_logs
 
-METHODS = ("dto", "dto_amortized", "fixed", "dot", "upgrad", "uncertainty")
+#: name -> config overrides; each runs here on 2 processes and in the test on one
+VARIANTS = {
+    "dto": {"method": "dto"},
+    "dto_amortized": {"method": "dto_amortized"},
+    "fixed": {"method": "fixed"},
+    "dot": {"method": "dot"},
+    "upgrad": {"method": "upgrad"},
+    "uncertainty": {"method": "uncertainty"},
+    "dto_representation": {"method": "dto", "gradient_placement": "representation"},
+    "dto_amortized_next_batch": {"method": "dto_amortized", "look_ahead": "next_batch"},
+}
 
 
 def main(output_dir: str) -> None:
     results = {}
-    for method in METHODS:
+    for name, overrides in VARIANTS.items():
         student, teacher = conflicting_pair()
-        args = tiny_args(f"{output_dir}/{method}", method=method, temperature=2.0, max_steps=3,
-                         per_device_train_batch_size=8)  # fmt: skip
+        args = tiny_args(f"{output_dir}/{name}", temperature=2.0, max_steps=3, per_device_train_batch_size=8,
+                         **overrides)  # fmt: skip
         trainer = DTOKDTrainer(
             model=student, teacher_model=teacher, args=args, train_dataset=random_images(16)
         )
@@ -29,7 +39,7 @@ def main(output_dir: str) -> None:
             [p.detach().reshape(-1) for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
         )
         every_rank = trainer.accelerator.gather(params[None])
-        results[method] = {
+        results[name] = {
             "world_size": trainer.accelerator.num_processes,
             "pi_distill": train_logs(trainer, "pi_distill"),
             "params": every_rank.tolist(),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddp_worker import METHODS
+from ddp_worker import VARIANTS
 from hf_dtokd import DTOKDTrainer
 from tiny import conflicting_pair, random_images, tiny_args, train_logs
 
@@ -37,15 +37,17 @@ def ddp_results(tmp_path_factory):
     return json.loads((output_dir / "ddp_results.json").read_text())
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_two_processes_equal_one_process_with_the_global_batch(ddp_results, tmp_path, method):
-    result = ddp_results[method]
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_two_processes_equal_one_process_with_the_global_batch(ddp_results, tmp_path, variant):
+    result = ddp_results[variant]
     assert result["world_size"] == 2, "accelerate ran one process: the launch did not give DDP"
     rank0, rank1 = (torch.tensor(p) for p in result["params"])
     assert torch.allclose(rank0, rank1, atol=1e-7), "replicas diverged"
 
     student, teacher = conflicting_pair()
-    args = tiny_args(tmp_path, method=method, temperature=2.0, max_steps=3, per_device_train_batch_size=16)
+    args = tiny_args(
+        tmp_path, temperature=2.0, max_steps=3, per_device_train_batch_size=16, **VARIANTS[variant]
+    )
     single = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(16))
     single.train()
     single_params = torch.cat([p.detach().reshape(-1) for p in single.model.parameters()])

@@ -42,14 +42,25 @@ def make(folder, method="dto", student=tiny_vit, callbacks=(), **overrides):
                         train_dataset=DATA, callbacks=list(callbacks))  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["dto", "dto_amortized", "dot"])
-def test_a_killed_vit_run_resumed_from_its_last_checkpoint_ends_like_the_uninterrupted_one(tmp_path, method):
-    straight = make(tmp_path / "straight", method)
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("dto", {}),
+        ("dto_amortized", {}),
+        ("dot", {}),
+        ("dto", {"gradient_placement": "representation"}),
+        ("dto_amortized", {"look_ahead": "next_batch"}),  # the previous window's losses are in the checkpoint
+    ],
+)
+def test_a_killed_vit_run_resumed_from_its_last_checkpoint_ends_like_the_uninterrupted_one(
+    tmp_path, method, options
+):
+    straight = make(tmp_path / "straight", method, **options)
     straight.train()
-    killed = make(tmp_path / "run", method, callbacks=[CrashAtStep(3)])
+    killed = make(tmp_path / "run", method, callbacks=[CrashAtStep(3)], **options)
     with pytest.raises(Crash):
         killed.train()
-    resumed = make(tmp_path / "run", method)
+    resumed = make(tmp_path / "run", method, **options)
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4
     assert torch.allclose(flat(resumed.model), flat(straight.model), atol=1e-6)

@@ -10,7 +10,8 @@ from transformers import TrainingArguments
 
 from .balancing import GRAMIAN_METHODS, METHODS, RESCALE_RULES
 
-GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters",)
+GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters", "representation")
+LOOK_AHEADS: tuple[str, ...] = ("same_batch", "next_batch")
 NONFINITE_POLICIES: tuple[str, ...] = ("continue", "skip_step", "stop")
 
 
@@ -24,7 +25,8 @@ class DTOKDConfig(TrainingArguments):
     The trade-off `method` (each one module in `hf_dtokd.balancing`, its formula in the docstring):
 
     * `"dto"` (default): exact DTO-KD, the min-norm `pi` (closed form for two objectives) from the
-      per-loss log-gradients, taken at `gradient_placement` (all trainable student parameters);
+      per-loss log-gradients, taken at `gradient_placement`: all trainable student parameters (default), or a
+      representation both losses share (`representation_layer`, MGDA-UB style, one backward);
     * `"dto_amortized"` / `"famo"`: DTO-KD's amortized form, which is FAMO (one implementation for
       any number of objectives), one backward per micro-batch plus one no-grad student forward per
       optimizer step;
@@ -96,9 +98,37 @@ class DTOKDConfig(TrainingArguments):
     gradient_placement: str = field(
         default="parameters",
         metadata={
-            "help": "Where method='dto' takes its per-loss gradients: 'parameters' = all trainable student "
-            "parameters (exact).",
+            "help": "Where the Gram methods (dto and the torchjd weightings) take the per-loss gradients: "
+            "'parameters' = all trainable student parameters (exact; two backward passes per micro-batch); "
+            "'representation' = the output of representation_layer, a layer every loss shares (MGDA-UB: pi from "
+            "the Gram of dL_i/dZ, then one backward of the balanced loss; pi is set per micro-batch).",
             "choices": list(GRADIENT_PLACEMENTS),
+        },
+    )
+    representation_layer: str = field(
+        default="auto",
+        metadata={
+            "help": "gradient_placement='representation': the student layer whose output Z is shared by every "
+            "loss. 'auto' = the logits for logit KD (any family), else the family's last shared layer "
+            "(e.g. 'vit.layernorm'); 'logits'; or a module name of the student (model.named_modules())."
+        },
+    )
+    batched_gradients: bool = field(
+        default=False,
+        metadata={
+            "help": "gradient_placement='parameters' with three or more objectives: take the per-loss gradients of "
+            "all but the task loss in one batched VJP (autograd.grad with is_grads_batched) instead of one call "
+            "each; falls back to separate calls when an operation has no batching rule. Off by default: slower "
+            "on CPU in benchmarks/step_cost.py."
+        },
+    )
+    look_ahead: str = field(
+        default="same_batch",
+        metadata={
+            "help": "dto_amortized / famo: where the losses after the optimizer step come from. 'same_batch' "
+            "re-forwards the window (no grad; the published rule); 'next_batch' uses the next window's losses, "
+            "which are computed anyway (no extra forward, noisier: a different batch).",
+            "choices": list(LOOK_AHEADS),
         },
     )
     rescale: str = field(
@@ -215,6 +245,32 @@ class DTOKDConfig(TrainingArguments):
             raise ValueError(
                 f"rescale={self.rescale!r} applies to log-loss weighting (dto, dto_amortized, famo, or a gradient "
                 f"method with log_gradients=True), not to method={self.method!r}; leave it at 'famo'"
+            )
+        if self.gradient_placement == "representation" and self.method not in GRAMIAN_METHODS:
+            raise ValueError(
+                f"gradient_placement='representation' applies to the Gram methods ({', '.join(GRAMIAN_METHODS)}), "
+                f"not to method={self.method!r}; leave it at 'parameters'"
+            )
+        if self.representation_layer != "auto" and self.gradient_placement != "representation":
+            raise ValueError(
+                f"representation_layer={self.representation_layer!r} is only read with "
+                "gradient_placement='representation'; set that too, or leave representation_layer at 'auto'"
+            )
+        if self.batched_gradients and (
+            self.method not in GRAMIAN_METHODS or self.gradient_placement != "parameters"
+        ):
+            raise ValueError(
+                "batched_gradients applies to the Gram methods with gradient_placement='parameters', not to "
+                f"method={self.method!r} with gradient_placement={self.gradient_placement!r}; leave it False"
+            )
+        if self.look_ahead not in LOOK_AHEADS:
+            raise ValueError(
+                f"unknown look_ahead {self.look_ahead!r}; valid values: {', '.join(LOOK_AHEADS)}"
+            )
+        if self.look_ahead != "same_batch" and self.method not in ("dto_amortized", "famo"):
+            raise ValueError(
+                f"look_ahead={self.look_ahead!r} applies to dto_amortized / famo, not to method={self.method!r}; "
+                "leave it at 'same_batch'"
             )
         if self.cagrad_c < 0:
             raise ValueError(f"cagrad_c (CAGrad's radius) must be >= 0, got {self.cagrad_c}")

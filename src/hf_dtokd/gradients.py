@@ -11,15 +11,21 @@ last objective's gradient (the task loss) into ``.grad``. At the window's end:
 * the ``K x K`` Gram of the raw gradients is formed (float32 dots, summed in float64);
 * ``.grad`` is overwritten with ``sum_k w_k g_k`` for the Trainer's clipping and step.
 
-``K`` backward passes per micro-batch, no more; ``K - 1`` parameter-sized float32 buffers.
+``K`` backward passes per micro-batch, no more; ``K - 1`` parameter-sized float32 buffers. With
+``K > 2`` the ``K - 1`` calls can be one batched VJP (``accumulate_batched``: ``autograd.grad`` with
+``is_grads_batched``, i.e. vmap over the backward), which falls back to separate calls when an
+operation has no batching rule.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
 from accelerate import Accelerator
+
+logger = logging.getLogger(__name__)
 
 
 class WindowGradients:
@@ -47,6 +53,7 @@ class WindowGradients:
         ]
         self.columns = list(self.buffers.split(sizes, dim=1))  # (num_buffers, numel) views per parameter
         self.touched = [[False] * len(self.parameters) for _ in range(num_buffers)]
+        self.batched_unsupported = False
 
     @property
     def num_objectives(self) -> int:
@@ -64,6 +71,37 @@ class WindowGradients:
             if grad is not None:
                 view.add_(grad)
                 self.touched[index][j] = True
+
+    def accumulate_batched(self, losses: torch.Tensor) -> bool:
+        """Add ``grad losses[k]`` into buffer ``k`` for every ``k`` in one batched VJP.
+
+        Returns False (after a one-time warning) and uses one ``autograd.grad`` per loss when the
+        backward cannot be batched; the result is the same either way.
+        """
+        if len(losses) != self.buffers.shape[0]:
+            raise ValueError(f"expected {self.buffers.shape[0]} losses, got {len(losses)}")
+        if not self.batched_unsupported:
+            basis = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
+            try:
+                grads = torch.autograd.grad(
+                    losses, self.parameters, grad_outputs=basis, retain_graph=True, allow_unused=True,
+                    is_grads_batched=True,
+                )  # fmt: skip
+            except RuntimeError as error:  # an operation without a vmap batching rule in the backward
+                self.batched_unsupported = True
+                logger.warning(
+                    "batched per-loss gradients unsupported here (%s); using one call per loss", error
+                )
+            else:
+                for j, grad in enumerate(grads):
+                    if grad is not None:
+                        self.columns[j].add_(grad.reshape(len(losses), -1))
+                        for index in range(len(losses)):
+                            self.touched[index][j] = True
+                return True
+        for index, loss in enumerate(losses):
+            self.accumulate(index, loss)
+        return False
 
     def all_reduce_mean(self, accelerator: Accelerator) -> None:
         """Average the buffers over processes: the same operation DDP applies to ``.grad``."""

@@ -10,7 +10,11 @@ One optimizer step (an accumulation window of ``n`` micro-batches) runs:
   per-micro-batch means, divided by ``n``), then
 
   - gradient methods (``dto``, the torchjd weightings, DOT): ``autograd.grad`` of every objective
-    but the last into its buffer, then the single ``accelerator.backward(L_task)``;
+    but the last into its buffer (one batched VJP with ``batched_gradients``), then the single
+    ``accelerator.backward(L_task)``;
+  - Gram methods with ``gradient_placement="representation"``: the per-loss gradients at a shared
+    layer's output (``representation.py``), this micro-batch's pi from their Gram, then the single
+    ``accelerator.backward(w . L)``;
   - weighted-loss methods (``fixed``, ``dto_amortized`` / ``famo``, ``uncertainty``): raw-loss weights
     from the current ``pi`` (and the process-averaged losses), then the single
     ``accelerator.backward(w . L)``;
@@ -20,7 +24,8 @@ One optimizer step (an accumulation window of ``n`` micro-batches) runs:
   window gradients and writes the update into ``.grad``; the Trainer then clips and steps as usual.
   Every balancer then sees the window's losses (``observe_window``). For ``dto_amortized``, after the
   optimizer step the window is re-forwarded without grad and the trade-off logits take one Adam
-  step (see ``balancing/famo.py``).
+  step (see ``balancing/famo.py``); with ``look_ahead="next_batch"`` the next window's losses stand in
+  for that forward.
 
 The loss returned to the Trainer (and logged as ``loss``) is the balanced raw-loss objective
 ``sum_i w_i L_i`` of the step; ``<name>_loss``, ``pi_<name>`` and, for gradient methods,
@@ -41,7 +46,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .balancing import OBJECTIVES, Balancer, build_balancer
+from .balancing import OBJECTIVES, Balancer, GramianBalancer, build_balancer
 from .callbacks import PLOT_NAME, TradeoffPlotCallback
 from .checkpoints import (
     TRAINER_STATE_NAME,
@@ -63,6 +68,14 @@ from .modeling import (
     load_image_processor,
     num_labels,
     prepare_frozen,
+)
+from .representation import (
+    LOGITS,
+    RepresentationCapture,
+    check_shared_coordinates,
+    representation_gradients,
+    representation_gram,
+    resolve_representation_layer,
 )
 from .teacher_inputs import PixelSpace, TeacherInputConverter
 
@@ -106,6 +119,11 @@ class DTOKDTrainer(Trainer):
     #: The objectives, in the order of ``compute_objective_losses``; the task loss is last (its gradient
     #: goes through the Trainer's single backward). Subclasses add signals by extending both.
     objective_names: tuple[str, ...] = OBJECTIVES
+
+    #: True while every objective is computed from the logits (``compute_objective_losses`` sees only
+    #: logits): ``representation_layer="auto"`` then takes the logits. Subclasses whose losses read
+    #: other activations set it to False, and "auto" takes the family's last shared layer.
+    losses_from_logits: bool = True
 
     def __init__(
         self,
@@ -174,9 +192,12 @@ class DTOKDTrainer(Trainer):
                 f"method={args.method!r} computes the whole update itself and steps with momentum-free SGD; do not "
                 "pass an optimizer (optimizers=...), or choose another method"
             )
+        self._representation_layer: str | None = None
+        self._capture: RepresentationCapture | None = None
         if self.balancer.needs_gradients:
             self._check_gradient_method_supported()
-        if self.balancer.needs_look_ahead:
+            self._set_up_gradient_placement()
+        if self.balancer.needs_look_ahead and args.look_ahead == "same_batch":
             self.add_callback(_LookAheadCallback(self))
         if args.plot_tradeoff:
             self.add_callback(TradeoffPlotCallback())
@@ -190,6 +211,8 @@ class DTOKDTrainer(Trainer):
         self._window_batches: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
         self._window_model: nn.Module | None = None
         self._window_open = False
+        self._previous_window_losses: torch.Tensor | None = None  # look_ahead="next_batch"
+        self._coordinates_checked = False
 
     # ------------------------------------------------------------------ set-up
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
@@ -224,17 +247,40 @@ class DTOKDTrainer(Trainer):
             )
 
     def _check_gradient_method_supported(self) -> None:
+        if self.args.gradient_placement == "representation":
+            return  # one ordinary backward of the balanced loss: nothing backend-specific
         if self.is_fsdp_enabled:
             raise ValueError(
                 f"method={self.args.method!r} takes per-loss gradients at all student parameters, which FSDP shards; "
-                "this is not supported yet. Use method='dto_amortized' (one backward; FSDP itself is not yet tested "
-                "here) or plain DDP"
+                "this is not supported yet. Use gradient_placement='representation' (gradients at a layer both "
+                "losses share, one backward), or method='dto_amortized', or plain DDP"
             )
         if self.args.fp16:
             raise ValueError(
                 f"method={self.args.method!r} combines per-loss gradients itself and does not support fp16 loss "
-                "scaling; use bf16=True, or method='dto_amortized'"
+                "scaling; use bf16=True, gradient_placement='representation', or method='dto_amortized'"
             )
+
+    def _set_up_gradient_placement(self) -> None:
+        args = self.args
+        if args.batched_gradients and len(self.objective_names) < 3:
+            raise ValueError(
+                f"batched_gradients batches the per-loss gradient calls of all objectives but the task; with "
+                f"{len(self.objective_names)} objectives there is one call, nothing to batch. Leave it False"
+            )
+        if args.gradient_placement != "representation":
+            return
+        if not isinstance(self.balancer, GramianBalancer):
+            raise ValueError(
+                f"gradient_placement='representation' needs a Gram method (a GramianBalancer); "
+                f"{type(self.balancer).__name__} combines the per-loss parameter gradients itself. Use "
+                "gradient_placement='parameters'"
+            )
+        student = self.accelerator.unwrap_model(self.model)
+        layer = resolve_representation_layer(student, args.representation_layer, self.losses_from_logits)
+        self._representation_layer = layer
+        if layer != LOGITS:
+            self._capture = RepresentationCapture(student, layer)
 
     def _check_dataset_labels(self, dataset: Any, name: str) -> None:
         columns = getattr(dataset, "column_names", None)
@@ -317,30 +363,60 @@ class DTOKDTrainer(Trainer):
         if not self._window_open:
             self._open_window(model)
 
+        if self._capture is not None:
+            self._capture.active = True
         with self.compute_loss_context_manager():
             student_logits = classification_logits(model(**student_inputs))
+        if self._capture is not None:
+            self._capture.active = False
         teacher_logits = self._teacher_logits(student_inputs["pixel_values"], teacher_pixels)
         losses = self.compute_objective_losses(student_logits, teacher_logits, labels)
         self._window_losses += losses.detach() / steps
 
-        if self.balancer.needs_gradients:
-            for index in range(len(losses) - 1):
-                self._window_gradients.accumulate(index, losses[index] / steps)
+        if self._representation_layer is not None:
+            representation = student_logits if self._capture is None else self._capture.take()
+            weights = self._representation_weights(losses, representation)
+            self.accelerator.backward((weights * losses).sum() / steps)
+            logged = (weights * losses.detach()).sum() / steps
+        elif self.balancer.needs_gradients:
+            if self.args.batched_gradients:
+                self._window_gradients.accumulate_batched(losses[:-1] / steps)
+            else:
+                for index in range(len(losses) - 1):
+                    self._window_gradients.accumulate(index, losses[index] / steps)
             self.accelerator.backward(losses[-1] / steps)
             logged = torch.zeros((), device=losses.device)
         else:
             weights = self.balancer.loss_weights(self._reduce_mean(losses.detach()))
             self.accelerator.backward((weights * losses).sum() / steps)
             logged = (weights * losses.detach()).sum() / steps
-            if self.balancer.needs_look_ahead:
+            if self.balancer.needs_look_ahead and self.args.look_ahead == "same_batch":
                 self._window_batches.append((student_inputs, teacher_logits, labels))
 
         if self.accelerator.sync_gradients:
             logged = self._close_window(logged)
         return logged
 
+    def _representation_weights(self, losses: torch.Tensor, representation: torch.Tensor) -> torch.Tensor:
+        """gradient_placement='representation': pi from this micro-batch's Gram at the shared layer."""
+        gradients = representation_gradients(losses, representation, self.objective_names)
+        if not self._coordinates_checked:  # once: a host sync
+            check_shared_coordinates(gradients, self.objective_names, self._representation_layer)
+            self._coordinates_checked = True
+        gram = representation_gram(gradients, self.accelerator)
+        global_losses = self._reduce_mean(losses.detach())
+        self.balancer.update_from_gram(gram, global_losses)
+        self._record_gradient_diagnostics(gram)
+        self._record_pi()
+        return self.balancer.loss_weights(global_losses).to(losses.device)
+
+    def _record_pi(self) -> None:
+        pi = self.balancer.pi
+        for index, name in enumerate(self.objective_names[:-1]):
+            self._metrics[f"pi_{name}"].append(pi[index])
+
     def _open_window(self, model: nn.Module) -> None:
-        if self.balancer.needs_gradients:
+        if self.balancer.needs_gradients and self._representation_layer is None:
             if self._window_gradients is None:
                 self._window_gradients = WindowGradients(model.parameters(), len(self.objective_names) - 1)
                 if hasattr(self.balancer, "configure"):
@@ -364,7 +440,7 @@ class DTOKDTrainer(Trainer):
         self._nonfinite_losses += nonfinite.long()
         # a host sync only when a policy other than the Trainer's default was asked for
         skip = self.args.on_nonfinite_loss != "continue" and bool(nonfinite)
-        if self.balancer.needs_gradients:
+        if self.balancer.needs_gradients and self._representation_layer is None:
             gradients = self._window_gradients
             gradients.all_reduce_mean(self.accelerator)
             gram = gradients.gram_with_grad()
@@ -374,13 +450,17 @@ class DTOKDTrainer(Trainer):
                 logged = (weights.to(window_losses.device) * window_losses).sum()
             self._record_gradient_diagnostics(gram)
         self.balancer.observe_window(window_losses)
+        if self._representation_layer is None:  # representation mode records pi per micro-batch
+            self._record_pi()
+        if self.balancer.needs_look_ahead and self.args.look_ahead == "next_batch":
+            # the previous window's losses before its step and this window's after it (another batch)
+            if self._previous_window_losses is not None:
+                self.balancer.update(self._previous_window_losses, window_losses)
+            self._previous_window_losses = window_losses
         if skip:
             self._drop_window_gradient()
-        pi = self.balancer.pi
         for index, name in enumerate(self.objective_names):
             self._metrics[f"{name}_loss"].append(window_losses[index])
-            if name != "task":
-                self._metrics[f"pi_{name}"].append(pi[index])
         return logged
 
     def _drop_window_gradient(self) -> None:
@@ -523,6 +603,8 @@ class DTOKDTrainer(Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:
             state = {"balancer": self.balancer.state_dict(), "nonfinite_losses": self._nonfinite_losses.cpu()}
+            if self._previous_window_losses is not None:
+                state["previous_window_losses"] = self._previous_window_losses.cpu()
             save_tradeoff_state(output_dir, self._method_name(), self.objective_names, state)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -531,6 +613,8 @@ class DTOKDTrainer(Trainer):
             state = load_tradeoff_state(checkpoint, self._method_name(), self.objective_names)
             self.balancer.load_state_dict(state["balancer"])
             self._nonfinite_losses = state["nonfinite_losses"].to(self.args.device)
+            previous = state.get("previous_window_losses")
+            self._previous_window_losses = None if previous is None else previous.to(self.args.device)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Restore the student through ``from_pretrained`` (see ``checkpoints.restore_student``)."""
