@@ -194,11 +194,11 @@ def test_representation_placement_refuses_a_custom_non_gram_balancer(tmp_path):
                      args=tiny_args(tmp_path, gradient_placement="representation"))  # fmt: skip
 
 
-def test_batched_gradients_give_the_same_three_objective_step(tmp_path):
+def test_batched_gradients_give_the_same_three_objective_steps_with_accumulation(tmp_path):
     runs = {}
     for batched in (False, True):
         trainer, *_ = train(tmp_path / str(batched), ThreeObjectives, method="dto", batched_gradients=batched,
-                            max_steps=2)  # fmt: skip
+                            max_steps=2, per_device_train_batch_size=8, gradient_accumulation_steps=2)  # fmt: skip
         runs[batched] = (train_logs(trainer, "pi_distill"), flat_params(trainer.model))
         if batched:
             assert not trainer._window_gradients.batched_unsupported

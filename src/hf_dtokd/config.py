@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
 
 from .balancing import GRAMIAN_METHODS, METHODS, RESCALE_RULES
+from .precision import FP8_BACKENDS, check_fp8_backend
 
 GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters", "representation")
 LOOK_AHEADS: tuple[str, ...] = ("same_batch", "next_batch")
@@ -171,6 +173,22 @@ class DTOKDConfig(TrainingArguments):
             "log-variances)."
         },
     )
+    fp8_backend: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train the student in fp8 through accelerate: 'ao' (torchao) or 'te' (TransformerEngine). Sets "
+            "mixed_precision='fp8' with the backend's recipe; do not also pass --bf16 (it would turn fp8 off). "
+            "Needs a GPU of compute capability >= 8.9 unless fp8_emulate.",
+            "choices": list(FP8_BACKENDS),
+        },
+    )
+    fp8_emulate: bool = field(
+        default=False,
+        metadata={
+            "help": "fp8_backend='ao': emulate the fp8 matmuls in higher precision (torchao's emulate). Runs on any "
+            "device, with no speed-up: for tests and debugging."
+        },
+    )
     plot_tradeoff: bool = field(
         default=True,
         metadata={
@@ -224,11 +242,32 @@ class DTOKDConfig(TrainingArguments):
             raise ValueError(f"tradeoff_learning_rate must be > 0, got {self.tradeoff_learning_rate}")
         if self.tradeoff_weight_decay < 0:
             raise ValueError(f"tradeoff_weight_decay must be >= 0, got {self.tradeoff_weight_decay}")
+        self._check_precision()
         if self.teacher_label_indices is not None and any(i < 0 for i in self.teacher_label_indices):
             raise ValueError(
                 f"teacher_label_indices must be class indices >= 0, got {self.teacher_label_indices}"
             )
         super().__post_init__()
+
+    def _check_precision(self) -> None:
+        if self.fp8_backend is not None:
+            check_fp8_backend(self.fp8_backend, self.fp8_emulate)
+            if self.bf16 or self.fp16:
+                raise ValueError(
+                    f"fp8_backend={self.fp8_backend!r} with {'bf16' if self.bf16 else 'fp16'}=True: the Trainer would "
+                    "set mixed_precision to that and turn fp8 off. Drop the flag; fp8 already runs the layers it does "
+                    "not convert in bf16 autocast"
+                )
+        elif self.fp8_emulate:
+            raise ValueError(
+                "fp8_emulate applies to fp8_backend='ao'; set fp8_backend too, or leave it False"
+            )
+        launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if launcher == "fp8" and (self.bf16 or self.fp16):
+            raise ValueError(
+                "accelerate was launched with mixed_precision fp8 but bf16/fp16=True makes the Trainer turn it off; "
+                "drop --bf16 / --fp16 (or use fp8_backend instead of the launcher flag)"
+            )
 
     def _check_method_options(self) -> None:
         """Options that only some methods read: refuse them elsewhere rather than ignore them."""

@@ -69,6 +69,7 @@ from .modeling import (
     num_labels,
     prepare_frozen,
 )
+from .precision import fp8_recipe
 from .representation import (
     LOGITS,
     RepresentationCapture,
@@ -215,6 +216,15 @@ class DTOKDTrainer(Trainer):
         self._coordinates_checked = False
 
     # ------------------------------------------------------------------ set-up
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        """The Trainer's Accelerator arguments, plus fp8 (``mixed_precision="fp8"`` and the recipe) when asked."""
+        args = super()._build_accelerator_args(**kwargs)
+        if getattr(self.args, "fp8_backend", None) is not None:
+            args["mixed_precision"] = "fp8"
+            args["kwargs_handlers"] = [*args.get("kwargs_handlers", []), fp8_recipe(self.args.fp8_backend,
+                                                                                    self.args.fp8_emulate)]  # fmt: skip
+        return args
+
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         if self.is_deepspeed_enabled:
             raise NotImplementedError(
