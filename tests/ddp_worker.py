@@ -1,7 +1,8 @@
 """Launched by test_distributed.py with `accelerate launch --multi_gpu --num_processes 2` on CPU (gloo).
 
-Trains each method for a few steps with a per-process batch of 8 on 16 examples (global batch 16)
-and writes, from rank 0, the world size, the logged pi and every rank's final parameters.
+Trains each variant for a few steps on 16 examples with a per-process batch half the single-process
+one (same global batch), and writes, from rank 0, the world size, the logged pi, every rank's pi and
+every rank's final parameters.
 """
 
 import json
@@ -10,26 +11,39 @@ import sys
 import torch
 
 from hf_dtokd import DTOKDTrainer
+from hf_dtokd.gradients import WindowGradients
 from tiny import conflicting_pair, random_images, tiny_args, train_logs
 
-#: name -> config overrides; each runs here on 2 processes and in the test on one
+GA = {"gradient_accumulation_steps": 2}
+ALL_REDUCE = WindowGradients.all_reduce_mean
+
+#: name -> (config overrides, per-process batch here, batch of the single process it must equal)
 VARIANTS = {
-    "dto": {"method": "dto"},
-    "dto_amortized": {"method": "dto_amortized"},
-    "fixed": {"method": "fixed"},
-    "dot": {"method": "dot"},
-    "upgrad": {"method": "upgrad"},
-    "uncertainty": {"method": "uncertainty"},
-    "dto_representation": {"method": "dto", "gradient_placement": "representation"},
-    "dto_amortized_next_batch": {"method": "dto_amortized", "look_ahead": "next_batch"},
+    "dto": ({"method": "dto"}, 8, 16),
+    "dto_amortized": ({"method": "dto_amortized"}, 8, 16),
+    "fixed": ({"method": "fixed"}, 8, 16),
+    "dot": ({"method": "dot"}, 8, 16),
+    "upgrad": ({"method": "upgrad"}, 8, 16),
+    "uncertainty": ({"method": "uncertainty"}, 8, 16),
+    "dto_representation": ({"method": "dto", "gradient_placement": "representation"}, 8, 16),
+    "dto_amortized_next_batch": ({"method": "dto_amortized", "look_ahead": "next_batch"}, 8, 16),
+    # gradient accumulation with DDP: 2 processes x 2 micro-batches of 4 = 1 process x 2 micro-batches of 8
+    "dto_accumulation": ({"method": "dto", **GA}, 4, 8),
+    "dto_amortized_accumulation": ({"method": "dto_amortized", **GA}, 4, 8),
+    "dot_accumulation": ({"method": "dot", **GA}, 4, 8),
 }
+
+
+#: a broken run the cross-rank checks must catch: per-loss gradients used without the all-reduce
+BROKEN = "dto_without_all_reduce"
 
 
 def main(output_dir: str) -> None:
     results = {}
-    for name, overrides in VARIANTS.items():
+    for name, (overrides, batch, _) in [*VARIANTS.items(), (BROKEN, ({"method": "dto"}, 8, 16))]:
+        WindowGradients.all_reduce_mean = (lambda self, accelerator: None) if name == BROKEN else ALL_REDUCE
         student, teacher = conflicting_pair()
-        args = tiny_args(f"{output_dir}/{name}", temperature=2.0, max_steps=3, per_device_train_batch_size=8,
+        args = tiny_args(f"{output_dir}/{name}", temperature=2.0, max_steps=3, per_device_train_batch_size=batch,
                          **overrides)  # fmt: skip
         trainer = DTOKDTrainer(
             model=student, teacher_model=teacher, args=args, train_dataset=random_images(16)
@@ -38,11 +52,11 @@ def main(output_dir: str) -> None:
         params = torch.cat(
             [p.detach().reshape(-1) for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
         )
-        every_rank = trainer.accelerator.gather(params[None])
         results[name] = {
             "world_size": trainer.accelerator.num_processes,
             "pi_distill": train_logs(trainer, "pi_distill"),
-            "params": every_rank.tolist(),
+            "pi_every_rank": trainer.accelerator.gather(trainer.balancer.pi.float()[None]).tolist(),
+            "params": trainer.accelerator.gather(params[None]).tolist(),
         }
     if torch.distributed.get_rank() == 0:
         with open(f"{output_dir}/ddp_results.json", "w") as handle:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddp_worker import VARIANTS
+from ddp_worker import BROKEN, VARIANTS
 from hf_dtokd import DTOKDTrainer
 from tiny import conflicting_pair, random_images, tiny_args, train_logs
 
@@ -43,13 +43,24 @@ def test_two_processes_equal_one_process_with_the_global_batch(ddp_results, tmp_
     assert result["world_size"] == 2, "accelerate ran one process: the launch did not give DDP"
     rank0, rank1 = (torch.tensor(p) for p in result["params"])
     assert torch.allclose(rank0, rank1, atol=1e-7), "replicas diverged"
+    pi0, pi1 = (torch.tensor(p) for p in result["pi_every_rank"])
+    assert torch.equal(pi0, pi1), "the ranks hold different pi"
 
     student, teacher = conflicting_pair()
+    overrides, _, single_batch = VARIANTS[variant]
     args = tiny_args(
-        tmp_path, temperature=2.0, max_steps=3, per_device_train_batch_size=16, **VARIANTS[variant]
+        tmp_path, temperature=2.0, max_steps=3, per_device_train_batch_size=single_batch, **overrides
     )
     single = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(16))
     single.train()
     single_params = torch.cat([p.detach().reshape(-1) for p in single.model.parameters()])
     assert result["pi_distill"] == pytest.approx(train_logs(single, "pi_distill"), abs=1e-5)
     assert torch.allclose(rank0, single_params, atol=1e-5)
+
+
+def test_the_cross_rank_checks_catch_ranks_that_skip_the_all_reduce(ddp_results):
+    result = ddp_results[BROKEN]
+    assert result["world_size"] == 2
+    pi0, pi1 = (torch.tensor(p) for p in result["pi_every_rank"])
+    rank0, rank1 = (torch.tensor(p) for p in result["params"])
+    assert not torch.equal(pi0, pi1) and not torch.allclose(rank0, rank1, atol=1e-7)

@@ -25,9 +25,7 @@ def test_fp8_ao_converts_the_students_linears_not_the_teacher_and_trains(tmp_pat
     assert "vit.layers.0.attention.q_proj" not in expected and "classifier" not in expected
     assert "vit.layers.0.mlp.fc1" in expected and len(expected) == 5
     teacher_dtypes = []
-    teacher.vit.layers[0].mlp.fc1.register_forward_hook(
-        lambda m, i, o: teacher_dtypes.append(o.dtype)
-    )
+    teacher.vit.layers[0].mlp.fc1.register_forward_hook(lambda m, i, o: teacher_dtypes.append(o.dtype))
     student_before = flat(student).clone()
     args = tiny_args(tmp_path, method="dto", max_steps=2, fp8_backend="ao", fp8_emulate=True, temperature=2.0)
     trainer = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(16))

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .backends import backward, check_backend_support, prepare_teacher
 from .balancing import OBJECTIVES, Balancer, GramianBalancer, build_balancer
 from .callbacks import PLOT_NAME, TradeoffPlotCallback
 from .checkpoints import (
@@ -67,7 +68,6 @@ from .modeling import (
     load_image_classifier,
     load_image_processor,
     num_labels,
-    prepare_frozen,
 )
 from .precision import fp8_recipe
 from .representation import (
@@ -226,13 +226,7 @@ class DTOKDTrainer(Trainer):
         return args
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
-        if self.is_deepspeed_enabled:
-            raise NotImplementedError(
-                "DeepSpeed teacher preparation is not implemented yet (tracked in the multi-GPU issue); "
-                "launch with DDP or FSDP meanwhile"
-            )
-        teacher = prepare_frozen(teacher)
-        return prepare_frozen(self.accelerator.prepare_model(teacher, evaluation_mode=True))
+        return prepare_teacher(teacher, self.accelerator)
 
     def _build_teacher_input_converter(self, teacher_processor: Any | None) -> TeacherInputConverter | None:
         student_processor = self.processing_class
@@ -257,19 +251,11 @@ class DTOKDTrainer(Trainer):
             )
 
     def _check_gradient_method_supported(self) -> None:
-        if self.args.gradient_placement == "representation":
-            return  # one ordinary backward of the balanced loss: nothing backend-specific
-        if self.is_fsdp_enabled:
-            raise ValueError(
-                f"method={self.args.method!r} takes per-loss gradients at all student parameters, which FSDP shards; "
-                "this is not supported yet. Use gradient_placement='representation' (gradients at a layer both "
-                "losses share, one backward), or method='dto_amortized', or plain DDP"
-            )
-        if self.args.fp16:
-            raise ValueError(
-                f"method={self.args.method!r} combines per-loss gradients itself and does not support fp16 loss "
-                "scaling; use bf16=True, gradient_placement='representation', or method='dto_amortized'"
-            )
+        check_backend_support(
+            self._method_name(), self.args.gradient_placement, self.balancer.needs_gradients,
+            getattr(self.balancer, "owns_update", False), fsdp=self.is_fsdp_enabled,
+            deepspeed=self.is_deepspeed_enabled, fp16=self.args.fp16,
+        )  # fmt: skip
 
     def _set_up_gradient_placement(self) -> None:
         args = self.args
@@ -386,7 +372,7 @@ class DTOKDTrainer(Trainer):
         if self._representation_layer is not None:
             representation = student_logits if self._capture is None else self._capture.take()
             weights = self._representation_weights(losses, representation)
-            self.accelerator.backward((weights * losses).sum() / steps)
+            backward(self.accelerator, (weights * losses).sum() / steps)
             logged = (weights * losses.detach()).sum() / steps
         elif self.balancer.needs_gradients:
             if self.args.batched_gradients:
@@ -394,11 +380,11 @@ class DTOKDTrainer(Trainer):
             else:
                 for index in range(len(losses) - 1):
                     self._window_gradients.accumulate(index, losses[index] / steps)
-            self.accelerator.backward(losses[-1] / steps)
+            backward(self.accelerator, losses[-1] / steps)
             logged = torch.zeros((), device=losses.device)
         else:
             weights = self.balancer.loss_weights(self._reduce_mean(losses.detach()))
-            self.accelerator.backward((weights * losses).sum() / steps)
+            backward(self.accelerator, (weights * losses).sum() / steps)
             logged = (weights * losses.detach()).sum() / steps
             if self.balancer.needs_look_ahead and self.args.look_ahead == "same_batch":
                 self._window_batches.append((student_inputs, teacher_logits, labels))
