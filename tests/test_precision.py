@@ -63,3 +63,12 @@ def test_fp8_options_are_checked(tmp_path):
 def test_a_missing_fp8_package_is_named(tmp_path):
     with pytest.raises(ImportError, match=r"needs the 'transformer_engine' package.*pip install"):
         tiny_args(tmp_path, fp8_backend="te")
+
+
+def test_the_demo_students_fp8_layers_are_the_ones_the_readme_names():
+    from hf_dtokd.demo import build_student
+
+    student = build_student(0, [str(i) for i in range(10)])
+    linears = [name for name, m in student.named_modules() if isinstance(m, torch.nn.Linear)]
+    kept = sorted(set(linears) - set(fp8_convertible_layers(student)))
+    assert kept == ["classifier", "vit.layers.0.attention.q_proj"] and len(linears) == 25
