@@ -19,6 +19,7 @@ from .balancing import (
     dto_closed_form,
 )
 from .config import DTOKDConfig
+from .deit_token import DeiTTokenTrainer
 from .metrics import classification_metrics
 from .trainer import DTOKDTrainer
 
@@ -40,6 +41,7 @@ __all__ = [
     "UncertaintyWeighting",
     "DTOKDConfig",
     "DTOKDTrainer",
+    "DeiTTokenTrainer",
     "FixedWeights",
     "build_balancer",
     "classification_metrics",

@@ -48,11 +48,13 @@ FAMILY_LAYERS: dict[str, tuple[str, ...]] = {
 LOGITS = "logits"
 
 
-def resolve_representation_layer(model: nn.Module, layer: str, logit_objectives_only: bool) -> str:
+def resolve_representation_layer(
+    model: nn.Module, layer: str, logit_objectives_only: bool, default: str | None = None
+) -> str:
     """The layer name to capture (``"logits"`` or a module of ``model``), or a ValueError naming the options.
 
-    ``"auto"``: the logits when every objective is computed from them (plain logit KD), else the
-    family's entry of ``FAMILY_LAYERS``.
+    ``"auto"``: the logits when every objective is computed from them (plain logit KD), else ``default``
+    (a trainer's choice, e.g. the DeiT token trainer's) or the family's entry of ``FAMILY_LAYERS``.
     """
     if layer == LOGITS or (layer == "auto" and logit_objectives_only):
         return LOGITS
@@ -65,6 +67,8 @@ def resolve_representation_layer(model: nn.Module, layer: str, logit_objectives_
                 f"'logits' or a name from model.named_modules(){f' (similar: {close})' if close else ''}"
             )
         return layer
+    if default is not None:
+        return default
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     for name in FAMILY_LAYERS.get(model_type, ()):
         if name in modules and not isinstance(modules[name], nn.Identity):

@@ -273,7 +273,12 @@ class DTOKDTrainer(Trainer):
                 "gradient_placement='parameters'"
             )
         student = self.accelerator.unwrap_model(self.model)
-        layer = resolve_representation_layer(student, args.representation_layer, self.losses_from_logits)
+        layer = resolve_representation_layer(
+            student,
+            args.representation_layer,
+            self.losses_from_logits,
+            self.default_representation_layer(student),
+        )
         self._representation_layer = layer
         if layer != LOGITS:
             self._capture = RepresentationCapture(student, layer)
@@ -303,8 +308,10 @@ class DTOKDTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if TEACHER_PIXELS not in self._signature_columns:
-            self._signature_columns.append(TEACHER_PIXELS)
+        # the labels are ours to read even when the student's forward takes none (e.g. DeiT's two-head model)
+        for column in (TEACHER_PIXELS, *LABEL_COLUMNS):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
 
     # ------------------------------------------------------------------ forward pieces
     def _split_batch(
@@ -334,6 +341,17 @@ class DTOKDTrainer(Trainer):
             logits = logits[:, self.teacher_label_index.to(logits.device)]
         return logits.detach()
 
+    def objective_losses(
+        self, outputs: Any, teacher_logits: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """The objectives from the student's whole output; by default ``compute_objective_losses`` of its logits."""
+        return self.compute_objective_losses(classification_logits(outputs), teacher_logits, labels)
+
+    def default_representation_layer(self, student: nn.Module) -> str | None:
+        """``representation_layer="auto"`` for objectives not all computed from the logits: the layer every loss
+        shares. None takes the family's entry of ``representation.FAMILY_LAYERS``."""
+        return None
+
     def compute_objective_losses(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
@@ -362,15 +380,15 @@ class DTOKDTrainer(Trainer):
         if self._capture is not None:
             self._capture.active = True
         with self.compute_loss_context_manager():
-            student_logits = classification_logits(model(**student_inputs))
+            outputs = model(**student_inputs)
         if self._capture is not None:
             self._capture.active = False
         teacher_logits = self._teacher_logits(student_inputs["pixel_values"], teacher_pixels)
-        losses = self.compute_objective_losses(student_logits, teacher_logits, labels)
+        losses = self.objective_losses(outputs, teacher_logits, labels)
         self._window_losses += losses.detach() / steps
 
         if self._representation_layer is not None:
-            representation = student_logits if self._capture is None else self._capture.take()
+            representation = classification_logits(outputs) if self._capture is None else self._capture.take()
             weights = self._representation_weights(losses, representation)
             backward(self.accelerator, (weights * losses).sum() / steps)
             logged = (weights * losses.detach()).sum() / steps
@@ -523,8 +541,7 @@ class DTOKDTrainer(Trainer):
         after = torch.zeros(len(self.objective_names), device=self.args.device)
         with torch.no_grad(), self.compute_loss_context_manager():
             for student_inputs, teacher_logits, labels in self._window_batches:
-                logits = classification_logits(model(**student_inputs))
-                after += self.compute_objective_losses(logits, teacher_logits, labels)
+                after += self.objective_losses(model(**student_inputs), teacher_logits, labels)
         after = self._reduce_mean(after / len(self._window_batches))
         self.balancer.update(self._window_losses, after)
         self._window_batches = []

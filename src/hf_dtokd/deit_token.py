@@ -1,0 +1,66 @@
+"""DeiTTokenTrainer: DeiT's distillation token, balanced by DTO-KD (or any method) instead of 1/2 : 1/2.
+
+The student is a two-head DeiT (transformers' ``DeiTForImageClassificationWithTeacher``: a class and a
+distillation token, each with a linear head; its ``logits`` are the mean of the two). transformers
+ships it for inference only; this trainer gives it its training losses (``losses/deit_token.py``):
+the task loss on the class head, soft or hard distillation on the distillation head. Saving and
+pushing write the two-head student with ``save_pretrained``; ``AutoModelForImageClassification``
+reloads it as ``DeiTForImageClassificationWithTeacher`` (from ``config.architectures``).
+
+The two losses read different tokens, so at the final layer norm (and anywhere after the last
+attention) their gradients touch disjoint coordinates and their inner product is 0 (METHODS.md 3).
+With ``gradient_placement="representation"`` the "auto" layer is therefore the *input* of the last
+encoder block (the output of the one before it, or of the embeddings for a one-block student): the
+last place where both tokens' losses reach the same coordinates, through the last attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .losses import DEIT_DISTILLATION, deit_token_losses
+from .trainer import DTOKDTrainer
+
+
+class DeiTTokenTrainer(DTOKDTrainer):
+    """A [`DTOKDTrainer`] for a two-head DeiT student.
+
+    Args:
+        distillation: ``"hard"`` (DeiT's default: CE on the teacher's top class) or ``"soft"`` (KL at
+            ``args.temperature``) on the distillation head.
+        Everything else as for [`DTOKDTrainer`].
+    """
+
+    losses_from_logits = False  # the objectives read the two heads, not the averaged logits
+
+    def __init__(self, *args: Any, distillation: str = "hard", **kwargs: Any) -> None:
+        if distillation not in DEIT_DISTILLATION:
+            raise ValueError(
+                f"unknown DeiT distillation {distillation!r}; valid values: {', '.join(DEIT_DISTILLATION)}"
+            )
+        self.deit_distillation = distillation
+        model = kwargs.get("model", args[0] if args else None)
+        if model is not None and not hasattr(model, "distillation_classifier"):
+            raise ValueError(
+                f"DeiTTokenTrainer needs a two-head DeiT student (DeiTForImageClassificationWithTeacher, e.g. "
+                f"AutoModelForImageClassification.from_pretrained('facebook/deit-tiny-distilled-patch16-224')); got "
+                f"{type(model).__name__}. For a one-head student use DTOKDTrainer"
+            )
+        super().__init__(*args, **kwargs)
+
+    def objective_losses(
+        self, outputs: Any, teacher_logits: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        return deit_token_losses(
+            outputs["cls_logits"], outputs["distillation_logits"], teacher_logits, labels, self.deit_distillation,
+            self.args.temperature, self.args.label_smoothing_factor,
+        )  # fmt: skip
+
+    def default_representation_layer(self, student: nn.Module) -> str | None:
+        blocks = [name for name, _ in student.named_modules() if name.rsplit(".", 1)[0] == "deit.layers"]
+        if not blocks:
+            return None
+        return blocks[-2] if len(blocks) > 1 else "deit.embeddings"
