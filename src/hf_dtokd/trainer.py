@@ -126,6 +126,9 @@ class DTOKDTrainer(Trainer):
     #: other activations set it to False, and "auto" takes the family's last shared layer.
     losses_from_logits: bool = True
 
+    #: Extra keyword arguments of the teacher's forward (feature distillation asks for hidden states).
+    teacher_forward_kwargs: dict[str, Any] = {}
+
     def __init__(
         self,
         model: nn.Module | None = None,
@@ -145,24 +148,8 @@ class DTOKDTrainer(Trainer):
             )
         if model is None:
             raise ValueError("DTOKDTrainer needs the student model (model=...)")
-        teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
-        if teacher_model is None:
-            raise ValueError(
-                "no teacher: pass teacher_model=... or set DTOKDConfig.teacher_model_name_or_path"
-            )
-        teacher_name = teacher_model if isinstance(teacher_model, str) else _model_name(teacher_model)
-        if isinstance(teacher_model, str):
-            teacher_id = teacher_model
-            teacher_model = load_image_classifier(
-                teacher_id, "teacher", **(args.teacher_model_init_kwargs or {})
-            )
-            if teacher_processing_class is None:
-                teacher_processing_class = load_image_processor(teacher_id)
-        elif args.teacher_model_init_kwargs:
-            raise ValueError(
-                "teacher_model_init_kwargs is set but the teacher was given as an instance; the kwargs would be "
-                "ignored. Pass the teacher as a Hub id / path, or drop the kwargs"
-            )
+        teacher_model, teacher_processing_class = load_teacher(teacher_model, args, teacher_processing_class)
+        teacher_name = _model_name(teacher_model)
 
         super().__init__(
             model=model,
@@ -328,23 +315,27 @@ class DTOKDTrainer(Trainer):
         inputs = dict(self._prepare_inputs(inputs))
         return inputs, inputs.pop("labels"), inputs.pop(TEACHER_PIXELS, None)
 
-    def _teacher_logits(
-        self, pixel_values: torch.Tensor, teacher_pixels: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _teacher_logits(self, pixel_values: torch.Tensor, teacher_pixels: torch.Tensor | None) -> Any:
+        """The frozen teacher's forward (no grad) on its pixels, turned into ``teacher_signal``."""
         if teacher_pixels is None:
             teacher_pixels = (
                 pixel_values if self.teacher_inputs is None else self.teacher_inputs(pixel_values)
             )
         with torch.no_grad(), self.compute_loss_context_manager():
-            logits = classification_logits(self.teacher(pixel_values=teacher_pixels))
+            outputs = self.teacher(pixel_values=teacher_pixels, **self.teacher_forward_kwargs)
+        return self.teacher_signal(outputs)
+
+    def teacher_signal(self, outputs: Any) -> Any:
+        """What the objectives need of the teacher's output: by default its logits (mapped to the student's
+        classes). Subclasses return more (e.g. stage features) and read it in ``objective_losses``."""
+        logits = classification_logits(outputs)
         if self.teacher_label_index is not None:
             logits = logits[:, self.teacher_label_index.to(logits.device)]
         return logits.detach()
 
-    def objective_losses(
-        self, outputs: Any, teacher_logits: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """The objectives from the student's whole output; by default ``compute_objective_losses`` of its logits."""
+    def objective_losses(self, outputs: Any, teacher_logits: Any, labels: torch.Tensor) -> torch.Tensor:
+        """The objectives from the student's whole output and the teacher's signal; by default
+        ``compute_objective_losses`` of the logits."""
         return self.compute_objective_losses(classification_logits(outputs), teacher_logits, labels)
 
     def default_representation_layer(self, student: nn.Module) -> str | None:
@@ -668,6 +659,27 @@ class DTOKDTrainer(Trainer):
                 "complete one"
             )
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+def load_teacher(
+    teacher_model: nn.Module | str | None, args: DTOKDConfig, teacher_processing_class: Any | None
+) -> tuple[nn.Module, Any | None]:
+    """The teacher instance (loaded with ``from_pretrained`` when given by Hub id / folder) and its processor."""
+    teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+    if teacher_model is None:
+        raise ValueError("no teacher: pass teacher_model=... or set DTOKDConfig.teacher_model_name_or_path")
+    if isinstance(teacher_model, str):
+        teacher_id = teacher_model
+        teacher_model = load_image_classifier(teacher_id, "teacher", **(args.teacher_model_init_kwargs or {}))
+        teacher_model._hf_dtokd_loaded = True  # the init kwargs were applied
+        if teacher_processing_class is None:
+            teacher_processing_class = load_image_processor(teacher_id)
+    elif args.teacher_model_init_kwargs and not getattr(teacher_model, "_hf_dtokd_loaded", False):
+        raise ValueError(
+            "teacher_model_init_kwargs is set but the teacher was given as an instance; the kwargs would be "
+            "ignored. Pass the teacher as a Hub id / path, or drop the kwargs"
+        )
+    return teacher_model, teacher_processing_class
 
 
 def _model_name(model: nn.Module) -> str:

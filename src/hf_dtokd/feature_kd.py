@@ -1,0 +1,183 @@
+"""FeatureKDTrainer: multi-scale feature distillation through projectors, as named objectives.
+
+The Trainer optimises, wraps (DDP / FSDP), clips and checkpoints ``self.model`` only, so the
+student and every projector live in one trainable module, ``StudentWithProjectors``; the frozen
+teacher stays outside it (timm's ``FeatureDistillationTrainableModule`` is the model of this).
+Saving and pushing write the student alone with ``save_pretrained`` (it reloads with the Auto class);
+the projectors go into every checkpoint (``projectors.safetensors``), so a resumed run continues
+exactly, and ``export_projectors`` writes them on request.
+
+Objectives: ``(distill, feature, task)``: logit KD, the mean over stage pairs of the projectors'
+losses (``projectors.py``), and the task CE; every trade-off method balances the three. With
+``group_features=True`` they are grouped into DTO-KD's two objectives, ``(distill + feature, task)``.
+
+The feature losses reach the student only below the stages they read, so no layer after them is
+shared by all losses: ``gradient_placement="representation"`` is refused here (use "parameters").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from .checkpoints import restore_student
+from .config import DTOKDConfig
+from .features import pair_stages, resample_to, stage_features
+from .losses import logit_kd_loss, task_cross_entropy
+from .modeling import classification_logits
+from .projectors import PROJECTORS, build_projector
+from .trainer import DTOKDTrainer, load_teacher
+
+PROJECTORS_NAME = "projectors.safetensors"
+
+
+class StudentWithProjectors(nn.Module):
+    """The trainable module: the student (a ``PreTrainedModel``) and one projector per stage pair."""
+
+    def __init__(self, student: nn.Module, projectors: nn.ModuleList, pairs: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.student, self.projectors, self.pairs = student, projectors, pairs
+        self.config = student.config  # what the Trainer reads (labels, names)
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+        return self.student(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
+
+
+def _probe_stages(model: nn.Module, role: str) -> list[torch.Tensor]:
+    """Stage maps of one dummy forward (eval mode, no grad): their channel counts size the projectors."""
+    config = model.config
+    size = getattr(config, "image_size", 64)
+    size = size if isinstance(size, int) else size[0]
+    x = torch.zeros(1, getattr(config, "num_channels", 3), size, size, device=next(model.parameters()).device)
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        maps = stage_features(model(pixel_values=x, output_hidden_states=True), role)
+    model.train(training)
+    return maps
+
+
+class FeatureKDTrainer(DTOKDTrainer):
+    """A [`DTOKDTrainer`] that adds feature distillation at paired student / teacher stages.
+
+    Args:
+        projector: ``"linear"`` (DTO-KD's 1x1 projector), ``"vkd"`` (orthogonal, teacher layer-normed,
+            SmoothL1) or ``"mokd"`` (MoKD-style subspace; see ``projectors.py``).
+        student_stages / teacher_stages: stage indices to pair one to one (default: evenly spaced).
+        group_features: sum logit and feature KD into one distillation objective (two objectives).
+        Everything else as for [`DTOKDTrainer`]; ``model`` is the student itself.
+    """
+
+    losses_from_logits = False
+    teacher_forward_kwargs = {"output_hidden_states": True}
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: DTOKDConfig | None = None,
+        teacher_model: nn.Module | str | None = None,
+        projector: str = "linear",
+        student_stages: Sequence[int] | None = None,
+        teacher_stages: Sequence[int] | None = None,
+        group_features: bool = False,
+        teacher_processing_class: Any | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if projector not in PROJECTORS:
+            raise ValueError(f"unknown projector {projector!r}; valid values: {', '.join(PROJECTORS)}")
+        if model is None or args is None:
+            raise ValueError("FeatureKDTrainer needs the student (model=...) and a DTOKDConfig (args=...)")
+        if args.gradient_placement == "representation":
+            raise ValueError(
+                "feature losses reach the student only below the stages they read, so no layer after them is "
+                "shared by every loss: use gradient_placement='parameters' with FeatureKDTrainer"
+            )
+        teacher, teacher_processing_class = load_teacher(teacher_model, args, teacher_processing_class)
+        student_maps, teacher_maps = _probe_stages(model, "student"), _probe_stages(teacher, "teacher")
+        pairs = pair_stages(len(student_maps), len(teacher_maps), student_stages, teacher_stages)
+        projectors = nn.ModuleList(
+            build_projector(projector, student_maps[s].shape[1], teacher_maps[t].shape[1]) for s, t in pairs
+        )
+        self.projector_kind, self.group_features = projector, group_features
+        self.objective_names = ("distill", "task") if group_features else ("distill", "feature", "task")
+        super().__init__(
+            model=StudentWithProjectors(model, projectors, pairs), args=args, teacher_model=teacher,
+            teacher_processing_class=teacher_processing_class, **kwargs,
+        )  # fmt: skip
+
+    @property
+    def student(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model).student
+
+    # ------------------------------------------------------------------ losses
+    def teacher_signal(self, outputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return super().teacher_signal(outputs), [m.detach() for m in stage_features(outputs, "teacher")]
+
+    def feature_loss(self, student_outputs: Any, teacher_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over stage pairs of ``projector.loss(resample(s), t)``, float32."""
+        wrapper = self.accelerator.unwrap_model(self.model)
+        student_maps = stage_features(student_outputs, "student")
+        losses = []
+        for projector, (s, t) in zip(wrapper.projectors, wrapper.pairs):
+            target = teacher_maps[t]
+            losses.append(projector.loss(resample_to(student_maps[s], tuple(target.shape[-2:])), target))
+        return torch.stack(losses).mean()
+
+    def objective_losses(self, outputs: Any, teacher_signal: Any, labels: torch.Tensor) -> torch.Tensor:
+        teacher_logits, teacher_maps = teacher_signal
+        logits = classification_logits(outputs)
+        distill = logit_kd_loss(logits, teacher_logits, self.args.temperature)
+        feature = self.feature_loss(outputs, teacher_maps)
+        task = task_cross_entropy(logits, labels, self.args.label_smoothing_factor)
+        if self.group_features:
+            return torch.stack([distill + feature, task])
+        return torch.stack([distill, feature, task])
+
+    # ------------------------------------------------------------------ saving and resuming
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the student alone (``save_pretrained``), its processor and the training arguments."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is not None:  # a gathered state dict (FSDP / DeepSpeed): the student's entries only
+            state_dict = {k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")}
+        self.student.save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def export_projectors(self, path: str) -> None:
+        """Write the projectors' weights (safetensors) to ``path``."""
+        projectors = self.accelerator.unwrap_model(self.model).projectors
+        save_file({k: v.detach().cpu().contiguous() for k, v in projectors.state_dict().items()}, path)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            self.export_projectors(os.path.join(output_dir, PROJECTORS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
+        path = os.path.join(resume_from_checkpoint, PROJECTORS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"checkpoint {resume_from_checkpoint} has no {PROJECTORS_NAME}: it was not written by a "
+                "FeatureKDTrainer run; resume from one of its checkpoints"
+            )
+        if not restore_student(wrapper.student, resume_from_checkpoint):
+            raise ValueError(f"checkpoint {resume_from_checkpoint} holds no student saved with save_pretrained")
+        state = load_file(path, device=str(next(wrapper.projectors.parameters()).device))
+        try:
+            wrapper.projectors.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"the projectors in {path} do not fit this run's ({str(error)[:200]}); resume with the same "
+                "projector kind and stages"
+            ) from error
