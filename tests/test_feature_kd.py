@@ -10,7 +10,7 @@ from hf_dtokd.feature_kd import PROJECTORS_NAME, FeatureKDTrainer
 from hf_dtokd.features import stage_features
 from test_resume import Crash, CrashAtStep
 from test_trainer import flat_params
-from tiny import random_images, tiny_args, tiny_resnet, tiny_vit, train_logs, whole_batch
+from tiny import family_students, random_images, tiny_args, tiny_resnet, tiny_vit, train_logs, whole_batch
 
 
 def make(folder, student=tiny_vit, teacher=tiny_resnet, callbacks=(), projector="vkd", **overrides):
@@ -99,7 +99,7 @@ def test_a_killed_run_resumes_with_its_projectors(tmp_path):
 
 def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(
-        ValueError, match=r"student feature stages \[3\] do not exist: the student exposes 1 stages"
+        ValueError, match=r"stages \[3\] do not exist: the student ViTForImageClassification exposes 1 stages"
     ):
         FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path),
                          student_stages=[3], teacher_stages=[0])  # fmt: skip
@@ -110,3 +110,14 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="use gradient_placement='parameters' with FeatureKDTrainer"):
         FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(),
                          args=tiny_args(tmp_path, gradient_placement="representation"))  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(family_students()))
+def test_every_student_family_distils_features_from_a_cnn_teacher(tmp_path, family):
+    trainer = FeatureKDTrainer(model=family_students()[family](), teacher_model=tiny_resnet(),
+                               train_dataset=random_images(8),
+                               args=tiny_args(tmp_path, max_steps=1, per_device_train_batch_size=8))  # fmt: skip
+    before = flat_params(trainer.model.projectors).clone()
+    trainer.train()
+    assert torch.isfinite(torch.tensor(train_logs(trainer, "feature_loss"))).all()
+    assert not torch.allclose(flat_params(trainer.model.projectors), before)

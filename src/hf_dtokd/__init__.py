@@ -20,6 +20,7 @@ from .balancing import (
 )
 from .config import DTOKDConfig
 from .deit_token import DeiTTokenTrainer
+from .feature_kd import FeatureKDTrainer, StudentWithProjectors
 from .metrics import classification_metrics
 from .trainer import DTOKDTrainer
 
@@ -42,6 +43,8 @@ __all__ = [
     "DTOKDConfig",
     "DTOKDTrainer",
     "DeiTTokenTrainer",
+    "FeatureKDTrainer",
+    "StudentWithProjectors",
     "FixedWeights",
     "build_balancer",
     "classification_metrics",

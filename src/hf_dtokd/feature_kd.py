@@ -100,7 +100,8 @@ class FeatureKDTrainer(DTOKDTrainer):
             )
         teacher, teacher_processing_class = load_teacher(teacher_model, args, teacher_processing_class)
         student_maps, teacher_maps = _probe_stages(model, "student"), _probe_stages(teacher, "teacher")
-        pairs = pair_stages(len(student_maps), len(teacher_maps), student_stages, teacher_stages)
+        names = (f"student {type(model).__name__}", f"teacher {type(teacher).__name__}")
+        pairs = pair_stages(len(student_maps), len(teacher_maps), student_stages, teacher_stages, names)
         projectors = nn.ModuleList(
             build_projector(projector, student_maps[s].shape[1], teacher_maps[t].shape[1]) for s, t in pairs
         )
@@ -172,7 +173,9 @@ class FeatureKDTrainer(DTOKDTrainer):
                 "FeatureKDTrainer run; resume from one of its checkpoints"
             )
         if not restore_student(wrapper.student, resume_from_checkpoint):
-            raise ValueError(f"checkpoint {resume_from_checkpoint} holds no student saved with save_pretrained")
+            raise ValueError(
+                f"checkpoint {resume_from_checkpoint} holds no student saved with save_pretrained"
+            )
         state = load_file(path, device=str(next(wrapper.projectors.parameters()).device))
         try:
             wrapper.projectors.load_state_dict(state, strict=True)

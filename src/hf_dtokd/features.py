@@ -70,17 +70,18 @@ def pair_stages(
     num_teacher: int,
     student_stages: Sequence[int] | None = None,
     teacher_stages: Sequence[int] | None = None,
+    names: tuple[str, str] = ("student", "teacher"),
 ) -> list[tuple[int, int]]:
-    """(student stage, teacher stage) pairs; a ValueError names the available stages."""
+    """(student stage, teacher stage) pairs; a ValueError names the model and its available stages."""
     for stages, available, role in (
-        (student_stages, num_student, "student"),
-        (teacher_stages, num_teacher, "teacher"),
+        (student_stages, num_student, names[0]),
+        (teacher_stages, num_teacher, names[1]),
     ):
         if stages is not None:
             bad = [s for s in stages if not 0 <= s < available]
             if bad:
                 raise ValueError(
-                    f"{role} feature stages {bad} do not exist: the {role} exposes {available} stages "
+                    f"feature stages {bad} do not exist: the {role} exposes {available} stages "
                     f"(valid: {list(range(available))})"
                 )
     if (student_stages is None) != (teacher_stages is None):
