@@ -1,40 +1,192 @@
-"""Step cost of every trade-off method as a ratio to plain weighted-sum KD (one backward).
+"""Step cost of every trade-off method and gradient placement, as a ratio to plain weighted-sum KD.
 
-Same student, teacher and batch for every method (the digits demo's ViT student and ResNet teacher,
-on random pixels, which cost the same as real ones). Methods are interleaved: each repeat runs a
-short training of every method in turn, so machine noise hits all alike; the per-step time is
-measured by a callback between ``on_step_begin`` and ``on_step_end`` (forward, backward, pi,
-optimizer step, look-ahead), warm-up steps dropped, median over all repeats.
-Peak memory is the resident set size of a fresh process per method (``ru_maxrss`` after the
-steps, minus the same figure for a process that only built the models): a rough CPU figure.
+Plain KD (``method="fixed"``: one backward of ``alpha L_distill + (1 - alpha) L_task``) is the floor.
+Every variant trains the same student with the same teacher and batch (random 32 px pixels cost
+the same as real ones) on this machine's device. Setups: two ViT students (the demo's 0.14 M and a
+~5 M one) x two ResNet teachers (the demo's and a ResNet-18). The tiny student runs every variant;
+the 5 M one a representative subset (``BIG_VARIANTS``) to keep the run short.
 
-Writes ``benchmarks/results/step_cost.json`` and ``step_cost.md`` (quoted by the README).
-Run: ``python benchmarks/step_cost.py [--repeats 5 --steps 12]``.
+Timing: each repeat runs a short training of every variant in turn (interleaved, so machine noise
+hits all alike); a callback times each optimizer step from ``on_step_begin`` to ``on_step_end``
+(forward, teacher forward, backward passes, pi, optimizer step, look-ahead); warm-up steps are
+dropped; each repeat's median is taken and the median over repeats is reported with its ratio to
+``fixed``'s (robust to a load burst that hits one repeat). The teacher
+forward is timed inside the step (its share of the median step).
+
+Memory: a fresh process per variant (tiny teacher) trains a few steps while a thread samples its
+resident set size every 2 ms; the figure is the peak RSS during training minus the RSS just before
+``train()`` (CPU), or ``torch.cuda.max_memory_allocated`` over the same span on a GPU; the table
+shows it beside ``fixed``'s. ``state MiB`` is what the method keeps between steps (per-loss gradient
+buffers, DOT's momenta), counted from the trainer's tensors.
+
+Writes ``benchmarks/results/step_cost.{json,md}`` (the README quotes the markdown) and prints the
+machine. Run: ``python benchmarks/step_cost.py`` (``--help`` for the flags; ~20 min on 2 CPU cores).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from datasets import Array3D, ClassLabel, Dataset, Features
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    HfArgumentParser,
+    ResNetConfig,
+    ResNetForImageClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 from hf_dtokd import DTOKDConfig, DTOKDTrainer
+from hf_dtokd.balancing import GRAMIAN_METHODS
 from hf_dtokd.demo import build_student, build_teacher
+from hf_dtokd.losses import logit_kd_loss
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("fixed", "dto", "dto_amortized", "no_kd")
 LABELS = [str(i) for i in range(10)]
+FLOOR = "fixed"
+
+
+class TwoTemperatures(DTOKDTrainer):
+    """Three objectives (logit KD at T and at 1, task): where batched per-loss gradients can apply."""
+
+    objective_names = ("distill", "distill_t1", "task")
+
+    def compute_objective_losses(self, student_logits, teacher_logits, labels):
+        two = super().compute_objective_losses(student_logits, teacher_logits, labels)
+        return torch.stack([two[0], logit_kd_loss(student_logits, teacher_logits, 1.0), two[1]])
+
+
+def variants() -> dict[str, dict[str, Any]]:
+    """Display name -> config overrides (``trainer`` picks a trainer class, ``no_kd`` the plain Trainer)."""
+    table: dict[str, dict[str, Any]] = {"fixed": {"method": "fixed"}, "no_kd": {"no_kd": True}}
+    table["dto @ parameters"] = {"method": "dto"}
+    table["dto @ representation (logits)"] = {"method": "dto", "gradient_placement": "representation"}
+    table["dto_amortized, same-batch look-ahead"] = {"method": "dto_amortized"}
+    table["dto_amortized, next-batch look-ahead"] = {"method": "dto_amortized", "look_ahead": "next_batch"}
+    for method in GRAMIAN_METHODS:
+        if method != "dto":
+            table[f"{method} @ parameters"] = {"method": method}
+            table[f"{method} @ representation (logits)"] = {
+                "method": method,
+                "gradient_placement": "representation",
+            }
+    table["uncertainty"] = {"method": "uncertainty"}
+    table["dot"] = {"method": "dot"}
+    table["dot_adamw"] = {"method": "dot_adamw"}
+    table["dto @ parameters, K=3, separate calls"] = {"method": "dto", "trainer": "three"}
+    table["dto @ parameters, K=3, batched VJP"] = {
+        "method": "dto",
+        "trainer": "three",
+        "batched_gradients": True,
+    }
+    return table
+
+
+#: The issue's targets: (what, variant, largest ratio to plain KD).
+TARGETS = (
+    ("exact, at a shared representation", "dto @ representation (logits)", 1.10),
+    ("exact, at all student parameters", "dto @ parameters", 1.5),
+    ("amortized, same-batch look-ahead", "dto_amortized, same-batch look-ahead", 1.25),
+    ("amortized, next-batch look-ahead", "dto_amortized, next-batch look-ahead", 1.05),
+    ("DOT", "dot", 1.5),
+)
+
+BIG_VARIANTS = (
+    "fixed", "no_kd", "dto @ parameters", "dto @ representation (logits)", "dto_amortized, same-batch look-ahead",
+    "dto_amortized, next-batch look-ahead", "upgrad @ parameters", "upgrad @ representation (logits)", "dot",
+)  # fmt: skip
+
+
+def tiny_student() -> ViTForImageClassification:
+    return build_student(0, LABELS)
+
+
+def vit_5m() -> ViTForImageClassification:
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=32, patch_size=4, hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
+        intermediate_size=1024, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=len(LABELS),
+    )  # fmt: skip
+    return ViTForImageClassification(config)
+
+
+def resnet18() -> ResNetForImageClassification:
+    torch.manual_seed(1234)
+    config = ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                          layer_type="basic", num_labels=len(LABELS))  # fmt: skip
+    return ResNetForImageClassification(config)
+
+
+STUDENTS = {"vit_tiny": tiny_student, "vit_5m": vit_5m}
+TEACHERS = {"resnet_demo": lambda: build_teacher(LABELS), "resnet18": resnet18}
+
+
+@dataclass
+class StepCostArguments:
+    repeats: int = field(
+        default=6, metadata={"help": "Interleaved repeats (each trains every variant once)."}
+    )
+    steps: int = field(default=6, metadata={"help": "Optimizer steps per variant per repeat."})
+    warmup: int = field(default=2, metadata={"help": "Steps dropped at the start of every run."})
+    batch: int = field(default=64, metadata={"help": "Batch size with the tiny student."})
+    big_batch: int = field(default=32, metadata={"help": "Batch size with the 5 M student."})
+    memory_steps: int = field(default=4, metadata={"help": "Steps of each memory-measuring process."})
+    students: list[str] = field(
+        default_factory=lambda: list(STUDENTS), metadata={"help": f"Among {list(STUDENTS)}."}
+    )
+    teachers: list[str] = field(
+        default_factory=lambda: list(TEACHERS), metadata={"help": f"Among {list(TEACHERS)}."}
+    )
+    only: list[str] = field(
+        default_factory=list, metadata={"help": "Run only these variants (default: all)."}
+    )
+    results_dir: str = field(default=str(RESULTS), metadata={"help": "Where step_cost.json / .md go."})
+    render_only: bool = field(
+        default=False, metadata={"help": "Only re-write step_cost.md from an existing step_cost.json."}
+    )
+
+    def __post_init__(self) -> None:
+        unknown_variants = [v for v in self.only if v not in variants()]
+        if unknown_variants:
+            raise ValueError(f"unknown variants {unknown_variants}; valid: {list(variants())}")
+        if self.only and FLOOR not in self.only:
+            raise ValueError(f"--only must include the floor {FLOOR!r} (every ratio is to it)")
+        if self.steps - self.warmup < 1 or self.repeats < 1:
+            raise ValueError("steps must exceed warmup and repeats must be >= 1")
+        unknown = [s for s in self.students if s not in STUDENTS] + [
+            t for t in self.teachers if t not in TEACHERS
+        ]
+        if unknown:
+            raise ValueError(
+                f"unknown students/teachers {unknown}; valid: {list(STUDENTS)} / {list(TEACHERS)}"
+            )
+
+
+def random_pixels(n: int) -> Dataset:
+    rng = np.random.default_rng(0)
+    features = Features(
+        {"pixel_values": Array3D((3, 32, 32), "float32"), "labels": ClassLabel(num_classes=10)}
+    )
+    data = {
+        "pixel_values": rng.standard_normal((n, 3, 32, 32)).astype(np.float32),
+        "labels": rng.integers(0, 10, n),
+    }
+    return Dataset.from_dict(data, features=features).with_format("torch")
 
 
 class StepTimer(TrainerCallback):
@@ -43,122 +195,246 @@ class StepTimer(TrainerCallback):
         self._start = 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
+        synchronize()
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        synchronize()
         self.durations.append(time.perf_counter() - self._start)
 
 
-def dataset(n: int, size: int = 32) -> Dataset:
-    rng = np.random.default_rng(0)
-    features = Features(
-        {"pixel_values": Array3D((3, size, size), "float32"), "labels": ClassLabel(num_classes=10)}
-    )
-    return Dataset.from_dict(
-        {
-            "pixel_values": rng.standard_normal((n, 3, size, size)).astype(np.float32),
-            "labels": rng.integers(0, 10, n),
-        },
-        features=features,
-    ).with_format("torch")
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
-def run(method: str, steps: int, batch: int, teacher) -> list[float]:
-    timer = StepTimer()
+def build_trainer(name: str, student: str, teacher: torch.nn.Module, steps: int, batch: int, callbacks: list):
+    """The trainer of one variant, ready to ``train()``; the teacher forward is timed into ``teacher_times``."""
+    settings = dict(variants()[name])
     common = dict(
-        output_dir="/tmp/hf_dtokd_step_cost", use_cpu=True, per_device_train_batch_size=batch, max_steps=steps,
-        save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10_000, seed=0,
+        output_dir="/tmp/hf_dtokd_step_cost", use_cpu=not torch.cuda.is_available(), per_device_train_batch_size=batch,
+        max_steps=steps, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10_000, seed=0,
     )  # fmt: skip
-    student = build_student(0, LABELS)
-    data = dataset(batch * steps)
-    if method == "no_kd":
-        trainer = Trainer(
-            model=student, args=TrainingArguments(**common), train_dataset=data, callbacks=[timer]
-        )
-    else:
-        config = DTOKDConfig(**common, method=method)
-        trainer = DTOKDTrainer(
-            model=student, teacher_model=teacher, args=config, train_dataset=data, callbacks=[timer]
-        )
-    trainer.train()
-    return timer.durations
-
-
-def peak_rss_mib(method: str, steps: int, batch: int) -> float:
-    """ru_maxrss of a child process that runs ``method`` (or only builds the models for 'baseline')."""
-    code = (
-        f"import resource, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import step_cost as s;"
-        f"from hf_dtokd.demo import build_teacher; t = build_teacher(s.LABELS); m = {method!r};"
-        f"s.run(m, {steps}, {batch}, t) if m != 'baseline' else (s.build_student(0, s.LABELS), s.dataset({batch * steps}));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    model, data = STUDENTS[student](), random_pixels(batch * steps)
+    if settings.pop("no_kd", False):
+        return Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=callbacks)
+    trainer_class = TwoTemperatures if settings.pop("trainer", None) == "three" else DTOKDTrainer
+    config = DTOKDConfig(**common, plot_tradeoff=False, **settings)
+    trainer = trainer_class(
+        model=model, teacher_model=teacher, args=config, train_dataset=data, callbacks=callbacks
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return int(out.strip().splitlines()[-1]) / 1024.0
+    trainer.teacher_times = []
+    teacher_logits = trainer._teacher_logits
+
+    def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
+        synchronize()
+        start = time.perf_counter()
+        out = teacher_logits(*args, **kwargs)
+        synchronize()
+        trainer.teacher_times.append(time.perf_counter() - start)
+        return out
+
+    trainer._teacher_logits = timed
+    return trainer
+
+
+def state_mib(trainer: Trainer) -> float:
+    """Tensors the method keeps between steps: per-loss gradient buffers and the balancer's tensors."""
+    total = 0
+    gradients = getattr(trainer, "_window_gradients", None)
+    if gradients is not None:
+        total += gradients.buffers.numel() * gradients.buffers.element_size()
+    balancer = getattr(trainer, "balancer", None)
+    for value in vars(balancer).values() if balancer is not None else ():
+        tensors = value if isinstance(value, (list, tuple)) else [value]
+        total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return total / 2**20
+
+
+class RssSampler:
+    """Peak resident set size (bytes) of this process while running, sampled from /proc every 2 ms."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = self.current()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def current(self) -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self.current())
+
+    def __enter__(self) -> RssSampler:
+        self.start = self.current()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+def measure_memory(name: str, student: str, steps: int, batch: int) -> dict[str, float]:
+    """Run in a fresh process (``--memory``): extra memory of ``steps`` training steps over the idle trainer."""
+    trainer = build_trainer(name, student, TEACHERS["resnet_demo"](), steps, batch, [])
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        trainer.train()
+        return {
+            "peak_mib": (torch.cuda.max_memory_allocated() - start) / 2**20,
+            "state_mib": state_mib(trainer),
+        }
+    with RssSampler() as rss:
+        trainer.train()
+    return {"peak_mib": (rss.peak - rss.start) / 2**20, "state_mib": state_mib(trainer)}
+
+
+def memory_in_fresh_process(name: str, student: str, steps: int, batch: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--memory", json.dumps([name, student, steps, batch])]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
+
+
+def time_setup(
+    student: str, teacher_name: str, names: list[str], args: StepCostArguments
+) -> list[dict[str, Any]]:
+    teacher = TEACHERS[teacher_name]()
+    batch = args.batch if student == "vit_tiny" else args.big_batch
+    times: dict[str, list[list[float]]] = {n: [] for n in names}  # one list of step times per repeat
+    teacher_share: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.repeats):
+        for name in names:
+            timer = StepTimer()
+            trainer = build_trainer(name, student, teacher, args.steps, batch, [timer])
+            trainer.train()
+            times[name].append(timer.durations[args.warmup :])
+            spent = getattr(trainer, "teacher_times", [])
+            if spent:  # one teacher forward per step (no accumulation here)
+                teacher_share[name] += [
+                    t / d for t, d in zip(spent[args.warmup :], timer.durations[args.warmup :])
+                ]
+    # the median over repeats of each repeat's median: a burst of machine load that hits one repeat of a
+    # variant does not move it (pooling every step did: measured here while tests ran beside the benchmark)
+    medians = {n: statistics.median(statistics.median(r) for r in times[n]) for n in names}
+    floor = medians[FLOOR]
+    rows = []
+    for name in names:
+        median = medians[name]
+        rows.append({
+            "student": student, "teacher": teacher_name, "batch": batch, "variant": name,
+            "median_step_ms": 1000 * median, "ratio_to_plain_kd": median / floor, "steps_measured": sum(map(len, times[name])),
+            "teacher_share": statistics.median(teacher_share[name]) if teacher_share[name] else None,
+        })  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], memory: dict[str, dict[str, dict[str, float]]], info: dict[str, Any],
+             args: StepCostArguments) -> str:  # fmt: skip
+    params = {s: sum(p.numel() for p in STUDENTS[s]().parameters()) / 1e6 for s in args.students}
+    teacher_params = {t: sum(p.numel() for p in TEACHERS[t]().parameters()) / 1e6 for t in args.teachers}
+    device = f"GPU {info['gpu']}" if info["gpu"] else f"CPU only, {info['torch_threads']} torch threads"
+    setups = [(s, t) for s in args.students for t in args.teachers]
+    lines = [
+        f"Machine: {info['cpu']} ({info['cores']} cores), {device}, torch {info['torch']}. Median step over "
+        f"{args.repeats} interleaved repeats (median of repeat medians) x {args.steps - args.warmup} steps "
+        f"(after {args.warmup} warm-up). "
+        "Students: "
+        + ", ".join(f"{s} ({p:.2f} M params)" for s, p in params.items())
+        + "; teachers: "
+        + ", ".join(f"{t} ({p:.2f} M)" for t, p in teacher_params.items())
+        + "; 32 px inputs. Memory: extra "
+        + ("CUDA memory allocated" if info["gpu"] else "peak RSS")
+        + " during training over the idle trainer (tiny teacher; fresh process per variant).",
+        "",
+        "| target (ratio to plain KD) | limit | " + " | ".join(f"{s} + {t}" for s, t in setups) + " |",
+        "|---|---|" + "---|" * len(setups),
+    ]
+    for what, variant, limit in TARGETS:
+        cells = []
+        for student, teacher in setups:
+            row = next((r for r in rows if (r["student"], r["teacher"], r["variant"]) == (student, teacher, variant)),
+                       None)  # fmt: skip
+            ratio = None if row is None else row["ratio_to_plain_kd"]
+            cells.append(
+                "-" if ratio is None else f"{ratio:.2f}x {'met' if ratio <= limit else '**not met**'}"
+            )
+        lines.append(f"| {what} (`{variant}`) | <= {limit:.2f}x | " + " | ".join(cells) + " |")
+    lines.append("")
+    for student in args.students:
+        names = [r["variant"] for r in rows if r["student"] == student and r["teacher"] == args.teachers[0]]
+        header = " | ".join(f"{t}: ms, ratio, teacher share" for t in args.teachers)
+        lines += [f"**{student}** (batch {next(r['batch'] for r in rows if r['student'] == student)})", "",
+                  f"| variant | {header} | extra memory MiB | state MiB |",
+                  "|---|" + "---|" * len(args.teachers) + "---|---|"]  # fmt: skip
+        for name in names:
+            cells = []
+            for teacher in args.teachers:
+                row = next(
+                    r for r in rows if (r["student"], r["teacher"], r["variant"]) == (student, teacher, name)
+                )
+                share = "-" if row["teacher_share"] is None else f"{100 * row['teacher_share']:.0f}%"
+                cells.append(f"{row['median_step_ms']:.0f}, **{row['ratio_to_plain_kd']:.2f}x**, {share}")
+            mem = memory[student].get(name)
+            mem_cells = f"{mem['peak_mib']:.1f} | {mem['state_mib']:.2f}" if mem else "- | -"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {mem_cells} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=64)
-    args = parser.parse_args()
-
-    teacher = build_teacher(LABELS)
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for _ in range(args.repeats):
-        for method in METHODS:
-            times[method] += run(method, args.steps, args.batch, teacher)[args.warmup :]
-    baseline_rss = peak_rss_mib("baseline", args.steps, args.batch)
-    rows = []
-    floor = statistics.median(times["fixed"])
-    for method in METHODS:
-        median = statistics.median(times[method])
-        rows.append(
-            {
-                "method": method,
-                "median_step_ms": 1000 * median,
-                "ratio_to_plain_kd": median / floor,
-                "steps_measured": len(times[method]),
-                "peak_rss_mib": (rss := peak_rss_mib(method, args.steps, args.batch)),
-                "peak_rss_over_models_mib": rss - baseline_rss,
-            }
-        )
-    machine = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-    }
-    student_params = sum(p.numel() for p in build_student(0, LABELS).parameters())
-    setup = {
-        "student": f"ViT 4x64, 32 px ({student_params / 1e6:.2f} M params)",
-        "teacher": "ResNet 32-64-128, 24 px (fed converted 32 px pixels)",
-        "batch": args.batch,
-        "repeats": args.repeats,
-        "steps_per_repeat": args.steps,
-        "warmup_dropped": args.warmup,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "step_cost.json").write_text(
-        json.dumps({"machine": machine, "setup": setup, "rows": rows}, indent=2)
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory":
+        print(json.dumps(measure_memory(*json.loads(sys.argv[2]))))
+        return
+    (args,) = HfArgumentParser((StepCostArguments,)).parse_args_into_dataclasses()
+    results = Path(args.results_dir)
+    if args.render_only:
+        saved = json.loads((results / "step_cost.json").read_text())
+        settings = {k: v for k, v in saved["settings"].items() if k not in ("render_only", "results_dir")}
+        text = markdown(saved["rows"], saved["memory"], saved["machine"], StepCostArguments(**settings))
+        (results / "step_cost.md").write_text(text)
+        print(text)
+        return
+    info = machine()
+    print("machine:", json.dumps(info))
+    rows: list[dict[str, Any]] = []
+    memory: dict[str, dict[str, dict[str, float]]] = {}
+    for student in args.students:
+        names = list(variants()) if student == "vit_tiny" else list(BIG_VARIANTS)
+        names = [n for n in names if not args.only or n in args.only]
+        for teacher in args.teachers:
+            started = time.perf_counter()
+            rows += time_setup(student, teacher, names, args)
+            print(f"timed {student} x {teacher}: {time.perf_counter() - started:.0f} s", flush=True)
+        batch = args.batch if student == "vit_tiny" else args.big_batch
+        memory[student] = {n: memory_in_fresh_process(n, student, args.memory_steps, batch) for n in names}
+        print(f"memory of {student}: done", flush=True)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "step_cost.json").write_text(
+        json.dumps({"machine": info, "settings": vars(args), "rows": rows, "memory": memory}, indent=2)
     )
-    lines = [
-        f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, CPU only. "
-        f"Student {setup['student']}, teacher {setup['teacher']}, batch {args.batch}; median of "
-        f"{rows[0]['steps_measured']} steps over {args.repeats} interleaved repeats.",
-        "",
-        "| method | median step (ms) | ratio to plain KD (`fixed`) | peak RSS (MiB) | peak RSS over a process that only built the models (MiB) |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['method']} | {r['median_step_ms']:.1f} | {r['ratio_to_plain_kd']:.2f}x | {r['peak_rss_mib']:.1f} | {r['peak_rss_over_models_mib']:.1f} |"
-        for r in rows
-    ]
-    (RESULTS / "step_cost.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nmax RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    text = markdown(rows, memory, info, args)
+    (results / "step_cost.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
