@@ -27,7 +27,9 @@ def test_smoke_run_times_interleaved_variants_and_measures_memory(tmp_path):
         0 < rows["dto @ representation (logits)"]["teacher_share"] < 1
         and rows["no_kd"]["teacher_share"] is None
     )
-    assert saved["memory"]["vit_tiny"]["fixed"]["state_mib"] == 0.0
+    assert (
+        saved["memory"]["vit_tiny"]["fixed"]["state_mib"] < 1e-3
+    )  # pi and counters only: no gradient buffer
     table = (tmp_path / "step_cost.md").read_text()
     assert "| dto @ representation (logits) |" in table and "<= 1.10x" in table
 
