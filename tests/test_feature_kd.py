@@ -61,10 +61,19 @@ def test_the_feature_loss_of_a_step_equals_an_independent_computation(tmp_path):
 
 
 def test_grouped_features_make_two_objectives(tmp_path):
-    trainer = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path),
+    trainer = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path / "grouped"),
                                train_dataset=random_images(16), group_features=True)  # fmt: skip
     trainer.train()
     assert trainer.objective_names == ("distill", "task") and train_logs(trainer, "pi_distill")
+    # same init and batch, three objectives: the grouped distillation loss is logit KD + feature KD
+    separate = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path / "three"),
+                                train_dataset=random_images(16))  # fmt: skip
+    separate.train()
+    grouped_distill = train_logs(trainer, "distill_loss")[0]
+    assert grouped_distill == pytest.approx(
+        train_logs(separate, "distill_loss")[0] + train_logs(separate, "feature_loss")[0], rel=1e-5
+    )
+    assert train_logs(trainer, "task_loss") == pytest.approx(train_logs(separate, "task_loss"), rel=1e-5)
 
 
 def test_the_saved_student_has_no_projector_or_teacher_keys_and_reloads(tmp_path):

@@ -93,3 +93,46 @@ def test_frozen_parameters_are_skipped_and_no_trainable_parameter_is_an_error():
         assert "no trainable parameter" in str(error)
     else:
         raise AssertionError("expected a ValueError")
+
+
+class HostDoubling(torch.autograd.Function):
+    """Doubles its input; the backward goes through numpy, which vmap cannot batch."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.from_numpy(grad.detach().numpy() * 2)
+
+
+def batched_and_separate(model, losses_of):
+    x = torch.randn(5, 3)
+    separate, batched = WindowGradients(model.parameters(), 2), WindowGradients(model.parameters(), 2)
+    for index, loss in enumerate(losses_of(model, x)):
+        separate.accumulate(index, loss)
+    used_batch = batched.accumulate_batched(torch.stack(losses_of(model, x)))
+    return separate, batched, used_batch
+
+
+def test_batched_per_loss_gradients_equal_separate_calls():
+    def losses(model, x):
+        out = model(x)
+        return [out.pow(2).mean(), out.sum() * 0.1]
+
+    separate, batched, used_batch = batched_and_separate(make_model(), losses)
+    assert used_batch and not batched.batched_unsupported
+    assert torch.allclose(batched.buffers, separate.buffers, atol=1e-6)
+
+
+def test_batched_per_loss_gradients_fall_back_where_vmap_cannot_batch(caplog):
+    def losses(model, x):
+        out = HostDoubling.apply(model(x))
+        return [out.pow(2).mean(), out.sum() * 0.1]
+
+    separate, batched, used_batch = batched_and_separate(make_model(), losses)
+    assert not used_batch and batched.batched_unsupported
+    assert "using one call per loss" in caplog.text
+    assert torch.allclose(batched.buffers, separate.buffers, atol=1e-6)
+    assert batched.buffers.abs().sum() > 0

@@ -87,8 +87,7 @@ def deepspeed_teacher_config(training_config: dict[str, Any]) -> dict[str, Any]:
     config = copy.deepcopy(training_config)
     for key in ("optimizer", "scheduler"):
         config.pop(key, None)
-    zero = config.setdefault("zero_optimization", {})
-    if zero.get("stage", 0) != 3:
+    if config.get("zero_optimization", {}).get("stage", 0) != 3:
         config["zero_optimization"] = {"stage": 0}
     return config
 
