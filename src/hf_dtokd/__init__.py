@@ -20,6 +20,10 @@ from .balancing import (
 )
 from .config import DTOKDConfig
 from .deit_token import DeiTTokenTrainer
+from .detection_inputs import DetectionTransform, collate_detection
+from .detection_kd import DetectionKDTrainer
+from .detection_metrics import DetectionMetrics
+from .detection_models import build_detector, load_object_detector
 from .feature_kd import FeatureKDTrainer, StudentWithProjectors
 from .metrics import classification_metrics
 from .trainer import DTOKDTrainer
@@ -43,6 +47,12 @@ __all__ = [
     "DTOKDConfig",
     "DTOKDTrainer",
     "DeiTTokenTrainer",
+    "DetectionKDTrainer",
+    "DetectionMetrics",
+    "DetectionTransform",
+    "build_detector",
+    "collate_detection",
+    "load_object_detector",
     "FeatureKDTrainer",
     "StudentWithProjectors",
     "FixedWeights",

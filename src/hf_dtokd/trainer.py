@@ -315,15 +315,25 @@ class DTOKDTrainer(Trainer):
         inputs = dict(self._prepare_inputs(inputs))
         return inputs, inputs.pop("labels"), inputs.pop(TEACHER_PIXELS, None)
 
-    def _teacher_logits(self, pixel_values: torch.Tensor, teacher_pixels: torch.Tensor | None) -> Any:
-        """The frozen teacher's forward (no grad) on its pixels, turned into ``teacher_signal``."""
+    def _teacher_logits(self, student_inputs: dict[str, Any], teacher_pixels: torch.Tensor | None) -> Any:
+        """The frozen teacher's forward (no grad) on its inputs, turned into ``teacher_signal``."""
+        with torch.no_grad(), self.compute_loss_context_manager():
+            outputs = self.teacher(
+                **self.teacher_model_inputs(student_inputs, teacher_pixels), **self.teacher_forward_kwargs
+            )
+        return self.teacher_signal(outputs)
+
+    def teacher_model_inputs(
+        self, student_inputs: dict[str, Any], teacher_pixels: torch.Tensor | None
+    ) -> dict[str, Any]:
+        """The teacher's forward inputs: the ``teacher_pixel_values`` column, else the student's pixels
+        converted to the teacher's size and normalisation (unchanged when the processors agree)."""
         if teacher_pixels is None:
+            pixel_values = student_inputs["pixel_values"]
             teacher_pixels = (
                 pixel_values if self.teacher_inputs is None else self.teacher_inputs(pixel_values)
             )
-        with torch.no_grad(), self.compute_loss_context_manager():
-            outputs = self.teacher(pixel_values=teacher_pixels, **self.teacher_forward_kwargs)
-        return self.teacher_signal(outputs)
+        return {"pixel_values": teacher_pixels}
 
     def teacher_signal(self, outputs: Any) -> Any:
         """What the objectives need of the teacher's output: by default its logits (mapped to the student's
@@ -374,7 +384,7 @@ class DTOKDTrainer(Trainer):
             outputs = model(**student_inputs)
         if self._capture is not None:
             self._capture.active = False
-        teacher_logits = self._teacher_logits(student_inputs["pixel_values"], teacher_pixels)
+        teacher_logits = self._teacher_logits(student_inputs, teacher_pixels)
         losses = self.objective_losses(outputs, teacher_logits, labels)
         self._window_losses += losses.detach() / steps
 
@@ -662,7 +672,10 @@ class DTOKDTrainer(Trainer):
 
 
 def load_teacher(
-    teacher_model: nn.Module | str | None, args: DTOKDConfig, teacher_processing_class: Any | None
+    teacher_model: nn.Module | str | None,
+    args: DTOKDConfig,
+    teacher_processing_class: Any | None,
+    loader: Callable[..., nn.Module] = load_image_classifier,
 ) -> tuple[nn.Module, Any | None]:
     """The teacher instance (loaded with ``from_pretrained`` when given by Hub id / folder) and its processor."""
     teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
@@ -670,7 +683,7 @@ def load_teacher(
         raise ValueError("no teacher: pass teacher_model=... or set DTOKDConfig.teacher_model_name_or_path")
     if isinstance(teacher_model, str):
         teacher_id = teacher_model
-        teacher_model = load_image_classifier(teacher_id, "teacher", **(args.teacher_model_init_kwargs or {}))
+        teacher_model = loader(teacher_id, "teacher", **(args.teacher_model_init_kwargs or {}))
         teacher_model._hf_dtokd_loaded = True  # the init kwargs were applied
         if teacher_processing_class is None:
             teacher_processing_class = load_image_processor(teacher_id)

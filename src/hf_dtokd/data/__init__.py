@@ -1,5 +1,12 @@
 """The embedded default data sets (no download)."""
 
 from .digits import load_digits_splits, preprocess_images
+from .shapes import SHAPE_CLASSES, generate_shapes, load_shapes_splits
 
-__all__ = ["load_digits_splits", "preprocess_images"]
+__all__ = [
+    "SHAPE_CLASSES",
+    "generate_shapes",
+    "load_digits_splits",
+    "load_shapes_splits",
+    "preprocess_images",
+]

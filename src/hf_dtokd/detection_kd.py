@@ -1,0 +1,200 @@
+"""DetectionKDTrainer: distilling DETR-family detectors, the trade-off set by DTO-KD (or any method).
+
+Objectives (each a named loss, ``losses/detection.py``): ``class_kd`` (temperature KL of matched query
+logits), ``box_kd`` (confidence-weighted L1 + GIoU to the matched teacher boxes) and ``task``, the
+student's own detection loss (``outputs.loss``: its Hungarian matching to the ground truth, weighted
+as its config says; its ``loss_dict`` is logged by component as ``task_<name>``). With
+``group_distillation=True`` they are the two DTO-KD objectives ``(class_kd + box_kd, task)``.
+
+The student's forward receives the labels, so every rank computes the detection loss once per
+micro-batch (DETR-family losses all-reduce the box count inside); the teacher's forward gets the
+same pixels (and mask), or the ``teacher_pixel_values`` column when its image size or normalisation
+differs. Query counts may differ: the matching keeps the teacher's ``min(Q_s, Q_t)`` most confident
+queries. Evaluation reports COCO mAP through ``DetectionMetrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import DTOKDConfig
+from .detection_inputs import check_categories, check_detection_labels, collate_detection
+from .detection_metrics import DetectionMetrics
+from .detection_models import detection_predictions, is_softmax_head, load_object_detector
+from .losses import box_kd_loss, class_kd_loss, detection_scores, match_to_teacher
+from .modeling import num_labels
+from .trainer import DTOKDTrainer, load_teacher
+
+logger = logging.getLogger(__name__)
+
+
+class DetectionKDTrainer(DTOKDTrainer):
+    """A [`DTOKDTrainer`] for object detectors (``AutoModelForObjectDetection``: DETR family, YOLOS).
+
+    Args:
+        model: the student detector. ``teacher_model``: a detector instance, Hub id or folder.
+        box_threshold: teacher confidence below which a matched box does not enter box KD.
+        group_distillation: balance ``(class_kd + box_kd, task)`` instead of the three objectives.
+        processing_class: the student's image processor; it turns outputs into boxes for the mAP.
+        Everything else as for [`DTOKDTrainer`]; ``data_collator`` defaults to ``collate_detection``
+        and ``compute_metrics`` to ``DetectionMetrics`` (mAP, mAP50, mAP75, per-class AP).
+    """
+
+    losses_from_logits = False
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: DTOKDConfig | None = None,
+        teacher_model: nn.Module | str | None = None,
+        box_threshold: float = 0.3,
+        group_distillation: bool = False,
+        teacher_processing_class: Any | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is None or args is None:
+            raise ValueError(
+                "DetectionKDTrainer needs the student detector (model=...) and a DTOKDConfig (args=...)"
+            )
+        if not 0.0 <= box_threshold < 1.0:
+            raise ValueError(f"box_threshold must lie in [0, 1) (a teacher confidence), got {box_threshold}")
+        if not hasattr(model.config, "num_labels") or "ObjectDetection" not in type(model).__name__:
+            raise ValueError(
+                f"DetectionKDTrainer needs an object detector (AutoModelForObjectDetection), got "
+                f"{type(model).__name__}; for image classifiers use DTOKDTrainer"
+            )
+        if args.gradient_placement == "representation" and args.representation_layer == "auto":
+            raise ValueError(
+                "gradient_placement='representation' has no automatic layer for detectors (RT-DETR-style decoders "
+                "refine boxes layer by layer, so no single layer carries every loss); name one in "
+                "representation_layer (e.g. a DETR decoder's final layer norm) or use gradient_placement='parameters'"
+            )
+        teacher, teacher_processing_class = load_teacher(
+            teacher_model, args, teacher_processing_class, loader=load_object_detector
+        )
+        self.box_threshold, self.group_distillation = box_threshold, group_distillation
+        self.objective_names = ("distill", "task") if group_distillation else ("class_kd", "box_kd", "task")
+        if args.eval_do_concat_batches:
+            logger.info(
+                "DetectionKDTrainer sets eval_do_concat_batches=False: predictions are kept per batch"
+            )
+            args.eval_do_concat_batches = False
+        _check_transformed_columns(args, kwargs.get("train_dataset"), kwargs.get("eval_dataset"))
+        kwargs.setdefault("data_collator", collate_detection)
+        if kwargs.get("compute_metrics") is None:
+            processor = kwargs.get("processing_class")
+            if processor is not None:
+                kwargs["compute_metrics"] = DetectionMetrics(processor, model.config.id2label)
+            elif kwargs.get("eval_dataset") is not None:
+                raise ValueError(
+                    "evaluating a detector needs its image processor to turn outputs into boxes: pass "
+                    "processing_class=AutoImageProcessor.from_pretrained(<student>) or compute_metrics=..."
+                )
+        super().__init__(
+            model=model,
+            args=args,
+            teacher_model=teacher,
+            teacher_processing_class=teacher_processing_class,
+            **kwargs,
+        )
+        self._teacher_softmax: bool | None = None
+
+    # ------------------------------------------------------------------ data
+    def _check_dataset_labels(self, dataset: Any, name: str) -> None:
+        """Class ids of a detection-layout dataset (``objects.category``), read from Arrow without decoding."""
+        table = getattr(dataset, "data", None)
+        if table is None or "objects" not in getattr(dataset, "column_names", []):
+            return  # batches are checked one by one
+        import pyarrow.compute as pc
+
+        objects = table.column("objects").combine_chunks()
+        categories = pc.list_flatten(objects.field("category")).to_numpy(zero_copy_only=False)
+        check_categories(categories, num_labels(self.accelerator.unwrap_model(self.model)), f"{name} objects")
+
+    def _split_batch(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], Any, torch.Tensor | None]:
+        labels = inputs.get("labels")
+        if labels is None:
+            raise ValueError(
+                f"the batch has no 'labels' (keys: {sorted(inputs)}); detection batches need one dict per image "
+                "({'class_labels', 'boxes'}): prepare the dataset with hf_dtokd.DetectionTransform"
+            )
+        check_detection_labels(
+            labels, num_labels(self.accelerator.unwrap_model(self.model)), "the batch's labels"
+        )
+        inputs = dict(self._prepare_inputs(inputs))
+        teacher_pixels = inputs.pop("teacher_pixel_values", None)
+        return inputs, inputs["labels"], teacher_pixels  # the student's forward computes its own loss
+
+    def teacher_model_inputs(
+        self, student_inputs: dict[str, Any], teacher_pixels: torch.Tensor | None
+    ) -> dict:
+        inputs = super().teacher_model_inputs(student_inputs, teacher_pixels)
+        mask = student_inputs.get("pixel_mask")
+        if mask is not None and mask.shape[-2:] == inputs["pixel_values"].shape[-2:]:
+            inputs["pixel_mask"] = mask
+        return inputs
+
+    # ------------------------------------------------------------------ losses
+    def teacher_signal(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher query logits (mapped to the student's classes), boxes and confidences, detached."""
+        logits, boxes = detection_predictions(outputs)
+        if self._teacher_softmax is None:
+            self._teacher_softmax = is_softmax_head(logits, num_labels(self.teacher))
+        if self.teacher_label_index is not None:
+            index = self.teacher_label_index.to(logits.device)
+            if self._teacher_softmax:  # keep the "no object" output last
+                index = torch.cat([index, index.new_tensor([logits.shape[-1] - 1])])
+            logits = logits[..., index]
+        confidence, _ = detection_scores(logits, self._teacher_softmax)
+        return logits.detach(), boxes.detach(), confidence.detach()
+
+    def objective_losses(self, outputs: Any, teacher_signal: Any, labels: Any) -> torch.Tensor:
+        teacher_logits, teacher_boxes, teacher_confidence = teacher_signal
+        logits, boxes = detection_predictions(outputs)
+        student_softmax = is_softmax_head(logits, num_labels(self.accelerator.unwrap_model(self.model)))
+        if student_softmax != self._teacher_softmax:
+            raise ValueError(
+                "the student and the teacher have different classification heads (one softmax with 'no object', "
+                "one sigmoid); class KD compares like with like: pair detectors of the same head kind"
+            )
+        matches = match_to_teacher(logits, boxes, teacher_logits, teacher_boxes, student_softmax)
+        class_kd = class_kd_loss(logits, teacher_logits, matches, self.args.temperature, student_softmax)
+        box_kd = box_kd_loss(boxes, teacher_boxes, teacher_confidence, matches, self.box_threshold)
+        task = outputs["loss"].float()
+        if torch.is_grad_enabled():  # the training forward (not the look-ahead's re-evaluation)
+            for name, value in outputs["loss_dict"].items():
+                self._metrics[f"task_{name}"].append(value.detach().float())
+        if self.group_distillation:
+            return torch.stack([class_kd + box_kd, task])
+        return torch.stack([class_kd, box_kd, task])
+
+    # ------------------------------------------------------------------ evaluation
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The student's detection loss; the outputs kept for metrics are its logits and boxes."""
+        inputs = dict(inputs)
+        inputs.pop("teacher_pixel_values", None)
+        outputs = model(**inputs)
+        loss = outputs["loss"]
+        logits, boxes = detection_predictions(outputs)
+        return (loss, {"loss": loss, "logits": logits, "pred_boxes": boxes}) if return_outputs else loss
+
+
+def _check_transformed_columns(args: DTOKDConfig, *datasets: Any) -> None:
+    """A dataset with an on-the-fly transform reads raw columns the Trainer would remove first."""
+    for dataset in datasets:
+        transform = getattr(dataset, "format", {}).get("format_kwargs", {}).get("transform")
+        if transform is not None and args.remove_unused_columns:
+            raise ValueError(
+                "the dataset has an on-the-fly transform (with_transform) that reads columns such as 'image' and "
+                "'objects', which remove_unused_columns=True drops before it runs; set remove_unused_columns=False"
+            )
