@@ -1,0 +1,202 @@
+"""DetectionKDTrainer: losses, parameters that move (and a teacher that does not), GA, evaluation, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import SequentialSampler
+from transformers import DetrImageProcessor, ResNetConfig
+from transformers.loss.loss_utils import LOSS_MAPPING
+
+from hf_dtokd import DetectionKDTrainer, DetectionTransform, FixedWeights, build_detector, collate_detection
+from hf_dtokd.data import SHAPE_CLASSES, generate_shapes
+from hf_dtokd.losses import box_kd_loss, class_kd_loss, detection_scores, match_to_teacher
+from tiny import tiny_args, train_logs
+
+ID2LABEL = dict(enumerate(SHAPE_CLASSES))
+SIZE = 32
+
+
+def tiny_detr(seed: int, queries: int = 6, id2label: dict[int, str] = ID2LABEL) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1] * 4, layer_type="basic")
+    return build_detector(
+        "detr", backbone, id2label, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=queries, dropout=0.0,
+    )  # fmt: skip
+
+
+def processor() -> DetrImageProcessor:
+    return DetrImageProcessor(size={"height": SIZE, "width": SIZE}, do_pad=False)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return generate_shapes(16, image_size=SIZE, seed=3).with_transform(DetectionTransform(processor(), 3))
+
+
+def detection_args(tmp_path, **overrides):
+    defaults = dict(
+        remove_unused_columns=False, per_device_train_batch_size=8, learning_rate=0.05, temperature=2.0
+    )
+    return tiny_args(tmp_path, **{**defaults, **overrides})
+
+
+class SequentialTrainer(DetectionKDTrainer):
+    def _get_train_sampler(self, train_dataset=None):
+        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+
+def test_training_moves_the_student_not_the_teacher_and_logs_each_objective(tmp_path, shapes) -> None:
+    student, teacher = tiny_detr(0), tiny_detr(1, queries=4)  # different query counts
+    before_student = {k: v.clone() for k, v in student.state_dict().items()}
+    before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer = DetectionKDTrainer(
+        model=student, teacher_model=teacher, args=detection_args(tmp_path, method="dto", max_steps=2),
+        train_dataset=shapes,
+    )  # fmt: skip
+    trainer.train()
+    moved = [k for k, v in student.state_dict().items() if not torch.equal(v, before_student[k])]
+    assert any("class_labels_classifier" in k for k in moved) and any("bbox_predictor" in k for k in moved)
+    assert all(torch.equal(v, before_teacher[k]) for k, v in teacher.state_dict().items())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    for key in ("pi_class_kd", "pi_box_kd", "class_kd_loss", "box_kd_loss", "task_loss", "grad_cos_box_kd",
+                "task_loss_ce", "task_loss_bbox", "task_loss_giou"):  # fmt: skip
+        assert len(train_logs(trainer, key)) == 2, key
+    pis = train_logs(trainer, "pi_class_kd")[-1] + train_logs(trainer, "pi_box_kd")[-1]
+    assert 0.0 <= pis <= 1.0 + 1e-6
+
+
+def test_the_objectives_are_the_kd_terms_and_the_student_detection_loss(tmp_path, shapes) -> None:
+    student, teacher = tiny_detr(0), tiny_detr(1)
+    trainer = DetectionKDTrainer(
+        model=student, teacher_model=teacher, args=detection_args(tmp_path, method="dto"), box_threshold=0.2,
+        train_dataset=shapes,
+    )  # fmt: skip
+    batch = collate_detection([shapes[i] for i in range(6)])
+    student.train()
+    with torch.no_grad():
+        outputs = student(pixel_values=batch["pixel_values"], labels=batch["labels"])
+        teacher_outputs = teacher(pixel_values=batch["pixel_values"])
+        losses = trainer.objective_losses(outputs, trainer.teacher_signal(teacher_outputs), batch["labels"])
+    sl, sb, tl, tb = outputs.logits, outputs.pred_boxes, teacher_outputs.logits, teacher_outputs.pred_boxes
+    matches = match_to_teacher(sl, sb, tl, tb, softmax_head=True)
+    confidence, _ = detection_scores(tl, softmax_head=True)
+    expected = torch.stack([
+        class_kd_loss(sl, tl, matches, 2.0, softmax_head=True),
+        box_kd_loss(sb, tb, confidence, matches, 0.2),
+        outputs.loss,
+    ])  # fmt: skip
+    assert torch.allclose(losses, expected, rtol=1e-6)
+    grouped = DetectionKDTrainer(
+        model=student, teacher_model=teacher, group_distillation=True, box_threshold=0.2,
+        args=detection_args(tmp_path / "grouped", method="dto"),
+    )  # fmt: skip
+    assert grouped.objective_names == ("distill", "task")
+    with torch.no_grad():
+        two = grouped.objective_losses(outputs, grouped.teacher_signal(teacher_outputs), batch["labels"])
+    assert torch.allclose(two, torch.stack([expected[0] + expected[1], expected[2]]), rtol=1e-6)
+
+
+def test_gradient_accumulation_averages_the_micro_batch_gradients(tmp_path, shapes) -> None:
+    """GA = 2 x 4 images: the update is lr x the mean of the two micro-batches' gradients of sum_k L_k."""
+    student, teacher = tiny_detr(0), tiny_detr(1)
+    reference = {k: v.clone() for k, v in student.state_dict().items()}
+    args = detection_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=1)
+    trainer = SequentialTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=shapes,
+        balancer=FixedWeights(weights=[1.0, 1.0, 1.0]),
+    )  # fmt: skip
+    # the expected update, computed here from the same micro-batches
+    manual = tiny_detr(0)
+    manual.load_state_dict(reference)
+    manual.train()
+    for start in (0, 4):
+        batch = collate_detection([shapes[i] for i in range(start, start + 4)])
+        outputs = manual(pixel_values=batch["pixel_values"], labels=batch["labels"])
+        with torch.no_grad():
+            signal = trainer.teacher_signal(teacher(pixel_values=batch["pixel_values"]))
+        (trainer.objective_losses(outputs, signal, batch["labels"]).sum() / 2).backward()
+    expected = {n: p.detach() - 0.05 * p.grad for n, p in manual.named_parameters() if p.grad is not None}
+    trainer.train()
+    trained = dict(student.named_parameters())
+    for name, value in expected.items():
+        assert torch.allclose(trained[name].detach(), value, atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    ("method", "per_micro_batch"), [("dto", 1), ("dto_amortized", 2), ("dot", 1)]
+)  # dot: 2 objectives
+def test_the_detection_loss_runs_the_same_number_of_times_whatever_the_data(
+    tmp_path, shapes, monkeypatch, method: str, per_micro_batch: int
+) -> None:
+    """DETR-family losses all-reduce the box count: every rank must call them equally often per step,
+    including ranks whose images have no targets or whose teacher sees nothing above the threshold."""
+    calls = []
+    loss = LOSS_MAPPING["ForObjectDetection"]
+    monkeypatch.setitem(LOSS_MAPPING, "ForObjectDetection", lambda *a, **k: calls.append(1) or loss(*a, **k))
+    empty = generate_shapes(16, image_size=SIZE, seed=4)
+    empty = empty.map(lambda row: {"objects": {"id": [], "area": [], "bbox": [], "category": []}})
+    empty = empty.with_transform(DetectionTransform(processor(), 3))
+    counts = []
+    for name, data, threshold in (("shapes", shapes, 0.0), ("no_targets", empty, 0.99)):
+        calls.clear()
+        args = detection_args(tmp_path / name, method=method, max_steps=2, per_device_train_batch_size=4,
+                              gradient_accumulation_steps=2)  # fmt: skip
+        trainer = DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=args, train_dataset=data,
+                                     box_threshold=threshold, group_distillation=method == "dot")  # fmt: skip
+        trainer.train()
+        counts.append(len(calls))
+        assert all(torch.isfinite(torch.tensor(train_logs(trainer, "task_loss"))))
+    assert counts == [2 * 2 * per_micro_batch] * 2
+
+
+def test_evaluate_reports_coco_map_and_per_class_ap(tmp_path, shapes) -> None:
+    trainer = DetectionKDTrainer(
+        model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path, per_device_eval_batch_size=8),
+        eval_dataset=shapes, processing_class=processor(),
+    )  # fmt: skip
+    metrics = trainer.evaluate()
+    for key in ("eval_loss", "eval_map", "eval_map_50", "eval_map_75", "eval_mar_100"):
+        assert key in metrics
+    assert {f"eval_map_{name}" for name in SHAPE_CLASSES} <= set(metrics)
+    assert trainer.args.eval_do_concat_batches is False
+
+
+def test_bad_input_is_refused_with_the_fix(tmp_path, shapes) -> None:
+    from hf_dtokd import DTOKDConfig
+    from tiny import tiny_vit
+
+    with pytest.raises(ValueError, match="AutoModelForObjectDetection"):
+        DetectionKDTrainer(model=tiny_vit(), teacher_model=tiny_detr(1), args=detection_args(tmp_path))
+    with pytest.raises(ValueError, match="label spaces differ"):
+        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1, id2label={0: "a", 1: "b"}),
+                           args=detection_args(tmp_path))  # fmt: skip
+    # a mapping makes differing label spaces usable: student class i <- teacher class indices[i]
+    mapped = DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1, id2label={0: "x", 1: "y", 2: "z", 3: "w"}),
+                                args=detection_args(tmp_path, teacher_label_indices=[3, 0, 1]))  # fmt: skip
+    with torch.no_grad():
+        outputs = mapped.teacher(pixel_values=torch.randn(1, 3, SIZE, SIZE))
+    logits, _, _ = mapped.teacher_signal(outputs)
+    assert torch.equal(logits, outputs.logits[..., [3, 0, 1, 4]])  # "no object" stays last
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), train_dataset=shapes,
+                           args=tiny_args(tmp_path))  # fmt: skip
+    with pytest.raises(ValueError, match="box_threshold"):
+        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path),
+                           box_threshold=1.5)  # fmt: skip
+    with pytest.raises(ValueError, match="processing_class"):
+        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path),
+                           eval_dataset=shapes)  # fmt: skip
+    with pytest.raises(ValueError, match="representation_layer"):
+        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1),
+                           args=detection_args(tmp_path, gradient_placement="representation"))  # fmt: skip
+    bad = generate_shapes(4, image_size=SIZE, seed=1).with_transform(DetectionTransform(processor(), 3))
+    trainer = DetectionKDTrainer(
+        model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path)
+    )
+    batch = collate_detection([bad[i] for i in range(2)])
+    batch["labels"][0]["boxes"] = torch.tensor([[0.1, 0.1, 0.6, 0.6]])  # xyxy where cxcywh is expected
+    with pytest.raises(ValueError, match="cxcywh"):
+        trainer._split_batch(batch)
+    assert isinstance(DTOKDConfig, type)
