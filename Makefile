@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 DEMO_DIR ?= outputs/digits
 
-.PHONY: install demo test lint benchmark
+.PHONY: install demo demo-detection test lint benchmark
 
 # torch first, from the pinned build when none is installed (a plain `pip install torch` would pull
 # another, multi-GB build); then the package with its test extras.
@@ -13,6 +13,10 @@ install:
 
 demo: install
 	$(PYTHON) -m hf_dtokd.demo --output_dir $(DEMO_DIR)
+
+# the embedded detection default: generated shapes, an RT-DETR teacher and student
+demo-detection: install
+	$(PYTHON) -m hf_dtokd.detection_demo --output_dir outputs/shapes
 
 lint:
 	$(PYTHON) -m ruff check src tests examples benchmarks docs

@@ -40,11 +40,22 @@ ROWS = (
     "no_kd", "fixed_0.1", "fixed_0.5", "fixed_0.9", "dto", "dto_amortized", "mgda", "pcgrad", "cagrad",
     "upgrad", "imtl_g", "aligned_mtl", "dualproj", "uncertainty", "dot", "dot_adamw",
 )  # fmt: skip
+#: Other distillation signals (opt-in with --rows): feature KD through each projector (FeatureKDTrainer,
+#: grouped into DTO-KD's two objectives) and DeiT's distillation token (DeiTTokenTrainer, a two-head DeiT
+#: student of the same size), each with DTO-KD and with fixed alpha 0.5 (DeiT's own recipe for the token).
+SIGNAL_ROWS = tuple(
+    f"{signal}_{method}"
+    for signal in ("feature_linear", "feature_vkd", "feature_mokd", "deit_hard")
+    for method in ("dto", "fixed_0.5")
+)
+ALL_ROWS = ROWS + SIGNAL_ROWS
 
 
 @dataclass
 class CompareArguments:
-    rows: list[str] = field(default_factory=lambda: list(ROWS), metadata={"help": f"Rows among {ROWS}."})
+    rows: list[str] = field(
+        default_factory=lambda: list(ROWS), metadata={"help": f"Rows among {ALL_ROWS} (default: {ROWS})."}
+    )
     folds: int = field(default=5, metadata={"help": "Stratified folds of the 1,797 digits (>= 2)."})
     seeds: int = field(default=3, metadata={"help": "Seeds per fold (subset, init, data order)."})
     labelled_per_class: int = field(default=20, metadata={"help": "Labelled training images per class."})
@@ -65,9 +76,9 @@ class CompareArguments:
     results_dir: str = field(default=str(RESULTS), metadata={"help": "Where the json, md and png go."})
 
     def __post_init__(self) -> None:
-        unknown = [r for r in self.rows if r not in ROWS]
+        unknown = [r for r in self.rows if r not in ALL_ROWS]
         if unknown:
-            raise ValueError(f"unknown rows {unknown}; valid values: {', '.join(ROWS)}")
+            raise ValueError(f"unknown rows {unknown}; valid values: {', '.join(ALL_ROWS)}")
         if BASELINE not in self.rows:
             raise ValueError(f"rows must include the baseline {BASELINE!r}")
         if self.folds < 2 or self.seeds < 1 or self.labelled_per_class < 1:
@@ -145,18 +156,32 @@ def train_teacher(args: CompareArguments, fold: int) -> float:
     return top1
 
 
-def build_student(args: CompareArguments, seed: int, names: list[str]) -> Any:
+def build_student(args: CompareArguments, seed: int, names: list[str], two_head: bool = False) -> Any:
+    """The ViT student; ``two_head``: a DeiT of the same shape with a distillation token and head."""
     import torch
-    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import (
+        DeiTConfig,
+        DeiTForImageClassificationWithTeacher,
+        ViTConfig,
+        ViTForImageClassification,
+    )
 
     torch.manual_seed(seed)
-    config = ViTConfig(
+    config = (DeiTConfig if two_head else ViTConfig)(
         image_size=32, patch_size=args.student_patch, hidden_size=args.student_width, num_hidden_layers=args.student_layers,
         num_attention_heads=4, intermediate_size=2 * args.student_width, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, num_labels=len(names), id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
     )  # fmt: skip
-    return ViTForImageClassification(config)
+    return DeiTForImageClassificationWithTeacher(config) if two_head else ViTForImageClassification(config)
+
+
+def split_row(row: str) -> tuple[str, str]:
+    """``("logits", row)`` for the method rows, ``(signal, method)`` for SIGNAL_ROWS."""
+    for signal in ("feature_linear", "feature_vkd", "feature_mokd", "deit_hard"):
+        if row.startswith(signal + "_"):
+            return signal, row[len(signal) + 1 :]
+    return "logits", row
 
 
 def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str, Any]:
@@ -165,7 +190,7 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
     from transformers import DefaultDataCollator, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
-    from hf_dtokd import DTOKDConfig, DTOKDTrainer
+    from hf_dtokd import DeiTTokenTrainer, DTOKDConfig, DTOKDTrainer, FeatureKDTrainer
     from hf_dtokd.demo import student_processor
     from hf_dtokd.metrics import classification_metrics
 
@@ -183,7 +208,8 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
         eval_strategy="steps", eval_steps=args.eval_steps, logging_steps=args.eval_steps, save_strategy="no",
         report_to="none", disable_tqdm=True, seed=run_seed, data_seed=run_seed,
     )  # fmt: skip
-    student = build_student(args, run_seed, names)
+    signal, method_row = split_row(row)
+    student = build_student(args, run_seed, names, two_head=signal.startswith("deit_"))
     kwargs = dict(
         model=student, train_dataset=train, eval_dataset=test, data_collator=DefaultDataCollator(),
         compute_metrics=classification_metrics,
@@ -191,12 +217,23 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
     if row == "no_kd":
         trainer: Trainer = Trainer(args=TrainingArguments(**common), **kwargs)
     else:
-        method, alpha = ("fixed", float(row.split("_")[1])) if row.startswith("fixed_") else (row, 0.5)
+        method, alpha = (
+            ("fixed", float(method_row.split("_")[1]))
+            if method_row.startswith("fixed_")
+            else (method_row, 0.5)
+        )
         config = DTOKDConfig(
             **common, method=method, alpha=alpha, temperature=args.temperature,
             teacher_model_name_or_path=str(teacher_dir(args, fold)),
         )  # fmt: skip
-        trainer = DTOKDTrainer(args=config, processing_class=student_processor(), **kwargs)
+        if signal.startswith("feature_"):
+            trainer = FeatureKDTrainer(args=config, processing_class=student_processor(), group_features=True,
+                                       projector=signal.split("_", 1)[1], **kwargs)  # fmt: skip
+        elif signal.startswith("deit_"):
+            trainer = DeiTTokenTrainer(args=config, processing_class=student_processor(),
+                                       distillation=signal.split("_", 1)[1], **kwargs)  # fmt: skip
+        else:
+            trainer = DTOKDTrainer(args=config, processing_class=student_processor(), **kwargs)
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start

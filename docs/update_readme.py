@@ -4,12 +4,14 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->``:
 
 * ``demo``: the table printed by the digits demo (``python -m hf_dtokd.demo``), copied with its
   JSON and plot into ``docs/results/``;
+* ``detection-demo``: the table printed by the detection demo (``python -m hf_dtokd.detection_demo``),
+  copied with its JSON and plot into ``docs/results/``;
 * ``step-cost``: ``benchmarks/results/step_cost.md`` (``python benchmarks/step_cost.py``);
 * ``compare``: ``benchmarks/results/compare_methods.md`` (``python benchmarks/compare_methods.py``),
   and its run time in the sentence before it;
 * ``config``: the DTOKDConfig fields with their defaults and help text.
 
-Run: ``python docs/update_readme.py [--demo-dir outputs/digits]``.
+Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def config_table() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo-dir", default=str(ROOT / "outputs" / "digits"))
+    parser.add_argument("--detection-demo-dir", default=str(ROOT / "outputs" / "shapes"))
     args = parser.parse_args()
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -63,6 +66,13 @@ def main() -> None:
         for name in ("results.md", "results.json", "tradeoff.png"):
             shutil.copy(demo_dir / name, results / f"digits_demo_{name}")
         text = replace_block(text, "demo", (demo_dir / "results.md").read_text())
+    detection_dir = Path(args.detection_demo_dir)
+    if (detection_dir / "results.md").is_file():
+        results = ROOT / "docs" / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "results.json", "tradeoff.png"):
+            shutil.copy(detection_dir / name, results / f"shapes_demo_{name}")
+        text = replace_block(text, "detection-demo", (detection_dir / "results.md").read_text())
     step_cost = ROOT / "benchmarks" / "results" / "step_cost.md"
     if step_cost.is_file():
         text = replace_block(text, "step-cost", step_cost.read_text())

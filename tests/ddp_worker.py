@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from hf_dtokd import DTOKDTrainer
+from hf_dtokd import DTOKDTrainer, FeatureKDTrainer
 from hf_dtokd.gradients import WindowGradients
 from tiny import conflicting_pair, random_images, tiny_args, train_logs
 
@@ -31,6 +31,8 @@ VARIANTS = {
     "dto_accumulation": ({"method": "dto", **GA}, 4, 8),
     "dto_amortized_accumulation": ({"method": "dto_amortized", **GA}, 4, 8),
     "dot_accumulation": ({"method": "dot", **GA}, 4, 8),
+    # the student and its projectors as one DDP-wrapped module (StudentWithProjectors)
+    "feature_kd_vkd": ({"method": "dto", "trainer": "features"}, 8, 16),
 }
 
 
@@ -38,16 +40,24 @@ VARIANTS = {
 BROKEN = "dto_without_all_reduce"
 
 
+def make_trainer(output_dir: str, overrides: dict, batch: int) -> DTOKDTrainer:
+    """A variant's trainer on the conflicting pair: DTOKDTrainer, or FeatureKDTrainer (VkD projector)."""
+    overrides = dict(overrides)
+    kind = overrides.pop("trainer", "logits")
+    student, teacher = conflicting_pair()
+    args = tiny_args(output_dir, temperature=2.0, max_steps=3, per_device_train_batch_size=batch, **overrides)
+    if kind == "features":
+        torch.manual_seed(5)  # the projector's initialisation
+        return FeatureKDTrainer(model=student, teacher_model=teacher, args=args, projector="vkd",
+                                train_dataset=random_images(16))  # fmt: skip
+    return DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(16))
+
+
 def main(output_dir: str) -> None:
     results = {}
     for name, (overrides, batch, _) in [*VARIANTS.items(), (BROKEN, ({"method": "dto"}, 8, 16))]:
         WindowGradients.all_reduce_mean = (lambda self, accelerator: None) if name == BROKEN else ALL_REDUCE
-        student, teacher = conflicting_pair()
-        args = tiny_args(f"{output_dir}/{name}", temperature=2.0, max_steps=3, per_device_train_batch_size=batch,
-                         **overrides)  # fmt: skip
-        trainer = DTOKDTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=random_images(16)
-        )
+        trainer = make_trainer(f"{output_dir}/{name}", overrides, batch)
         trainer.train()
         params = torch.cat(
             [p.detach().reshape(-1) for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]

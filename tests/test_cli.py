@@ -36,7 +36,7 @@ def test_demo_help_and_the_umbrella_command():
     unknown = run("hf-dtokd", "distill")
     assert (
         unknown.returncode != 0
-        and "unknown command 'distill'; valid commands: classify, demo" in unknown.stderr
+        and "unknown command 'distill'; valid commands: classify, detect, demo, detect-demo" in unknown.stderr
     )
 
 
@@ -62,3 +62,39 @@ def test_a_bad_flag_value_is_refused_with_the_valid_choices(tmp_path):
     completed = run(sys.executable, "-m", "hf_dtokd.cli", "classify", "--model_name_or_path", "x", "--output_dir",
                     str(tmp_path), "--method", "magic")  # fmt: skip
     assert completed.returncode != 0 and "invalid choice: 'magic'" in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("signal", "extra", "objective"),
+    [("features", {"projector": "vkd", "student_stages": [1], "teacher_stages": [2]}, "pi_feature"),
+     ("deit_token", {"deit_distillation": "soft"}, "pi_distill")],
+)  # fmt: skip
+def test_the_script_runs_the_feature_and_token_trainers(tmp_path, monkeypatch, signal, extra, objective):
+    from hf_dtokd.cli.classify import ModelArguments, build_trainer
+    from test_deit_token import two_head_deit
+
+    student_dir, teacher_dir = tmp_path / "student", tmp_path / "teacher"
+    student = two_head_deit() if signal == "deit_token" else tiny_vit()
+    student.config.num_labels, student.config.id2label = 10, {i: str(i) for i in range(10)}
+    student = type(student)(student.config)
+    student.save_pretrained(student_dir)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(student_dir)
+    tiny_resnet(num_labels=10).save_pretrained(teacher_dir)
+    settings = {
+        "model_name_or_path": str(student_dir), "teacher_model_name_or_path": str(teacher_dir), "signal": signal,
+        **extra, "output_dir": str(tmp_path / "out"), "do_train": True, "max_steps": 2, "use_cpu": True,
+        "per_device_train_batch_size": 8, "method": "dto", "logging_steps": 1, "disable_tqdm": True,
+        "report_to": "none",
+    }  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    monkeypatch.chdir(tmp_path)
+    hf_dtokd_main(["classify", "run.json"])
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert any(objective in row for row in state["log_history"])
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["architectures"] == [type(student).__name__]  # the student alone, no projector keys
+    with pytest.raises(ValueError, match="apply to --signal features"):
+        ModelArguments(model_name_or_path="x", projector="vkd")
+    with pytest.raises(ValueError, match="valid values: logits, features, deit_token"):
+        ModelArguments(model_name_or_path="x", signal="tokens")
+    assert callable(build_trainer)

@@ -43,3 +43,17 @@ def test_bad_rows_are_refused():
         compare_methods.CompareArguments(rows=["fixed_0.5", "magic"])
     with pytest.raises(ValueError, match="baseline"):
         compare_methods.CompareArguments(rows=["dto"])
+
+
+def test_signal_rows_run_feature_kd_and_the_deit_token(tmp_path):
+    rows = ["fixed_0.5", "feature_vkd_dto", "deit_hard_fixed_0.5"]
+    argv = ["--rows", *rows, "--folds", "2", "--seeds", "1", "--max_steps", "2", "--eval_steps", "1",
+            "--teacher_steps", "2", "--labelled_per_class", "2", "--workers", "1",
+            "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results")]  # fmt: skip
+    report = compare_methods.main(argv)
+    by_row = {r["row"]: r for r in report["table"]}
+    assert set(by_row) == set(rows)
+    assert by_row["feature_vkd_dto"]["mean_pi_distill"] is not None  # DTO-KD on (logit + feature KD, task)
+    assert compare_methods.split_row("feature_mokd_fixed_0.5") == ("feature_mokd", "fixed_0.5")
+    assert compare_methods.split_row("dto_amortized") == ("logits", "dto_amortized")
+    assert set(compare_methods.SIGNAL_ROWS) <= set(compare_methods.ALL_ROWS)

@@ -83,6 +83,10 @@ def test_the_saved_student_reloads_with_the_auto_class_and_predicts_the_mean_of_
     assert torch.allclose(out.logits, (out.cls_logits + out.distillation_logits) / 2)
     assert torch.allclose(out.logits, original.logits, atol=1e-6)
     assert not any(key.startswith(("teacher", "resnet")) for key in reloaded.state_dict())
+    metrics = trainer.evaluate(
+        random_images(8)
+    )  # the two-head forward takes no labels: they reach the metrics
+    assert 0.0 <= metrics["eval_top1"] <= 1.0 and "eval_loss" in metrics
 
 
 def test_representation_auto_is_the_last_blocks_input_and_the_final_norm_is_refused(tmp_path):

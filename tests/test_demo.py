@@ -42,6 +42,13 @@ def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
     )
     assert (tmp_path / "teacher" / "teacher_metrics.json").stat().st_mtime_ns == cached
     assert summary["teacher"]["top1"] > 0.0
+    # the opt-in signal runs: feature KD through a projector and the DeiT token, with DTO-KD and fixed alpha
+    runs = ["feature_vkd_dto", "deit_token_fixed"]
+    signals = run_demo(DemoArguments(output_dir=str(tmp_path), runs=runs, max_steps=2, teacher_steps=3,
+                                     batch_size=16, logging_steps=1))  # fmt: skip
+    assert [r["run"] for r in signals["students"]] == runs
+    assert signals["students"][0]["final_pi_distill"] is not None
+    assert "student DeiT (2 heads), deit_token_fixed" in capsys.readouterr().out
 
 
 def test_example_script_trains_evaluates_and_writes_a_model_card(tmp_path):

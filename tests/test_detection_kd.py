@@ -200,3 +200,107 @@ def test_bad_input_is_refused_with_the_fix(tmp_path, shapes) -> None:
     with pytest.raises(ValueError, match="cxcywh"):
         trainer._split_batch(batch)
     assert isinstance(DTOKDConfig, type)
+
+
+def test_a_short_distillation_raises_the_students_map_on_generated_shapes(tmp_path) -> None:
+    """RT-DETR (the demo's family) on one-object 32 px shapes: 150 steps of exact DTO-KD beat the untrained student."""
+    from hf_dtokd.detection_demo import build_model
+    from hf_dtokd.detection_models import detection_processor
+
+    rt_processor = detection_processor("rt_detr", SIZE)
+    data = generate_shapes(160, image_size=SIZE, max_objects=1, seed=7).with_transform(
+        DetectionTransform(rt_processor, 3)
+    )
+    validation = generate_shapes(48, image_size=SIZE, max_objects=1, seed=8).with_transform(
+        DetectionTransform(rt_processor, 3)
+    )
+    args = detection_args(tmp_path, method="dto", max_steps=150, learning_rate=3e-3, optim="adamw_torch",
+                          per_device_train_batch_size=16, per_device_eval_batch_size=48, max_grad_norm=1.0,
+                          logging_steps=50)  # fmt: skip
+    trainer = DetectionKDTrainer(
+        model=build_model("student", 0, 8, 32), teacher_model=build_model("teacher", 1), args=args,
+        group_distillation=True, train_dataset=data, eval_dataset=validation, processing_class=rt_processor,
+    )  # fmt: skip
+    untrained = trainer.evaluate()["eval_map_50"]
+    trainer.train()
+    trained = trainer.evaluate()["eval_map_50"]
+    assert trained > untrained + 0.02, (untrained, trained)
+
+
+def family_detector(head: str, seed: int) -> torch.nn.Module:
+    from transformers import AutoModelForObjectDetection, YolosConfig
+
+    torch.manual_seed(seed)
+    if head == "yolos":
+        config = YolosConfig(image_size=[SIZE, SIZE], patch_size=8, hidden_size=16, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=32, num_detection_tokens=5, id2label=ID2LABEL,
+                             label2id={v: k for k, v in ID2LABEL.items()})  # fmt: skip
+        return AutoModelForObjectDetection.from_config(config)
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1] * 4, layer_type="basic")
+    extra = {"encoder_hidden_dim": 32, "num_denoising": 4} if head in ("rt_detr", "d_fine") else {}
+    return build_detector(
+        head, backbone, ID2LABEL, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, **extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "head", ["detr", "conditional_detr", "deformable_detr", "rt_detr", "d_fine", "yolos"]
+)
+def test_every_family_distils_with_token_kd(tmp_path, shapes, head: str) -> None:
+    student, teacher = family_detector(head, 0), family_detector(head, 1)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    trainer = DetectionKDTrainer(
+        model=student, teacher_model=teacher, token_projector="linear", train_dataset=shapes,
+        args=detection_args(tmp_path, method="dto", max_steps=1, learning_rate=1e-2, per_device_train_batch_size=4),
+    )  # fmt: skip
+    assert trainer.objective_names == ("class_kd", "box_kd", "token_kd", "task")
+    projector = {k: v.clone() for k, v in trainer.model.projectors.state_dict().items()}
+    trainer.train()
+    assert all(
+        torch.isfinite(torch.tensor(train_logs(trainer, f"{name}_loss"))).all()
+        for name in trainer.objective_names
+    )
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    assert train_logs(trainer, "pi_token_kd")
+    moved = any(not torch.equal(v, projector[k]) for k, v in trainer.model.projectors.state_dict().items())
+    assert moved or train_logs(trainer, "pi_token_kd")[-1] == 0.0
+
+
+def test_token_kd_saves_the_student_alone_and_checkpoints_the_projector(tmp_path, shapes) -> None:
+    from transformers import AutoModelForObjectDetection
+
+    from hf_dtokd.student_with_projectors import PROJECTORS_NAME
+
+    args = detection_args(tmp_path / "run", method="dto", max_steps=2, save_strategy="steps", save_steps=2,
+                          per_device_train_batch_size=4)  # fmt: skip
+    trainer = DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), token_projector="vkd", args=args,
+                                 train_dataset=shapes, eval_dataset=shapes, processing_class=processor())  # fmt: skip
+    trainer.train()
+    assert (
+        "eval_map" in trainer.evaluate()
+    )  # the wrapped student's forward has no labels: they still reach metrics
+    assert (tmp_path / "run" / "checkpoint-2" / PROJECTORS_NAME).is_file()
+    trainer.save_model(str(tmp_path / "final"))
+    reloaded = AutoModelForObjectDetection.from_pretrained(tmp_path / "final")
+    student = trainer.student.state_dict()
+    assert set(reloaded.state_dict()) == set(student)
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in student.items())
+    with pytest.raises(ValueError, match="valid values: linear, vkd, mokd"):
+        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), token_projector="conv", args=args)
+
+
+def test_a_teacher_at_another_image_size_gets_its_own_pixels(tmp_path) -> None:
+    teacher_processor = DetrImageProcessor(size={"height": 48, "width": 48}, do_pad=False, image_mean=[0.5] * 3,
+                                           image_std=[0.5] * 3)  # fmt: skip
+    data = generate_shapes(8, image_size=SIZE, seed=3).with_transform(
+        DetectionTransform(processor(), 3, teacher_processor=teacher_processor)
+    )
+    teacher, seen = tiny_detr(1), []
+    teacher.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["pixel_values"].shape),
+                                      with_kwargs=True)  # fmt: skip
+    trainer = DetectionKDTrainer(model=tiny_detr(0), teacher_model=teacher, train_dataset=data,
+                                 args=detection_args(tmp_path, method="dto", max_steps=1))  # fmt: skip
+    trainer.train()
+    assert seen and all(shape[-2:] == (48, 48) for shape in seen)
+    assert all(torch.isfinite(torch.tensor(train_logs(trainer, "class_kd_loss"))))

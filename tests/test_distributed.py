@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddp_worker import BROKEN, VARIANTS
-from hf_dtokd import DTOKDTrainer
-from tiny import conflicting_pair, random_images, tiny_args, train_logs
+from ddp_worker import BROKEN, VARIANTS, make_trainer
+from tiny import train_logs
 
 HERE = Path(__file__).parent
 
@@ -46,12 +45,8 @@ def test_two_processes_equal_one_process_with_the_global_batch(ddp_results, tmp_
     pi0, pi1 = (torch.tensor(p) for p in result["pi_every_rank"])
     assert torch.equal(pi0, pi1), "the ranks hold different pi"
 
-    student, teacher = conflicting_pair()
     overrides, _, single_batch = VARIANTS[variant]
-    args = tiny_args(
-        tmp_path, temperature=2.0, max_steps=3, per_device_train_batch_size=single_batch, **overrides
-    )
-    single = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(16))
+    single = make_trainer(str(tmp_path), overrides, single_batch)
     single.train()
     single_params = torch.cat([p.detach().reshape(-1) for p in single.model.parameters()])
     assert result["pi_distill"] == pytest.approx(train_logs(single, "pi_distill"), abs=1e-5)

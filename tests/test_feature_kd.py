@@ -87,6 +87,9 @@ def test_the_saved_student_has_no_projector_or_teacher_keys_and_reloads(tmp_path
     assert torch.equal(flat_params(reloaded), flat_params(trainer.model.student))
     trainer.export_projectors(str(tmp_path / "projectors.safetensors"))
     assert (tmp_path / "projectors.safetensors").stat().st_size > 0
+    # the wrapper's forward takes no labels, yet evaluation sees them (accuracy of the student)
+    metrics = trainer.evaluate(random_images(8))
+    assert 0.0 <= metrics["eval_top1"] <= 1.0 and "eval_loss" in metrics
 
 
 def test_a_killed_run_resumes_with_its_projectors(tmp_path):

@@ -4,7 +4,9 @@
    plain Trainer and cached in ``<output_dir>/teacher`` (config, weights, image processor).
 2. A ViT student (4 layers, width 64, at 32x32 pixels, ImageNet mean/std) is trained from the same
    initialisation, data order and budget by: no KD, fixed-alpha KD, exact DTO-KD and amortized
-   DTO-KD. The teacher is loaded from its folder by path (the same code path as a Hub id) and
+   DTO-KD; opt-in runs (``--runs``, ``SIGNAL_RUNS``) add feature KD through each projector and DeiT's
+   distillation token (a two-head DeiT of the same shape), each with fixed alpha and exact DTO-KD. The
+   teacher is loaded from its folder by path (the same code path as a Hub id) and
    gets the student's pixels converted to its own resolution and normalisation.
 3. It prints a table (top-1 of teacher and students on the 360 test images, wall time, final pi),
    and writes ``results.json`` and ``tradeoff.png`` (pi and gradient conflict over steps).
@@ -24,6 +26,8 @@ from typing import Any
 import torch
 from transformers import (
     DefaultDataCollator,
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
     HfArgumentParser,
     ResNetConfig,
     ResNetForImageClassification,
@@ -37,12 +41,21 @@ from transformers.utils import logging as hf_logging
 
 from .config import DTOKDConfig
 from .data import load_digits_splits, preprocess_images
+from .deit_token import DeiTTokenTrainer
+from .feature_kd import FeatureKDTrainer
 from .metrics import classification_metrics
 from .plotting import plot_tradeoff
 from .trainer import DTOKDTrainer
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 RUNS = ("no_kd", "fixed", "dto", "dto_amortized")
+#: Opt-in runs with other signals (``--runs``): feature KD through each projector (grouped into DTO-KD's two
+#: objectives) and DeiT's distillation token (a two-head DeiT student of the ViT's shape), each with exact
+#: DTO-KD and with fixed alpha.
+SIGNAL_RUNS = tuple(
+    f"{signal}_{method}" for signal in ("feature_linear", "feature_vkd", "feature_mokd", "deit_token")
+    for method in ("fixed", "dto")
+)  # fmt: skip
 
 
 @dataclass
@@ -51,7 +64,8 @@ class DemoArguments:
         default="outputs/digits", metadata={"help": "Where the teacher, results and plot go."}
     )
     runs: list[str] = field(
-        default_factory=lambda: list(RUNS), metadata={"help": f"Student runs among {RUNS}."}
+        default_factory=lambda: list(RUNS),
+        metadata={"help": f"Student runs among {RUNS + SIGNAL_RUNS} (default: {RUNS})."},
     )
     max_steps: int = field(default=800, metadata={"help": "Optimizer steps of every student run."})
     teacher_steps: int = field(
@@ -68,9 +82,9 @@ class DemoArguments:
     )
 
     def __post_init__(self) -> None:
-        unknown = [r for r in self.runs if r not in RUNS]
+        unknown = [r for r in self.runs if r not in RUNS + SIGNAL_RUNS]
         if unknown:
-            raise ValueError(f"unknown runs {unknown}; valid values: {', '.join(RUNS)}")
+            raise ValueError(f"unknown runs {unknown}; valid values: {', '.join(RUNS + SIGNAL_RUNS)}")
         if self.max_steps < 1 or self.teacher_steps < 1:
             raise ValueError("max_steps and teacher_steps must be >= 1")
 
@@ -85,14 +99,15 @@ def teacher_processor() -> ViTImageProcessor:
     return ViTImageProcessor(size={"height": 24, "width": 24}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def build_student(seed: int, labels: list[str]) -> ViTForImageClassification:
+def build_student(seed: int, labels: list[str], two_head: bool = False) -> ViTForImageClassification:
+    """The ViT student; ``two_head``: a DeiT of the same shape with a distillation token and head."""
     torch.manual_seed(seed)
-    config = ViTConfig(
+    config = (DeiTConfig if two_head else ViTConfig)(
         image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
         intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
     )  # fmt: skip
-    return ViTForImageClassification(config)
+    return DeiTForImageClassificationWithTeacher(config) if two_head else ViTForImageClassification(config)
 
 
 def build_teacher(labels: list[str]) -> ResNetForImageClassification:
@@ -147,7 +162,8 @@ def train_student(run: str, demo: DemoArguments, splits: dict[str, Any], labels:
     train = preprocess_images(splits["train"], processor)
     test = preprocess_images(splits["test"], processor)
     output_dir = Path(demo.output_dir) / run
-    student = build_student(demo.seed, labels)
+    signal, method = run.rsplit("_", 1) if run in SIGNAL_RUNS else ("logits", run)
+    student = build_student(demo.seed, labels, two_head=signal == "deit_token")
     start = time.perf_counter()
     if run == "no_kd":
         trainer: Trainer = Trainer(
@@ -156,13 +172,19 @@ def train_student(run: str, demo: DemoArguments, splits: dict[str, Any], labels:
         )  # fmt: skip
     else:
         config = DTOKDConfig(
-            **common_args(output_dir, demo), method=run, alpha=demo.alpha, temperature=demo.temperature,
+            **common_args(output_dir, demo), method=method, alpha=demo.alpha, temperature=demo.temperature,
             teacher_model_name_or_path=str(Path(demo.output_dir) / "teacher"),
         )  # fmt: skip
-        trainer = DTOKDTrainer(
+        kwargs = dict(
             model=student, args=config, train_dataset=train, eval_dataset=test,
             data_collator=DefaultDataCollator(), processing_class=processor,
         )  # fmt: skip
+        if signal.startswith("feature_"):
+            trainer = FeatureKDTrainer(projector=signal.split("_", 1)[1], group_features=True, **kwargs)
+        elif signal == "deit_token":
+            trainer = DeiTTokenTrainer(distillation="hard", **kwargs)
+        else:
+            trainer = DTOKDTrainer(**kwargs)
     trainer.train()
     wall = time.perf_counter() - start
     metrics = trainer.evaluate()
@@ -194,7 +216,7 @@ def format_table(teacher: dict[str, float], results: list[dict[str, Any]]) -> st
     ]
     for r in results:
         lines.append(
-            f"| student ViT, {r['run']} | {100 * r['top1']:.1f} | {r['wall_seconds']:.0f} | "
+            f"| student {'DeiT (2 heads)' if r['run'].startswith('deit') else 'ViT'}, {r['run']} | {100 * r['top1']:.1f} | {r['wall_seconds']:.0f} | "
             f"{fmt(r['final_pi_distill'], '.3f')} | {fmt(r['mean_pi_distill'], '.3f')} | "
             f"{fmt(None if r['share_steps_conflicting'] is None else 100 * r['share_steps_conflicting'], '.0f')}"
             f"{'' if r['share_steps_conflicting'] is None else ' %'} |"

@@ -6,7 +6,7 @@
 2. A teacher RT-DETR (ResNet backbone of widths 16-32, d_model 64, 10 queries) is trained with the plain
    ``transformers.Trainer`` on its own detection loss, evaluated with ``DetectionMetrics`` and cached in
    ``<output_dir>/teacher``.
-3. A smaller student RT-DETR (widths 8-16, d_model 32, 8 queries: fewer than the teacher's) is trained
+3. A smaller student RT-DETR (d_model 48 against 64, 8 queries against 10) is trained
    from the same initialisation, data order and budget with ``DetectionKDTrainer``: no KD (alpha 0),
    fixed alpha 0.5 and exact DTO-KD, on the two objectives (class KD + box KD, the detection loss). The
    teacher is loaded from its folder by path (the same code path as a Hub id).
@@ -49,7 +49,7 @@ class DetectionDemoArguments:
     runs: list[str] = field(
         default_factory=lambda: list(RUNS), metadata={"help": f"Student runs among {RUNS}."}
     )
-    max_steps: int = field(default=500, metadata={"help": "Optimizer steps of every student run."})
+    max_steps: int = field(default=600, metadata={"help": "Optimizer steps of every student run."})
     teacher_steps: int = field(default=1200, metadata={"help": "Optimizer steps of the teacher (cached)."})
     batch_size: int = field(default=16, metadata={"help": "Per-step batch size (students and teacher)."})
     learning_rate: float = field(
@@ -64,6 +64,10 @@ class DetectionDemoArguments:
     retrain_teacher: bool = field(
         default=False, metadata={"help": "Train the teacher even when one is cached."}
     )
+    student_width: int = field(
+        default=16, metadata={"help": "Student backbone width (stages: w, w, 2w, 2w)."}
+    )
+    student_d_model: int = field(default=48, metadata={"help": "Student transformer width (teacher: 64)."})
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.runs if r not in RUNS]
@@ -80,9 +84,9 @@ def processor() -> RTDetrImageProcessor:
     return RTDetrImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
 
 
-def build_model(role: str, seed: int) -> Any:
-    """The teacher (widths 16-32, d_model 64, 10 queries) or the student (widths 8-16, d_model 32, 8 queries)."""
-    width, d_model, queries = (16, 64, 10) if role == "teacher" else (8, 32, 8)
+def build_model(role: str, seed: int, width: int = 16, d_model: int = 64) -> Any:
+    """The teacher (widths 16-32, d_model 64, 10 queries) or a student (given widths, 8 queries)."""
+    queries = 10 if role == "teacher" else 8
     backbone = ResNetConfig(
         embedding_size=width, hidden_sizes=[width, width, 2 * width, 2 * width], depths=[1, 1, 1, 1],
         layer_type="basic",
@@ -149,8 +153,9 @@ def train_student(
     )  # fmt: skip
     start = time.perf_counter()
     trainer = DetectionKDTrainer(
-        model=build_model("student", demo.seed), args=config, group_distillation=True,
-        train_dataset=splits["train"], eval_dataset=splits["validation"], processing_class=processor(),
+        model=build_model("student", demo.seed, demo.student_width, demo.student_d_model), args=config,
+        group_distillation=True, train_dataset=splits["train"], eval_dataset=splits["validation"],
+        processing_class=processor(),
     )  # fmt: skip
     trainer.train()
     wall = time.perf_counter() - start
@@ -164,7 +169,7 @@ def train_student(
     }  # fmt: skip
 
 
-def format_table(teacher: dict[str, Any], results: list[dict[str, Any]]) -> str:
+def format_table(teacher: dict[str, Any], results: list[dict[str, Any]], demo: DetectionDemoArguments) -> str:
     lines = [
         "| model | mAP | mAP50 | mAP75 | wall time (s) | final pi_distill | mean pi_distill |",
         "|---|---|---|---|---|---|---|",
@@ -175,7 +180,7 @@ def format_table(teacher: dict[str, Any], results: list[dict[str, Any]]) -> str:
         pi = "-" if r["final_pi_distill"] is None else f"{r['final_pi_distill']:.3f}"
         mean = "-" if r["mean_pi_distill"] is None else f"{r['mean_pi_distill']:.3f}"
         lines.append(
-            f"| student RT-DETR (d_model 32, 8 queries), {r['run']} | {100 * r['map']:.1f} | {100 * r['map_50']:.1f} "
+            f"| student RT-DETR (d_model {demo.student_d_model}, 8 queries), {r['run']} | {100 * r['map']:.1f} | {100 * r['map_50']:.1f} "
             f"| {100 * r['map_75']:.1f} | {r['wall_seconds']:.0f} | {pi} | {mean} |"
         )
     return "\n".join(lines)
@@ -190,7 +195,7 @@ def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
     splits = {name: split.with_transform(transform) for name, split in raw.items()}
     teacher = train_teacher(demo, splits)
     results = [train_student(run, demo, splits, teacher["folder"]) for run in demo.runs]
-    table = format_table(teacher, results)
+    table = format_table(teacher, results, demo)
     histories = {r["run"]: r["log_history"] for r in results if r["method"] == "dto"}
     plot = plot_tradeoff(histories, output_dir / "tradeoff.png") if histories else "no plot (no DTO-KD run)"
     summary = {

@@ -99,10 +99,13 @@ class DetectionTransform:
     """``dataset.with_transform(DetectionTransform(processor, num_labels))``: rows -> pixel_values, labels.
 
     Checks each image's boxes (COCO ``xywh`` pixels inside the image) and class ids before the processor.
+    With ``teacher_processor`` (a teacher of another image size or normalisation) each row also gets
+    ``teacher_pixel_values``, the same image prepared for the teacher (labels are normalised boxes, so
+    they hold for both).
     """
 
-    def __init__(self, processor: Any, num_labels: int) -> None:
-        self.processor, self.num_labels = processor, num_labels
+    def __init__(self, processor: Any, num_labels: int, teacher_processor: Any | None = None) -> None:
+        self.processor, self.num_labels, self.teacher_processor = processor, num_labels, teacher_processor
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         images, annotations = [], []
@@ -117,6 +120,10 @@ class DetectionTransform:
         result = {"pixel_values": encoded["pixel_values"], "labels": encoded["labels"]}
         if "pixel_mask" in encoded:
             result["pixel_mask"] = encoded["pixel_mask"]
+        if self.teacher_processor is not None:
+            result["teacher_pixel_values"] = self.teacher_processor(images=images, return_tensors="pt")[
+                "pixel_values"
+            ]
         return result
 
 

@@ -1,10 +1,14 @@
 """DetectionKDTrainer: distilling DETR-family detectors, the trade-off set by DTO-KD (or any method).
 
 Objectives (each a named loss, ``losses/detection.py``): ``class_kd`` (temperature KL of matched query
-logits), ``box_kd`` (confidence-weighted L1 + GIoU to the matched teacher boxes) and ``task``, the
+logits), ``box_kd`` (confidence-weighted L1 + GIoU to the matched teacher boxes), with
+``token_projector`` set ``token_kd`` (ViDT-style matching of the matched queries' decoder states
+through a projector), and ``task``, the
 student's own detection loss (``outputs.loss``: its Hungarian matching to the ground truth, weighted
 as its config says; its ``loss_dict`` is logged by component as ``task_<name>``). With
-``group_distillation=True`` they are the two DTO-KD objectives ``(class_kd + box_kd, task)``.
+``group_distillation=True`` they are the two DTO-KD objectives ``(sum of the KD terms, task)``.
+With a projector the trainable module is ``StudentWithProjectors`` (student + projector): saving and
+pushing write the student alone, checkpoints carry ``projectors.safetensors``.
 
 The student's forward receives the labels, so every rank computes the detection loss once per
 micro-batch (DETR-family losses all-reduce the box count inside); the teacher's forward gets the
@@ -25,20 +29,30 @@ from .config import DTOKDConfig
 from .detection_inputs import check_categories, check_detection_labels, collate_detection
 from .detection_metrics import DetectionMetrics
 from .detection_models import detection_predictions, is_softmax_head, load_object_detector
-from .losses import box_kd_loss, class_kd_loss, detection_scores, match_to_teacher
+from .losses import (
+    box_kd_loss,
+    class_kd_loss,
+    detection_scores,
+    match_to_teacher,
+    query_states,
+    query_token_kd_loss,
+)
 from .modeling import num_labels
+from .projectors import PROJECTORS, build_projector
+from .student_with_projectors import ProjectorCheckpointsMixin, StudentWithProjectors
 from .trainer import DTOKDTrainer, load_teacher
 
 logger = logging.getLogger(__name__)
 
 
-class DetectionKDTrainer(DTOKDTrainer):
+class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
     """A [`DTOKDTrainer`] for object detectors (``AutoModelForObjectDetection``: DETR family, YOLOS).
 
     Args:
         model: the student detector. ``teacher_model``: a detector instance, Hub id or folder.
         box_threshold: teacher confidence below which a matched box does not enter box KD.
-        group_distillation: balance ``(class_kd + box_kd, task)`` instead of the three objectives.
+        token_projector: add token KD through this projector (``projectors.PROJECTORS``), or None.
+        group_distillation: balance ``(sum of the KD terms, task)`` instead of one objective per term.
         processing_class: the student's image processor; it turns outputs into boxes for the mAP.
         Everything else as for [`DTOKDTrainer`]; ``data_collator`` defaults to ``collate_detection``
         and ``compute_metrics`` to ``DetectionMetrics`` (mAP, mAP50, mAP75, per-class AP).
@@ -53,6 +67,7 @@ class DetectionKDTrainer(DTOKDTrainer):
         teacher_model: nn.Module | str | None = None,
         box_threshold: float = 0.3,
         group_distillation: bool = False,
+        token_projector: str | None = None,
         teacher_processing_class: Any | None = None,
         **kwargs: Any,
     ) -> None:
@@ -76,8 +91,14 @@ class DetectionKDTrainer(DTOKDTrainer):
         teacher, teacher_processing_class = load_teacher(
             teacher_model, args, teacher_processing_class, loader=load_object_detector
         )
+        if token_projector is not None and token_projector not in PROJECTORS:
+            raise ValueError(
+                f"unknown token_projector {token_projector!r}; valid values: {', '.join(PROJECTORS)}"
+            )
         self.box_threshold, self.group_distillation = box_threshold, group_distillation
-        self.objective_names = ("distill", "task") if group_distillation else ("class_kd", "box_kd", "task")
+        self.token_kd = token_projector is not None
+        terms = ("class_kd", "box_kd", "token_kd") if self.token_kd else ("class_kd", "box_kd")
+        self.objective_names = ("distill", "task") if group_distillation else (*terms, "task")
         if args.eval_do_concat_batches:
             logger.info(
                 "DetectionKDTrainer sets eval_do_concat_batches=False: predictions are kept per batch"
@@ -94,6 +115,11 @@ class DetectionKDTrainer(DTOKDTrainer):
                     "evaluating a detector needs its image processor to turn outputs into boxes: pass "
                     "processing_class=AutoImageProcessor.from_pretrained(<student>) or compute_metrics=..."
                 )
+        if self.token_kd:
+            projector = build_projector(token_projector, query_width(model), query_width(teacher))
+            model = StudentWithProjectors(
+                model, nn.ModuleList([projector]), pairs=[], output_hidden_states=False
+            )
         super().__init__(
             model=model,
             args=args,
@@ -139,8 +165,8 @@ class DetectionKDTrainer(DTOKDTrainer):
         return inputs
 
     # ------------------------------------------------------------------ losses
-    def teacher_signal(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Teacher query logits (mapped to the student's classes), boxes and confidences, detached."""
+    def teacher_signal(self, outputs: Any) -> tuple[torch.Tensor, ...]:
+        """Teacher query logits (mapped to the student's classes), boxes, confidences (and query states)."""
         logits, boxes = detection_predictions(outputs)
         if self._teacher_softmax is None:
             self._teacher_softmax = is_softmax_head(logits, num_labels(self.teacher))
@@ -150,10 +176,13 @@ class DetectionKDTrainer(DTOKDTrainer):
                 index = torch.cat([index, index.new_tensor([logits.shape[-1] - 1])])
             logits = logits[..., index]
         confidence, _ = detection_scores(logits, self._teacher_softmax)
-        return logits.detach(), boxes.detach(), confidence.detach()
+        signal = (logits.detach(), boxes.detach(), confidence.detach())
+        if self.token_kd:
+            signal += (query_states(outputs, boxes.shape[1]).detach(),)
+        return signal
 
     def objective_losses(self, outputs: Any, teacher_signal: Any, labels: Any) -> torch.Tensor:
-        teacher_logits, teacher_boxes, teacher_confidence = teacher_signal
+        teacher_logits, teacher_boxes, teacher_confidence = teacher_signal[:3]
         logits, boxes = detection_predictions(outputs)
         student_softmax = is_softmax_head(logits, num_labels(self.accelerator.unwrap_model(self.model)))
         if student_softmax != self._teacher_softmax:
@@ -164,13 +193,18 @@ class DetectionKDTrainer(DTOKDTrainer):
         matches = match_to_teacher(logits, boxes, teacher_logits, teacher_boxes, student_softmax)
         class_kd = class_kd_loss(logits, teacher_logits, matches, self.args.temperature, student_softmax)
         box_kd = box_kd_loss(boxes, teacher_boxes, teacher_confidence, matches, self.box_threshold)
+        terms = [class_kd, box_kd]
+        if self.token_kd:
+            projector = self._wrapper().projectors[0]
+            states = query_states(outputs, boxes.shape[1])
+            terms.append(query_token_kd_loss(projector, states, teacher_signal[3], matches))
         task = outputs["loss"].float()
         if torch.is_grad_enabled():  # the training forward (not the look-ahead's re-evaluation)
             for name, value in outputs["loss_dict"].items():
                 self._metrics[f"task_{name}"].append(value.detach().float())
         if self.group_distillation:
-            return torch.stack([class_kd + box_kd, task])
-        return torch.stack([class_kd, box_kd, task])
+            return torch.stack([sum(terms), task])
+        return torch.stack([*terms, task])
 
     # ------------------------------------------------------------------ evaluation
     def compute_loss(
@@ -187,6 +221,17 @@ class DetectionKDTrainer(DTOKDTrainer):
         loss = outputs["loss"]
         logits, boxes = detection_predictions(outputs)
         return (loss, {"loss": loss, "logits": logits, "pred_boxes": boxes}) if return_outputs else loss
+
+
+def query_width(model: nn.Module) -> int:
+    """The width of a detector's query states: ``d_model`` (DETR family) or ``hidden_size`` (YOLOS)."""
+    config = model.config
+    width = getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
+    if width is None:
+        raise ValueError(
+            f"{type(model).__name__}'s config has neither d_model nor hidden_size; token KD needs one"
+        )
+    return int(width)
 
 
 def _check_transformed_columns(args: DTOKDConfig, *datasets: Any) -> None:

@@ -155,6 +155,26 @@ def build_detector(
     return model
 
 
+#: The image processor of each head family (D-FINE and RT-DETR v2 share RT-DETR's).
+PROCESSORS = {
+    "detr": "DetrImageProcessor",
+    "conditional_detr": "ConditionalDetrImageProcessor",
+    "deformable_detr": "DeformableDetrImageProcessor",
+    "rt_detr": "RTDetrImageProcessor",
+    "rt_detr_v2": "RTDetrImageProcessor",
+    "d_fine": "RTDetrImageProcessor",
+}
+
+
+def detection_processor(head: str, image_size: int) -> Any:
+    """The head family's image processor, resizing to ``image_size`` squares (built from defaults, offline)."""
+    import transformers
+
+    if head not in PROCESSORS:
+        raise ValueError(f"unknown detection head {head!r}; valid values: {', '.join(PROCESSORS)}")
+    return getattr(transformers, PROCESSORS[head])(size={"height": image_size, "width": image_size})
+
+
 def detection_predictions(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits, pred_boxes)`` of the matching queries (RT-DETR / D-FINE's denoising queries removed)."""
     logits, boxes = outputs["logits"], outputs["pred_boxes"]

@@ -17,36 +17,21 @@ shared by all losses: ``gradient_placement="representation"`` is refused here (u
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers.trainer import TRAINING_ARGS_NAME
 
-from .checkpoints import restore_student
 from .config import DTOKDConfig
 from .features import pair_stages, resample_to, stage_features
 from .losses import logit_kd_loss, task_cross_entropy
 from .modeling import classification_logits
 from .projectors import PROJECTORS, build_projector
+from .student_with_projectors import PROJECTORS_NAME, ProjectorCheckpointsMixin, StudentWithProjectors
 from .trainer import DTOKDTrainer, load_teacher
 
-PROJECTORS_NAME = "projectors.safetensors"
-
-
-class StudentWithProjectors(nn.Module):
-    """The trainable module: the student (a ``PreTrainedModel``) and one projector per stage pair."""
-
-    def __init__(self, student: nn.Module, projectors: nn.ModuleList, pairs: list[tuple[int, int]]) -> None:
-        super().__init__()
-        self.student, self.projectors, self.pairs = student, projectors, pairs
-        self.config = student.config  # what the Trainer reads (labels, names)
-
-    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
-        return self.student(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
+__all__ = ["PROJECTORS_NAME", "FeatureKDTrainer", "StudentWithProjectors"]
 
 
 def _probe_stages(model: nn.Module, role: str) -> list[torch.Tensor]:
@@ -63,7 +48,7 @@ def _probe_stages(model: nn.Module, role: str) -> list[torch.Tensor]:
     return maps
 
 
-class FeatureKDTrainer(DTOKDTrainer):
+class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
     """A [`DTOKDTrainer`] that adds feature distillation at paired student / teacher stages.
 
     Args:
@@ -112,10 +97,6 @@ class FeatureKDTrainer(DTOKDTrainer):
             teacher_processing_class=teacher_processing_class, **kwargs,
         )  # fmt: skip
 
-    @property
-    def student(self) -> nn.Module:
-        return self.accelerator.unwrap_model(self.model).student
-
     # ------------------------------------------------------------------ losses
     def teacher_signal(self, outputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return super().teacher_signal(outputs), [m.detach() for m in stage_features(outputs, "teacher")]
@@ -139,48 +120,3 @@ class FeatureKDTrainer(DTOKDTrainer):
         if self.group_features:
             return torch.stack([distill + feature, task])
         return torch.stack([distill, feature, task])
-
-    # ------------------------------------------------------------------ saving and resuming
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write the student alone (``save_pretrained``), its processor and the training arguments."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        if state_dict is not None:  # a gathered state dict (FSDP / DeepSpeed): the student's entries only
-            state_dict = {k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")}
-        self.student.save_pretrained(output_dir, state_dict=state_dict)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
-
-    def export_projectors(self, path: str) -> None:
-        """Write the projectors' weights (safetensors) to ``path``."""
-        projectors = self.accelerator.unwrap_model(self.model).projectors
-        save_file({k: v.detach().cpu().contiguous() for k, v in projectors.state_dict().items()}, path)
-
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)
-        if self.args.should_save:
-            self.export_projectors(os.path.join(output_dir, PROJECTORS_NAME))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
-        path = os.path.join(resume_from_checkpoint, PROJECTORS_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"checkpoint {resume_from_checkpoint} has no {PROJECTORS_NAME}: it was not written by a "
-                "FeatureKDTrainer run; resume from one of its checkpoints"
-            )
-        if not restore_student(wrapper.student, resume_from_checkpoint):
-            raise ValueError(
-                f"checkpoint {resume_from_checkpoint} holds no student saved with save_pretrained"
-            )
-        state = load_file(path, device=str(next(wrapper.projectors.parameters()).device))
-        try:
-            wrapper.projectors.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise ValueError(
-                f"the projectors in {path} do not fit this run's ({str(error)[:200]}); resume with the same "
-                "projector kind and stages"
-            ) from error

@@ -164,3 +164,32 @@ def test_mismatched_class_outputs_are_refused() -> None:
         match_to_teacher(
             torch.randn(1, 2, 3), torch.rand(1, 2, 4), torch.randn(1, 2, 5), torch.rand(1, 2, 4), True
         )
+
+
+def test_token_kd_is_the_projector_loss_on_matched_query_states() -> None:
+    from torch import nn
+
+    from hf_dtokd.losses.detection import query_states, query_token_kd_loss
+    from hf_dtokd.projectors import build_projector
+
+    torch.manual_seed(4)
+    student_states, teacher_states = torch.randn(2, 5, 6), torch.randn(2, 3, 8)
+    matches = [(torch.tensor([4, 0, 2]), torch.tensor([0, 2, 1])), (torch.tensor([1]), torch.tensor([2]))]
+    projector = build_projector("linear", 6, 8)
+    loss = query_token_kd_loss(projector, student_states, teacher_states, matches)
+    weight, bias = projector.proj.weight[:, :, 0, 0], projector.proj.bias
+    pairs = [(0, 4, 0), (0, 0, 2), (0, 2, 1), (1, 1, 2)]
+    squared = [
+        ((weight @ student_states[b, i] + bias - teacher_states[b, j]) ** 2).mean() for b, i, j in pairs
+    ]
+    assert float(loss) == pytest.approx(float(torch.stack(squared).mean()), rel=1e-5)
+    empty = query_token_kd_loss(
+        projector, student_states, teacher_states, [(torch.tensor([], dtype=torch.long),) * 2] * 2
+    )
+    assert float(empty) == 0.0
+    # the matching queries' states are the last ones (RT-DETR's denoising queries, YOLOS's patches come first)
+    states = torch.arange(2 * 7 * 3, dtype=torch.float32).reshape(2, 7, 3)
+    assert torch.equal(query_states({"last_hidden_state": states}, 4), states[:, 3:])
+    with pytest.raises(ValueError, match="last_hidden_state"):
+        query_states({"logits": states}, 4)
+    assert isinstance(projector, nn.Module)

@@ -6,7 +6,9 @@ import sys
 
 COMMANDS = {
     "classify": ("hf_dtokd.cli.classify", "distil an image classifier (the example script)"),
+    "detect": ("hf_dtokd.cli.detect", "distil an object detector (the example script)"),
     "demo": ("hf_dtokd.demo", "the embedded digits distillation (no download)"),
+    "detect-demo": ("hf_dtokd.detection_demo", "the embedded shapes detection distillation (no download)"),
 }
 
 
@@ -30,6 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         raise SystemExit(f"hf-dtokd: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}")
     importlib.import_module(COMMANDS[command][0]).main(rest)
+
+
+def detect() -> None:
+    from .detect import main as run
+
+    run()
 
 
 def classify() -> None:

@@ -9,6 +9,9 @@ Installed as the console script ``hf-dtokd-classify`` (and ``hf-dtokd classify``
         --dataset_name beans --output_dir vit-beans-dtokd --method dto \
         --do_train --do_eval --max_steps 2000 --push_to_hub
 
+``--signal features --projector vkd`` distils stage features through projectors (FeatureKDTrainer),
+``--signal deit_token`` trains a two-head DeiT student (DeiTTokenTrainer).
+
 Without --dataset_name it uses the embedded digits data set (no download). Every model, data and
 DTOKDConfig field is a flag (``--help``); a single JSON file with the same keys works as the only
 argument (``hf-dtokd-classify run.json``).
@@ -27,8 +30,14 @@ from transformers import DefaultDataCollator, HfArgumentParser
 
 from ..config import DTOKDConfig
 from ..data import load_digits_splits, preprocess_images
+from ..deit_token import DeiTTokenTrainer
+from ..feature_kd import FeatureKDTrainer
+from ..losses import DEIT_DISTILLATION
 from ..modeling import load_image_classifier, load_image_processor
+from ..projectors import PROJECTORS
 from ..trainer import DTOKDTrainer
+
+SIGNALS = ("logits", "features", "deit_token")
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,46 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=True, metadata={"help": "Replace the student's classifier when its label count differs."}
     )
+    signal: str = field(
+        default="logits",
+        metadata={
+            "help": "Distillation signal: 'logits' (DTOKDTrainer), 'features' (FeatureKDTrainer: projectors at "
+            "paired stages) or 'deit_token' (DeiTTokenTrainer: a two-head DeiT student).",
+            "choices": SIGNALS,
+        },
+    )
+    projector: str = field(
+        default="linear", metadata={"help": "signal=features: the projector.", "choices": PROJECTORS}
+    )
+    student_stages: list[int] | None = field(
+        default=None, metadata={"help": "signal=features: student stage indices (default: evenly spaced)."}
+    )
+    teacher_stages: list[int] | None = field(
+        default=None, metadata={"help": "signal=features: teacher stage indices, one per student stage."}
+    )
+    group_features: bool = field(
+        default=False, metadata={"help": "signal=features: fold feature KD into the distillation objective."}
+    )
+    deit_distillation: str = field(
+        default="hard",
+        metadata={
+            "help": "signal=deit_token: hard or soft distillation head loss.",
+            "choices": DEIT_DISTILLATION,
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise ValueError(f"unknown signal {self.signal!r}; valid values: {', '.join(SIGNALS)}")
+        if self.signal != "features" and (
+            self.student_stages or self.teacher_stages or self.group_features or self.projector != "linear"
+        ):
+            raise ValueError(
+                "--projector, --student_stages, --teacher_stages and --group_features apply to --signal features; "
+                f"drop them or set --signal features (got --signal {self.signal})"
+            )
+        if self.signal != "deit_token" and self.deit_distillation != "hard":
+            raise ValueError("--deit_distillation applies to --signal deit_token")
 
 
 @dataclass
@@ -75,6 +124,18 @@ def load_splits(data: DataArguments) -> DatasetDict:
     return splits.rename_columns({data.image_column_name: "image", data.label_column_name: "label"})
 
 
+def build_trainer(model_args: ModelArguments, **kwargs: Any) -> DTOKDTrainer:
+    """The trainer of the chosen signal: logit KD, feature KD through projectors, or DeiT's token."""
+    if model_args.signal == "features":
+        return FeatureKDTrainer(
+            projector=model_args.projector, student_stages=model_args.student_stages,
+            teacher_stages=model_args.teacher_stages, group_features=model_args.group_features, **kwargs,
+        )  # fmt: skip
+    if model_args.signal == "deit_token":
+        return DeiTTokenTrainer(distillation=model_args.deit_distillation, **kwargs)
+    return DTOKDTrainer(**kwargs)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, DTOKDConfig),
@@ -105,8 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train = preprocess_images(splits[data_args.train_split], processor)
     evaluation = preprocess_images(splits[data_args.eval_split], processor)
 
-    trainer = DTOKDTrainer(
-        model=student, args=config, train_dataset=train if config.do_train else None,
+    trainer = build_trainer(
+        model_args, model=student, args=config, train_dataset=train if config.do_train else None,
         eval_dataset=evaluation if config.do_eval else None, processing_class=processor,
         data_collator=DefaultDataCollator(),
     )  # fmt: skip

@@ -2,13 +2,22 @@
 
 from .classification import logit_kd_loss, task_cross_entropy
 from .deit_token import DEIT_DISTILLATION, deit_token_losses, hard_distillation_loss
-from .detection import box_kd_loss, class_kd_loss, detection_scores, match_to_teacher
+from .detection import (
+    box_kd_loss,
+    class_kd_loss,
+    detection_scores,
+    match_to_teacher,
+    query_states,
+    query_token_kd_loss,
+)
 
 __all__ = [
     "box_kd_loss",
     "class_kd_loss",
     "detection_scores",
     "match_to_teacher",
+    "query_states",
+    "query_token_kd_loss",
     "DEIT_DISTILLATION",
     "deit_token_losses",
     "hard_distillation_loss",

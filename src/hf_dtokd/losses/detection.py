@@ -19,14 +19,23 @@ On the matched pairs M (over the batch):
   teacher's confidence (its best class probability) where it is at least ``threshold``, else 0; 0 when
   no teacher box reaches it (the loss stays in the graph, with zero gradient).
 
+* token KD   (``query_token_kd_loss``) ViDT-style token matching on the same pairs: the student's
+  decoder query states (``last_hidden_state`` of the matched queries) through a projector into the
+  teacher's width, against the teacher's matched query states, with the projector's loss
+  (``projectors.py``: ``linear`` = MSE after DTO-KD's ``P``; ``vkd`` = SmoothL1 after an orthogonal map,
+  the teacher standardised by a non-affine layer norm; ``mokd``).
+
 Boxes are normalised ``(cx, cy, w, h)``, the DETR-family ``pred_boxes``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
 MATCH_COSTS = (1.0, 5.0, 2.0)  # class, L1, GIoU: DETR's HungarianMatcher defaults
@@ -141,3 +150,26 @@ def box_kd_loss(
     )
     # no teacher box above the threshold: 0 / tiny = 0, without a host sync to test for it
     return (weights * (l1 + 1 - giou)).sum() / weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def query_states(outputs: Any, num_queries: int) -> torch.Tensor:
+    """The decoder's (or YOLOS's detection tokens') last states of the ``num_queries`` matching queries."""
+    states = outputs.get("last_hidden_state") if hasattr(outputs, "get") else None
+    if states is None:
+        raise ValueError(
+            f"{type(outputs).__name__} has no last_hidden_state; token KD needs the detector's query states "
+            "(DETR-family and YOLOS outputs carry them)"
+        )
+    return states[:, -num_queries:]  # RT-DETR's denoising queries and YOLOS's patch tokens come first
+
+
+def query_token_kd_loss(
+    projector: nn.Module, student_states: torch.Tensor, teacher_states: torch.Tensor, matches: Matches
+) -> torch.Tensor:
+    """The projector's loss between matched student and teacher query states (as ``1 x d x M x 1`` maps)."""
+    student = _gather(student_states, matches, 0)
+    teacher = _gather(teacher_states, matches, 1)
+    if student.shape[0] == 0:
+        return student_states.float().sum() * 0.0
+    as_map = lambda x: x.T[None, :, :, None]  # noqa: E731  (M, d) -> (1, d, M, 1): one "pixel" per query
+    return projector.loss(as_map(student), as_map(teacher))

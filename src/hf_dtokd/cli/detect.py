@@ -1,0 +1,164 @@
+"""Distil an object detector with DTO-KD: the shape of transformers' run_object_detection.py.
+
+Installed as ``hf-dtokd-detect`` (and ``hf-dtokd detect``); ``examples/train_detection.py`` runs the
+same code::
+
+    hf-dtokd-detect \
+        --model_name_or_path PekingU/rtdetr_r18vd --teacher_model_name_or_path PekingU/rtdetr_r50vd \
+        --dataset_name cppe-5 --output_dir rtdetr-r18-cppe5-dtokd --method dto \
+        --do_train --do_eval --max_steps 5000 --remove_unused_columns false --push_to_hub
+
+    # a student assembled from a backbone and a fresh head (the paper's Swin + light head)
+    hf-dtokd-detect --student_head deformable_detr --student_backbone microsoft/swin-tiny-patch4-window7-224 \
+        --teacher_model_name_or_path SenseTime/deformable-detr ...
+
+Without --dataset_name it uses the generated shapes (no download). The dataset must follow the Hub's
+detection layout (``image``, ``image_id``, ``objects`` with COCO ``bbox`` and ``category``), as
+run_object_detection.py expects. Every model, data and DTOKDConfig field is a flag (``--help``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import DatasetDict, load_dataset
+from transformers import HfArgumentParser
+
+from ..config import DTOKDConfig
+from ..data import load_shapes_splits
+from ..detection_inputs import DetectionTransform
+from ..detection_kd import DetectionKDTrainer
+from ..detection_models import DETECTION_HEADS, build_detector, detection_processor, load_object_detector
+from ..modeling import load_image_processor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DetectionModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Student detector: Hub id or local folder (its head is resized to the labels)."},
+    )
+    student_head: str | None = field(
+        default=None, metadata={"help": f"Or assemble the student: a fresh head among {DETECTION_HEADS} ..."}
+    )
+    student_backbone: str | None = field(
+        default=None,
+        metadata={"help": "... on this backbone (Hub id / folder of a transformers or timm/ model)."},
+    )
+    image_size: int = field(default=64, metadata={"help": "Square size the student's processor resizes to."})
+    box_threshold: float = field(default=0.3, metadata={"help": "Teacher confidence needed for box KD."})
+    group_distillation: bool = field(
+        default=False, metadata={"help": "Balance (class KD + box KD, task) instead of three objectives."}
+    )
+
+    def __post_init__(self) -> None:
+        assembled = self.student_head is not None or self.student_backbone is not None
+        if (self.model_name_or_path is None) == (not assembled) or (
+            assembled and (self.student_head is None or self.student_backbone is None)
+        ):
+            raise ValueError(
+                "give the student either as --model_name_or_path, or as --student_head with --student_backbone"
+            )
+
+
+@dataclass
+class DetectionDataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A datasets Hub id / folder in the detection layout; default: generated shapes."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    eval_split: str = field(default="validation", metadata={"help": "Split used for evaluation."})
+
+
+def load_detection_splits(data: DetectionDataArguments, image_size: int) -> DatasetDict:
+    if data.dataset_name is None:
+        return load_shapes_splits(image_size=image_size)
+    splits = load_dataset(data.dataset_name)
+    for split in (data.train_split, data.eval_split):
+        if split not in splits:
+            raise ValueError(
+                f"{data.dataset_name} has no split {split!r} (splits: {list(splits)}); set --train_split / --eval_split"
+            )
+    missing = {"image", "image_id", "objects"} - set(splits[data.train_split].column_names)
+    if missing:
+        raise ValueError(
+            f"{data.dataset_name} lacks the detection columns {sorted(missing)} (columns: "
+            f"{splits[data.train_split].column_names}); rename them to the Hub's detection layout"
+        )
+    return splits
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = HfArgumentParser(
+        (DetectionModelArguments, DetectionDataArguments, DTOKDConfig),
+        prog="hf-dtokd-detect",
+        description="Distil an object detector (DETR family) from a teacher detector with DTO-KD or a baseline.",
+    )
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, config = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        model_args, data_args, config = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING)
+
+    splits = load_detection_splits(data_args, model_args.image_size)
+    names = splits[data_args.train_split].features["objects"]["category"].feature.names
+    id2label = dict(enumerate(names))
+    size = {"height": model_args.image_size, "width": model_args.image_size}
+    if model_args.model_name_or_path is not None:
+        student = load_object_detector(
+            model_args.model_name_or_path, "student", id2label=id2label,
+            label2id={n: i for i, n in id2label.items()}, ignore_mismatched_sizes=True,
+        )  # fmt: skip
+        processor = load_image_processor(model_args.model_name_or_path)
+        if processor is None:
+            raise ValueError(
+                f"{model_args.model_name_or_path} has no image processor; save one beside the student"
+            )
+        processor.size = size
+    else:
+        student = build_detector(model_args.student_head, model_args.student_backbone, id2label)
+        processor = detection_processor(model_args.student_head, model_args.image_size)
+    transform = DetectionTransform(processor, len(names))
+    trainer = DetectionKDTrainer(
+        model=student, args=config, box_threshold=model_args.box_threshold,
+        group_distillation=model_args.group_distillation,
+        train_dataset=splits[data_args.train_split].with_transform(transform) if config.do_train else None,
+        eval_dataset=splits[data_args.eval_split].with_transform(transform) if config.do_eval else None,
+        processing_class=processor,
+    )  # fmt: skip
+    metrics: dict[str, Any] = {}
+    if config.do_train:
+        result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics.update(result.metrics)
+    if config.do_eval:
+        evaluation = trainer.evaluate()
+        trainer.log_metrics("eval", evaluation)
+        trainer.save_metrics("eval", evaluation)
+        metrics.update(evaluation)
+    card = {
+        "finetuned_from": model_args.model_name_or_path or model_args.student_backbone,
+        "tasks": "object-detection",
+        "dataset": data_args.dataset_name or "generated shapes",
+        "tags": ["object-detection", "knowledge-distillation", "dto-kd"],
+    }
+    if config.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

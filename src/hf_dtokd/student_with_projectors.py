@@ -1,0 +1,114 @@
+"""The trainable module of distillation with projectors, and how it is saved, checkpointed and resumed.
+
+The Trainer optimises, wraps (DDP / FSDP), clips and checkpoints ``self.model`` only, so the student
+and every projector live in one module, ``StudentWithProjectors``; the frozen teacher stays outside
+(timm's ``FeatureDistillationTrainableModule`` is the model of this). ``ProjectorCheckpointsMixin``
+makes saving and pushing write the student alone with ``save_pretrained`` (it reloads with the Auto
+class), puts the projectors in every checkpoint (``projectors.safetensors``) so that a resumed run
+continues exactly, and offers ``export_projectors``. Trainers whose model is not wrapped fall through
+to the base behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from .checkpoints import restore_student
+
+PROJECTORS_NAME = "projectors.safetensors"
+
+
+class StudentWithProjectors(nn.Module):
+    """The trainable module: the student (a ``PreTrainedModel``) and one projector per stage pair."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        projectors: nn.ModuleList,
+        pairs: list[tuple[int, int]],
+        output_hidden_states: bool = True,
+    ) -> None:
+        super().__init__()
+        self.student, self.projectors, self.pairs = student, projectors, pairs
+        self.output_hidden_states = output_hidden_states
+        self.config = student.config  # what the Trainer reads (labels, names)
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+        if self.output_hidden_states:
+            kwargs["output_hidden_states"] = True
+        return self.student(pixel_values=pixel_values, **kwargs)
+
+
+class ProjectorCheckpointsMixin:
+    """Saving, checkpointing and resuming for a Trainer whose model may be a ``StudentWithProjectors``."""
+
+    def _wrapper(self, model: nn.Module | None = None) -> StudentWithProjectors | None:
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        return unwrapped if isinstance(unwrapped, StudentWithProjectors) else None
+
+    @property
+    def student(self) -> nn.Module:
+        wrapper = self._wrapper()
+        return wrapper.student if wrapper is not None else self.accelerator.unwrap_model(self.model)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the student alone (``save_pretrained``), its processor and the training arguments."""
+        if self._wrapper() is None:
+            super()._save(output_dir, state_dict)
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is not None:  # a gathered state dict (FSDP / DeepSpeed): the student's entries only
+            state_dict = {k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")}
+        self.student.save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def export_projectors(self, path: str) -> None:
+        """Write the projectors' weights (safetensors) to ``path``."""
+        wrapper = self._wrapper()
+        if wrapper is None:
+            raise ValueError(
+                "this run has no projectors to export (the model is not a StudentWithProjectors)"
+            )
+        projectors = wrapper.projectors
+        save_file({k: v.detach().cpu().contiguous() for k, v in projectors.state_dict().items()}, path)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save and self._wrapper() is not None:
+            self.export_projectors(os.path.join(output_dir, PROJECTORS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        wrapper = self._wrapper(model)
+        if wrapper is None:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        path = os.path.join(resume_from_checkpoint, PROJECTORS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"checkpoint {resume_from_checkpoint} has no {PROJECTORS_NAME}: it was not written by a run with "
+                "projectors (FeatureKDTrainer, DetectionKDTrainer with token_projector); resume from one of its "
+                "checkpoints"
+            )
+        if not restore_student(wrapper.student, resume_from_checkpoint):
+            raise ValueError(
+                f"checkpoint {resume_from_checkpoint} holds no student saved with save_pretrained"
+            )
+        state = load_file(path, device=str(next(wrapper.projectors.parameters()).device))
+        try:
+            wrapper.projectors.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"the projectors in {path} do not fit this run's ({str(error)[:200]}); resume with the same "
+                "projector kind and stages"
+            ) from error
