@@ -4,6 +4,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->``:
 
 * ``demo``: the table printed by the digits demo (``python -m hf_dtokd.demo``), copied with its
   JSON and plot into ``docs/results/``;
+* ``digits-signals``: the digits demo's opt-in signal runs (feature KD per projector, DeiT token), from
+  ``--signals-demo-dir`` (``python -m hf_dtokd.demo --runs <SIGNAL_RUNS> --output_dir outputs/digits_signals``);
 * ``detection-demo``: the table printed by the detection demo (``python -m hf_dtokd.detection_demo``),
   copied with its JSON and plot into ``docs/results/``;
 * ``step-cost``: ``benchmarks/results/step_cost.md`` (``python benchmarks/step_cost.py``);
@@ -56,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo-dir", default=str(ROOT / "outputs" / "digits"))
     parser.add_argument("--detection-demo-dir", default=str(ROOT / "outputs" / "shapes"))
+    parser.add_argument("--signals-demo-dir", default=str(ROOT / "outputs" / "digits_signals"))
     args = parser.parse_args()
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -66,6 +69,13 @@ def main() -> None:
         for name in ("results.md", "results.json", "tradeoff.png"):
             shutil.copy(demo_dir / name, results / f"digits_demo_{name}")
         text = replace_block(text, "demo", (demo_dir / "results.md").read_text())
+    signals_dir = Path(args.signals_demo_dir)
+    if (signals_dir / "results.md").is_file():
+        results = ROOT / "docs" / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "results.json", "tradeoff.png"):
+            shutil.copy(signals_dir / name, results / f"digits_signals_{name}")
+        text = replace_block(text, "digits-signals", (signals_dir / "results.md").read_text())
     detection_dir = Path(args.detection_demo_dir)
     if (detection_dir / "results.md").is_file():
         results = ROOT / "docs" / "results"

@@ -28,19 +28,20 @@ def main(output_dir: str) -> None:
     data = data.map(lambda row, i: {"objects": EMPTY if (i // 4) % 2 else row["objects"]}, with_indices=True)
     data = data.with_transform(DetectionTransform(processor(), 3))
     results = {}
-    for method in ("dto", "dto_amortized"):
+    # the third run adds token KD: the student and its projector as one DDP-wrapped module
+    for name, method, projector in (("dto", "dto", None), ("dto_amortized", "dto_amortized", None),
+                                    ("dto_token_kd", "dto", "linear")):  # fmt: skip
         args = detection_args(
-            f"{output_dir}/{method}", method=method, max_steps=2, per_device_train_batch_size=4
+            f"{output_dir}/{name}", method=method, max_steps=2, per_device_train_batch_size=4
         )
-        trainer = SequentialTrainer(
-            model=tiny_detr(0), teacher_model=tiny_detr(1), args=args, train_dataset=data
-        )
+        trainer = SequentialTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=args, train_dataset=data,
+                                    token_projector=projector)  # fmt: skip
         trainer.train()
         params = torch.cat(
             [p.detach().reshape(-1) for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
         )
         task = torch.tensor([row["task_loss"] for row in trainer.state.log_history if "task_loss" in row])
-        results[method] = {
+        results[name] = {
             "world_size": trainer.accelerator.num_processes,
             "params": trainer.accelerator.gather(params[None]).tolist(),
             "pi_every_rank": trainer.accelerator.gather(trainer.balancer.pi.float()[None]).tolist(),

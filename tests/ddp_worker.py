@@ -33,6 +33,7 @@ VARIANTS = {
     "dot_accumulation": ({"method": "dot", **GA}, 4, 8),
     # the student and its projectors as one DDP-wrapped module (StudentWithProjectors)
     "feature_kd_vkd": ({"method": "dto", "trainer": "features"}, 8, 16),
+    "feature_kd_vkd_amortized": ({"method": "dto_amortized", "trainer": "features"}, 8, 16),
 }
 
 

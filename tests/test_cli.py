@@ -66,7 +66,7 @@ def test_a_bad_flag_value_is_refused_with_the_valid_choices(tmp_path):
 
 @pytest.mark.parametrize(
     ("signal", "extra", "objective"),
-    [("features", {"projector": "vkd", "student_stages": [1], "teacher_stages": [2]}, "pi_feature"),
+    [("features", {"projector": "vkd", "student_stages": [0], "teacher_stages": [1]}, "pi_feature"),
      ("deit_token", {"deit_distillation": "soft"}, "pi_distill")],
 )  # fmt: skip
 def test_the_script_runs_the_feature_and_token_trainers(tmp_path, monkeypatch, signal, extra, objective):

@@ -64,8 +64,10 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
 
 
 def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
+    assert DetectionDemoArguments().runs == ["fixed", "dto"]
     demo = DetectionDemoArguments(output_dir=str(tmp_path), max_steps=2, teacher_steps=2, train_size=16,
-                                  validation_size=8, logging_steps=1, batch_size=4)  # fmt: skip
+                                  validation_size=8, logging_steps=1, batch_size=4,
+                                  runs=["no_kd", "fixed", "dto"])  # fmt: skip
     summary = run_demo(demo)
     out = capsys.readouterr().out
     assert "| teacher RT-DETR" in out and "student RT-DETR (d_model 48, 8 queries), dto" in out

@@ -24,6 +24,7 @@ def test_ranks_stay_identical_when_one_rank_has_no_targets(tmp_path):
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-4000:]
     results = json.loads((tmp_path / "ddp_detection_results.json").read_text())
+    assert set(results) == {"dto", "dto_amortized", "dto_token_kd"}
     for method, result in results.items():
         assert result["world_size"] == 2, method
         rank0, rank1 = (torch.tensor(p) for p in result["params"])

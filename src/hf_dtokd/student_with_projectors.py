@@ -11,10 +11,12 @@ to the base behaviour.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedDataParallelKwargs
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -46,7 +48,31 @@ class StudentWithProjectors(nn.Module):
 
 
 class ProjectorCheckpointsMixin:
-    """Saving, checkpointing and resuming for a Trainer whose model may be a ``StudentWithProjectors``."""
+    """DDP, saving, checkpointing and resuming for a Trainer whose model may be a ``StudentWithProjectors``."""
+
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        """DDP with ``find_unused_parameters=False`` for the wrapper (the Trainer's default for it is True).
+
+        The projectors run after the wrapped forward, on its outputs: DDP's search for unused parameters
+        marks them ready when the forward ends, and the backward that reaches them marks them again, an
+        error ("Expected to mark a variable ready only once"). Every parameter gets its gradient in the
+        backward (one-backward methods) or from the trade-off's own all-reduced per-loss gradients.
+        """
+        args = super()._build_accelerator_args(**kwargs)
+        if not isinstance(self.model, StudentWithProjectors):
+            return args
+        if self.args.ddp_find_unused_parameters:
+            raise ValueError(
+                "ddp_find_unused_parameters=True cannot be used with projectors: they run outside the DDP forward "
+                "and DDP would mark them ready twice. Leave it unset (or False)"
+            )
+        args["kwargs_handlers"] = [
+            dataclasses.replace(h, find_unused_parameters=False)
+            if isinstance(h, DistributedDataParallelKwargs)
+            else h
+            for h in args.get("kwargs_handlers", [])
+        ]
+        return args
 
     def _wrapper(self, model: nn.Module | None = None) -> StudentWithProjectors | None:
         unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
