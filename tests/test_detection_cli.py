@@ -19,7 +19,8 @@ def test_detect_help_lists_model_data_and_method_flags():
     completed = subprocess.run(["hf-dtokd-detect", "--help"], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     for flag in ("--model_name_or_path", "--student_head", "--student_backbone", "--dataset_name", "--box_threshold",
-                 "--group_distillation", "--teacher_model_name_or_path", "--method", "--push_to_hub"):  # fmt: skip
+                 "--group_distillation", "--token_projector", "--teacher_model_name_or_path", "--method",
+                 "--push_to_hub"):  # fmt: skip
         assert flag in completed.stdout, flag
 
 
@@ -41,7 +42,7 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
         ResNetForImageClassification(
             ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16])
         ).save_pretrained(backbone)
-        student = {"student_head": "detr", "student_backbone": str(backbone)}
+        student = {"student_head": "detr", "student_backbone": str(backbone), "token_projector": "linear"}
     else:
         tiny_detr(0).save_pretrained(tmp_path / "student")
         detection_processor("detr", 32).save_pretrained(tmp_path / "student")
@@ -61,6 +62,7 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
     assert "object-detection" in card and "trade-off method: `dto`" in card
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["id2label"] == {"0": "circle", "1": "square", "2": "triangle"}
+    assert saved["architectures"] == ["DetrForObjectDetection"]  # the student alone, also with a projector
 
 
 def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):

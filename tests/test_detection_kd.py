@@ -182,6 +182,13 @@ def test_bad_input_is_refused_with_the_fix(tmp_path, shapes) -> None:
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
         DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), train_dataset=shapes,
                            args=tiny_args(tmp_path))  # fmt: skip
+    two = {
+        0: "circle",
+        1: "square",
+    }  # the shapes hold class 2 (triangle): found in the dataset's Arrow column
+    with pytest.raises(ValueError, match=r"train_dataset objects: class id 2 is outside \[0, 2\)"):
+        DetectionKDTrainer(model=tiny_detr(0, id2label=two), teacher_model=tiny_detr(1, id2label=two),
+                           train_dataset=shapes, args=detection_args(tmp_path))  # fmt: skip
     with pytest.raises(ValueError, match="box_threshold"):
         DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path),
                            box_threshold=1.5)  # fmt: skip

@@ -157,9 +157,8 @@ class DTOKDTrainer(Trainer):
             compute_metrics=compute_metrics if compute_metrics is not None else classification_metrics,
             **kwargs,
         )
-        if (
-            args.label_names is None
-        ):  # found from forward()'s signature: none for wrapped or two-head students
+        # the Trainer finds label names in forward()'s signature: none for wrapped or two-head students
+        if args.label_names is None:
             self.label_names = list(LABEL_COLUMNS[:1])
         self.teacher_label_index = check_label_spaces(self.model, teacher_model, args.teacher_label_indices)
         self.teacher = self._prepare_teacher(teacher_model)

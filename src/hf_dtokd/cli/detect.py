@@ -51,7 +51,19 @@ class DetectionModelArguments:
         default=None,
         metadata={"help": "... on this backbone (Hub id / folder of a transformers or timm/ model)."},
     )
-    image_size: int = field(default=64, metadata={"help": "Square size the student's processor resizes to."})
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Square size the processors resize to. Default: a Hub / folder student's processor keeps its "
+            "own size; an assembled student uses 640, or 64 on the generated shapes (their image size)."
+        },
+    )
+    token_projector: str | None = field(
+        default=None,
+        metadata={
+            "help": "Add token KD (matched decoder queries) through this projector: linear, vkd, mokd."
+        },
+    )
     box_threshold: float = field(default=0.3, metadata={"help": "Teacher confidence needed for box KD."})
     group_distillation: bool = field(
         default=False, metadata={"help": "Balance (class KD + box KD, task) instead of three objectives."}
@@ -108,10 +120,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_args, data_args, config = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING)
 
-    splits = load_detection_splits(data_args, model_args.image_size)
+    generated = data_args.dataset_name is None
+    splits = load_detection_splits(data_args, model_args.image_size or 64)
     names = splits[data_args.train_split].features["objects"]["category"].feature.names
     id2label = dict(enumerate(names))
-    size = {"height": model_args.image_size, "width": model_args.image_size}
     if model_args.model_name_or_path is not None:
         student = load_object_detector(
             model_args.model_name_or_path, "student", id2label=id2label,
@@ -122,14 +134,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise ValueError(
                 f"{model_args.model_name_or_path} has no image processor; save one beside the student"
             )
-        processor.size = size
+        if model_args.image_size is not None or generated:
+            side = model_args.image_size or 64
+            processor.size = {"height": side, "width": side}
     else:
         student = build_detector(model_args.student_head, model_args.student_backbone, id2label)
-        processor = detection_processor(model_args.student_head, model_args.image_size)
+        side = model_args.image_size or (64 if generated else 640)
+        processor = detection_processor(model_args.student_head, side)
     transform = DetectionTransform(processor, len(names))
     trainer = DetectionKDTrainer(
         model=student, args=config, box_threshold=model_args.box_threshold,
-        group_distillation=model_args.group_distillation,
+        group_distillation=model_args.group_distillation, token_projector=model_args.token_projector,
         train_dataset=splits[data_args.train_split].with_transform(transform) if config.do_train else None,
         eval_dataset=splits[data_args.eval_split].with_transform(transform) if config.do_eval else None,
         processing_class=processor,
