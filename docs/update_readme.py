@@ -11,6 +11,9 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->``:
 * ``step-cost``: ``benchmarks/results/step_cost.md`` (``python benchmarks/step_cost.py``);
 * ``compare``: ``benchmarks/results/compare_methods.md`` (``python benchmarks/compare_methods.py``),
   and its run time in the sentence before it;
+* ``compare-signals``: ``benchmarks/results/signal_rows/compare_methods.md`` (the signal rows:
+  ``python benchmarks/compare_methods.py --rows fixed_0.5 <SIGNAL_ROWS> --seeds 1 --results_dir
+  benchmarks/results/signal_rows``);
 * ``config``: the DTOKDConfig fields with their defaults and help text.
 
 Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]``.
@@ -102,6 +105,9 @@ def main() -> None:
             f"(about {minutes:.0f} minutes on 2 cores) runs every method",
             text,
         )
+    signal_rows = ROOT / "benchmarks" / "results" / "signal_rows" / "compare_methods.md"
+    if signal_rows.is_file():
+        text = replace_block(text, "compare-signals", signal_rows.read_text())
     text = replace_block(text, "config", config_table())
     readme.write_text(text)
     print(f"updated {readme}")

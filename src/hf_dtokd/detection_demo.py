@@ -38,7 +38,7 @@ from .detection_models import build_detector
 from .plotting import plot_tradeoff
 
 RUNS = ("no_kd", "fixed", "dto")
-DEFAULT_RUNS = ("fixed", "dto")  # no_kd (alpha 0) is opt-in: with it the demo takes ~11 min instead of ~9
+DEFAULT_RUNS = ("fixed", "dto")  # no_kd (alpha 0) is opt-in: with it the demo takes ~10 min instead of ~8
 ID2LABEL = dict(enumerate(SHAPE_CLASSES))
 
 
