@@ -57,6 +57,17 @@ def config_table() -> str:
     return "\n".join(rows)
 
 
+def quote_demo(text: str, folder: Path, prefix: str, block: str) -> str:
+    """Copy a demo's results (table, JSON, plot) into docs/results/<prefix>_* and its table into ``block``."""
+    if not (folder / "results.md").is_file():
+        return text
+    results = ROOT / "docs" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    for name in ("results.md", "results.json", "tradeoff.png"):
+        shutil.copy(folder / name, results / f"{prefix}_{name}")
+    return replace_block(text, block, (folder / "results.md").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo-dir", default=str(ROOT / "outputs" / "digits"))
@@ -65,27 +76,12 @@ def main() -> None:
     args = parser.parse_args()
     readme = ROOT / "README.md"
     text = readme.read_text()
-    demo_dir = Path(args.demo_dir)
-    if (demo_dir / "results.md").is_file():
-        results = ROOT / "docs" / "results"
-        results.mkdir(parents=True, exist_ok=True)
-        for name in ("results.md", "results.json", "tradeoff.png"):
-            shutil.copy(demo_dir / name, results / f"digits_demo_{name}")
-        text = replace_block(text, "demo", (demo_dir / "results.md").read_text())
-    signals_dir = Path(args.signals_demo_dir)
-    if (signals_dir / "results.md").is_file():
-        results = ROOT / "docs" / "results"
-        results.mkdir(parents=True, exist_ok=True)
-        for name in ("results.md", "results.json", "tradeoff.png"):
-            shutil.copy(signals_dir / name, results / f"digits_signals_{name}")
-        text = replace_block(text, "digits-signals", (signals_dir / "results.md").read_text())
-    detection_dir = Path(args.detection_demo_dir)
-    if (detection_dir / "results.md").is_file():
-        results = ROOT / "docs" / "results"
-        results.mkdir(parents=True, exist_ok=True)
-        for name in ("results.md", "results.json", "tradeoff.png"):
-            shutil.copy(detection_dir / name, results / f"shapes_demo_{name}")
-        text = replace_block(text, "detection-demo", (detection_dir / "results.md").read_text())
+    for folder, prefix, block in (
+        (args.demo_dir, "digits_demo", "demo"),
+        (args.signals_demo_dir, "digits_signals", "digits-signals"),
+        (args.detection_demo_dir, "shapes_demo", "detection-demo"),
+    ):
+        text = quote_demo(text, Path(folder), prefix, block)
     step_cost = ROOT / "benchmarks" / "results" / "step_cost.md"
     if step_cost.is_file():
         text = replace_block(text, "step-cost", step_cost.read_text())

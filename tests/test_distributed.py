@@ -22,17 +22,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("ddp")
+def launch_two_processes(script: str, output_dir: Path) -> None:
+    """``accelerate launch --multi_gpu --num_processes 2`` of a worker in this folder (gloo on CPU)."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(HERE / "ddp_worker.py"), str(output_dir),
+        "--main_process_port", str(free_port()), str(HERE / script), str(output_dir),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("ddp")
+    launch_two_processes("ddp_worker.py", output_dir)
     return json.loads((output_dir / "ddp_results.json").read_text())
 
 

@@ -36,6 +36,7 @@ from ..losses import DEIT_DISTILLATION
 from ..modeling import load_image_classifier, load_image_processor
 from ..projectors import PROJECTORS
 from ..trainer import DTOKDTrainer
+from .common import train_evaluate_publish
 
 SIGNALS = ("logits", "features", "deit_token")
 
@@ -171,30 +172,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_dataset=evaluation if config.do_eval else None, processing_class=processor,
         data_collator=DefaultDataCollator(),
     )  # fmt: skip
-    metrics: dict[str, Any] = {}
-    if config.do_train:
-        result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-        metrics.update(result.metrics)
-    if config.do_eval:
-        evaluation_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", evaluation_metrics)
-        trainer.save_metrics("eval", evaluation_metrics)
-        metrics.update(evaluation_metrics)
     card = {
         "finetuned_from": model_args.model_name_or_path,
         "tasks": "image-classification",
         "dataset": data_args.dataset_name or "sklearn digits",
         "tags": ["image-classification", "knowledge-distillation", "dto-kd"],
     }
-    if config.push_to_hub:
-        trainer.push_to_hub(**card)
-    else:
-        trainer.create_model_card(**card)
-    return metrics
+    return train_evaluate_publish(trainer, config, card)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from ..detection_inputs import DetectionTransform
 from ..detection_kd import DetectionKDTrainer
 from ..detection_models import DETECTION_HEADS, build_detector, detection_processor, load_object_detector
 from ..modeling import load_image_processor
+from .common import train_evaluate_publish
 
 logger = logging.getLogger(__name__)
 
@@ -149,30 +150,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_dataset=splits[data_args.eval_split].with_transform(transform) if config.do_eval else None,
         processing_class=processor,
     )  # fmt: skip
-    metrics: dict[str, Any] = {}
-    if config.do_train:
-        result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-        metrics.update(result.metrics)
-    if config.do_eval:
-        evaluation = trainer.evaluate()
-        trainer.log_metrics("eval", evaluation)
-        trainer.save_metrics("eval", evaluation)
-        metrics.update(evaluation)
     card = {
         "finetuned_from": model_args.model_name_or_path or model_args.student_backbone,
         "tasks": "object-detection",
         "dataset": data_args.dataset_name or "generated shapes",
         "tags": ["object-detection", "knowledge-distillation", "dto-kd"],
     }
-    if config.push_to_hub:
-        trainer.push_to_hub(**card)
-    else:
-        trainer.create_model_card(**card)
-    return metrics
+    return train_evaluate_publish(trainer, config, card)
 
 
 if __name__ == "__main__":
