@@ -224,20 +224,18 @@ def format_table(teacher: dict[str, float], results: list[dict[str, Any]]) -> st
     return "\n".join(lines)
 
 
-def run_demo(demo: DemoArguments) -> dict[str, Any]:
-    output_dir = Path(demo.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_digits_splits(seed=0)
-    labels = splits["train"].features["label"].names
-    start = time.perf_counter()
-    teacher = train_teacher(demo, splits, labels)
-    results = [train_student(run, demo, splits, labels) for run in demo.runs]
-    table = format_table(teacher, results)
-    histories = {r["run"]: r["log_history"] for r in results if r["run"] != "no_kd"}
-    logged = any("pi_distill" in row for history in histories.values() for row in history)
-    plot = plot_tradeoff(histories, output_dir / "tradeoff.png") if logged else "no plot (nothing logged)"
+def write_summary(
+    output_dir: Path,
+    arguments: dict[str, Any],
+    teacher: dict[str, Any],
+    results: list[dict[str, Any]],
+    table: str,
+    plot: Any,
+    start: float,
+) -> dict[str, Any]:
+    """Write a demo's ``results.json`` and ``results.md`` (the table), print the table; return the summary."""
     summary = {
-        "arguments": asdict(demo),
+        "arguments": arguments,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads()},
         "teacher": teacher,
         "students": results,
@@ -250,6 +248,21 @@ def run_demo(demo: DemoArguments) -> dict[str, Any]:
     print(f"\nwrote {output_dir / 'results.json'}, {output_dir / 'results.md'} and {plot} "
           f"({summary['total_wall_seconds']:.0f} s in all)")  # fmt: skip
     return summary
+
+
+def run_demo(demo: DemoArguments) -> dict[str, Any]:
+    output_dir = Path(demo.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    splits = load_digits_splits(seed=0)
+    labels = splits["train"].features["label"].names
+    start = time.perf_counter()
+    teacher = train_teacher(demo, splits, labels)
+    results = [train_student(run, demo, splits, labels) for run in demo.runs]
+    table = format_table(teacher, results)
+    histories = {r["run"]: r["log_history"] for r in results if r["run"] != "no_kd"}
+    logged = any("pi_distill" in row for history in histories.values() for row in history)
+    plot = plot_tradeoff(histories, output_dir / "tradeoff.png") if logged else "no plot (nothing logged)"
+    return write_summary(output_dir, asdict(demo), teacher, results, table, plot, start)
 
 
 def main(argv: list[str] | None = None) -> None:

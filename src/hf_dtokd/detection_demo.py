@@ -18,7 +18,6 @@ Run: ``python -m hf_dtokd.detection_demo`` (or ``hf-dtokd detect-demo``); ``--he
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from transformers.utils import logging as hf_logging
 
 from .config import DTOKDConfig
 from .data import SHAPE_CLASSES, load_shapes_splits
+from .demo import write_summary
 from .detection_inputs import DetectionTransform, collate_detection
 from .detection_kd import DetectionKDTrainer
 from .detection_metrics import DetectionMetrics
@@ -199,20 +199,7 @@ def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
     table = format_table(teacher, results, demo)
     histories = {r["run"]: r["log_history"] for r in results if r["method"] == "dto"}
     plot = plot_tradeoff(histories, output_dir / "tradeoff.png") if histories else "no plot (no DTO-KD run)"
-    summary = {
-        "arguments": asdict(demo),
-        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads()},
-        "teacher": teacher,
-        "students": results,
-        "total_wall_seconds": time.perf_counter() - start,
-        "table": table,
-    }
-    (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    (output_dir / "results.md").write_text(table + "\n")
-    print(table)
-    print(f"\nwrote {output_dir / 'results.json'}, {output_dir / 'results.md'} and {plot} "
-          f"({summary['total_wall_seconds']:.0f} s in all)")  # fmt: skip
-    return summary
+    return write_summary(output_dir, asdict(demo), teacher, results, table, plot, start)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,8 +20,6 @@ argument (``hf-dtokd-classify run.json``).
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +34,7 @@ from ..losses import DEIT_DISTILLATION
 from ..modeling import load_image_classifier, load_image_processor
 from ..projectors import PROJECTORS
 from ..trainer import DTOKDTrainer
-from .common import train_evaluate_publish
+from .common import parse_script_args, train_evaluate_publish
 
 SIGNALS = ("logits", "features", "deit_token")
 
@@ -145,12 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "Model and data flags first, then every DTOKDConfig / TrainingArguments field. A single JSON file with "
         "the same keys may replace all flags.",
     )
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, config = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, config = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING)
+    model_args, data_args, config = parse_script_args(parser, argv)
 
     splits = load_splits(data_args)
     labels = splits[data_args.train_split].features["label"].names

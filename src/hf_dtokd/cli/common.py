@@ -1,10 +1,24 @@
-"""What the example scripts share: train, save, evaluate, then push or write the model card."""
+"""What the example scripts share: parsing, then train, save, evaluate, and push or write the model card."""
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from typing import Any
 
-from transformers import Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+
+def parse_script_args(parser: HfArgumentParser, argv: list[str] | None) -> tuple[Any, ...]:
+    """Flags, or one JSON file with the same keys as the only argument; sets the log level from the config."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        parsed = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO if parsed[-1].should_log else logging.WARNING)
+    return tuple(parsed)
 
 
 def train_evaluate_publish(

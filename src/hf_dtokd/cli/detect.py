@@ -20,8 +20,6 @@ run_object_detection.py expects. Every model, data and DTOKDConfig field is a fl
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +32,7 @@ from ..detection_inputs import DetectionTransform
 from ..detection_kd import DetectionKDTrainer
 from ..detection_models import DETECTION_HEADS, build_detector, detection_processor, load_object_detector
 from ..modeling import load_image_processor
-from .common import train_evaluate_publish
+from .common import parse_script_args, train_evaluate_publish
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prog="hf-dtokd-detect",
         description="Distil an object detector (DETR family) from a teacher detector with DTO-KD or a baseline.",
     )
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, config = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, config = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(level=logging.INFO if config.should_log else logging.WARNING)
+    model_args, data_args, config = parse_script_args(parser, argv)
 
     generated = data_args.dataset_name is None
     splits = load_detection_splits(data_args, model_args.image_size or 64)
