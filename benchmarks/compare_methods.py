@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from hf_dtokd.losses import IGNORE_INDEX
+
 RESULTS = Path(__file__).parent / "results"
 BASELINE = "fixed_0.5"
 ROWS = (
@@ -59,6 +61,14 @@ class CompareArguments:
     folds: int = field(default=5, metadata={"help": "Stratified folds of the 1,797 digits (>= 2)."})
     seeds: int = field(default=3, metadata={"help": "Seeds per fold (subset, init, data order)."})
     labelled_per_class: int = field(default=20, metadata={"help": "Labelled training images per class."})
+    unlabelled_pool: bool = field(
+        default=True,
+        metadata={
+            "help": "KD runs also see the rest of the fold's pool, unlabelled (label -100: distillation loss "
+            "only), the teacher labelling a transfer set; False: every run sees the labelled subset only. "
+            "no_kd always trains on the labelled subset (an unlabelled image carries no signal without a teacher)."
+        },
+    )
     max_steps: int = field(default=600, metadata={"help": "Optimizer steps of every student run."})
     batch_size: int = field(default=32, metadata={"help": "Student batch size."})
     learning_rate: float = field(
@@ -115,11 +125,25 @@ def processed(folds: int, fold: int, which: str, size: int) -> Any:
     return preprocess_images(pool if which == "pool" else test, processor)
 
 
-def labelled_subset(dataset: Any, per_class: int, seed: int) -> Any:
+def labelled_indices(dataset: Any, per_class: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     labels = np.asarray(dataset["label"])
     chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in np.unique(labels)]
-    return dataset.select(np.sort(np.concatenate(chosen)))
+    return np.sort(np.concatenate(chosen))
+
+
+def training_set(dataset: Any, per_class: int, seed: int, unlabelled_pool: bool) -> Any:
+    """The labelled subset alone, or the whole pool with every other image's label set to -100."""
+    chosen = labelled_indices(dataset, per_class, seed)
+    if not unlabelled_pool:
+        return dataset.select(chosen)
+    from datasets import Value
+
+    keep = np.zeros(len(dataset), dtype=bool)
+    keep[chosen] = True
+    masked = np.where(keep, np.asarray(dataset["label"]), IGNORE_INDEX)
+    pool = dataset.remove_columns("label").add_column("label", masked.tolist())
+    return pool.cast_column("label", Value("int64")).with_format("torch")
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -197,7 +221,8 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
     hf_logging.set_verbosity_error()
     run_seed = 1000 * fold + seed
     _, _, names = fold_data(args.folds, fold)
-    train = labelled_subset(processed(args.folds, fold, "pool", 32), args.labelled_per_class, run_seed)
+    train = training_set(processed(args.folds, fold, "pool", 32), args.labelled_per_class, run_seed,
+                         args.unlabelled_pool and row != "no_kd")  # fmt: skip
     test = processed(args.folds, fold, "test", 32)
     is_dot_sgd = row == "dot"
     common = dict(
@@ -328,11 +353,16 @@ def markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
             f"{r['seconds_per_step']:.3f} | {pi} | {conflict} |"
         )
     teachers = ", ".join(pct(t) for t in summary["teacher_top1_per_fold"])
+    pool = (
+        ", KD runs also distilling on the rest of the fold's pool, unlabelled (no_kd: the labelled images only)"
+        if args.unlabelled_pool
+        else ""
+    )
     lines += [
         "",
         f"Digits, {args.folds} stratified folds x {args.seeds} seeds; student ViT {args.student_layers}x"
         f"{args.student_width}, patch {args.student_patch} (32 px) trained on {args.labelled_per_class} labelled images per class for "
-        f"{args.max_steps} steps (batch {args.batch_size}, AdamW {args.learning_rate}, cosine; DOT-SGD: SGD "
+        f"{args.max_steps} steps{pool} (batch {args.batch_size}, AdamW {args.learning_rate}, cosine; DOT-SGD: SGD "
         f"{args.sgd_learning_rate}); teacher ResNet (24 px) per fold, top-1 {teachers}. T = {args.temperature}, "
         "alpha = 0.5 for DOT, every other hyper-parameter at its library default.",
     ]

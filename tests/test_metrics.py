@@ -18,3 +18,13 @@ def test_top5_only_with_more_than_five_classes():
     assert few == {"top1": 1.0}
     many = classification_metrics(EvalPrediction(predictions=np.eye(10), label_ids=np.roll(np.arange(10), 1)))
     assert many["top1"] == 0.0 and "top5" in many
+
+
+def test_unlabelled_rows_are_left_out_and_an_all_unlabelled_set_is_refused():
+    logits = np.eye(4)
+    metrics = classification_metrics(
+        EvalPrediction(predictions=logits, label_ids=np.array([0, -100, 1, -100]))
+    )
+    assert metrics == {"top1": 0.5}  # row 0 right, row 2 (label 1, argmax 2) wrong
+    with pytest.raises(ValueError, match="unlabelled"):
+        classification_metrics(EvalPrediction(predictions=logits, label_ids=np.full(4, -100)))

@@ -62,6 +62,14 @@ class DTOKDConfig(TrainingArguments):
             "index whose logit stands for it (length = student num_labels)."
         },
     )
+    teacher_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the teacher over train_dataset once (Dataset.map) and read its logits from a "
+            "'teacher_logits' column at every step instead of running it. For datasets without random "
+            "augmentation: an on-the-fly transform is refused. Logit distillation only."
+        },
+    )
     temperature: float = field(
         default=4.0, metadata={"help": "Distillation temperature T > 0 of the logit KL (scaled by T^2)."}
     )

@@ -58,6 +58,8 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         and ``compute_metrics`` to ``DetectionMetrics`` (mAP, mAP50, mAP75, per-class AP).
     """
 
+    supports_teacher_cache = False  # the objectives need the teacher's features / boxes every step
+
     losses_from_logits = False
 
     def __init__(

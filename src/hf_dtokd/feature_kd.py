@@ -59,6 +59,8 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         Everything else as for [`DTOKDTrainer`]; ``model`` is the student itself.
     """
 
+    supports_teacher_cache = False  # the objectives need the teacher's features / boxes every step
+
     losses_from_logits = False
     teacher_forward_kwargs = {"output_hidden_states": True}
 

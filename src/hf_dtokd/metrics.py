@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from transformers import EvalPrediction
 
+from .losses.classification import IGNORE_INDEX
+
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Share of rows whose label has fewer than k logits strictly above it (ties go to the label)."""
@@ -17,12 +19,19 @@ def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 def classification_metrics(prediction: EvalPrediction) -> dict[str, float]:
-    """``top1`` always, ``top5`` when there are more than 5 classes."""
+    """``top1`` always, ``top5`` when there are more than 5 classes; rows labelled -100 are left out."""
     logits = prediction.predictions
     if isinstance(logits, tuple):
         logits = logits[0]
     labels = np.asarray(prediction.label_ids).reshape(-1)
-    metrics = {"top1": top_k_accuracy(np.asarray(logits), labels, 1)}
-    if np.asarray(logits).shape[-1] > 5:
-        metrics["top5"] = top_k_accuracy(np.asarray(logits), labels, 5)
+    logits = np.asarray(logits)
+    labelled = labels != IGNORE_INDEX  # unlabelled rows (-100) have nothing to score against
+    if not labelled.any():
+        raise ValueError(
+            f"every evaluation label is {IGNORE_INDEX} (unlabelled); evaluate on a dataset with class labels"
+        )
+    logits, labels = logits[labelled], labels[labelled]
+    metrics = {"top1": top_k_accuracy(logits, labels, 1)}
+    if logits.shape[-1] > 5:
+        metrics["top5"] = top_k_accuracy(logits, labels, 5)
     return metrics

@@ -59,7 +59,7 @@ from .checkpoints import (
 )
 from .config import DTOKDConfig
 from .gradients import WindowGradients
-from .losses import logit_kd_loss, task_cross_entropy
+from .losses import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
 from .metrics import classification_metrics
 from .model_card import CARD_TAGS, distillation_section
 from .modeling import (
@@ -78,6 +78,7 @@ from .representation import (
     representation_gram,
     resolve_representation_layer,
 )
+from .teacher_cache import TEACHER_LOGITS, add_teacher_logits, check_cacheable
 from .teacher_inputs import PixelSpace, TeacherInputConverter
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,9 @@ class DTOKDTrainer(Trainer):
     #: logits): ``representation_layer="auto"`` then takes the logits. Subclasses whose losses read
     #: other activations set it to False, and "auto" takes the family's last shared layer.
     losses_from_logits: bool = True
+
+    #: Whether ``teacher_cache=True`` applies: the objectives need only ``teacher_signal``'s logits.
+    supports_teacher_cache: bool = True
 
     #: Extra keyword arguments of the teacher's forward (feature distillation asks for hidden states).
     teacher_forward_kwargs: dict[str, Any] = {}
@@ -194,6 +198,8 @@ class DTOKDTrainer(Trainer):
             self.add_callback(TradeoffPlotCallback())
         if self.train_dataset is not None:
             self._check_dataset_labels(self.train_dataset, "train_dataset")
+        if args.teacher_cache:
+            self.train_dataset = self._cache_teacher_logits(self.train_dataset)
 
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._nonfinite_losses = torch.zeros((), dtype=torch.long, device=self.args.device)
@@ -232,6 +238,26 @@ class DTOKDTrainer(Trainer):
             PixelSpace.from_processor(student_processor), PixelSpace.from_processor(teacher_processor)
         )
         return None if converter.is_identity else converter
+
+    def _cache_teacher_logits(self, dataset: Any) -> Any:
+        """``teacher_cache=True``: ``dataset`` with the teacher's logits (as a live step computes them) as a column."""
+        if not self.supports_teacher_cache:
+            raise ValueError(
+                f"teacher_cache=True caches the teacher's logits, but {type(self).__name__} needs more of the "
+                "teacher at every step (features / boxes); set teacher_cache=False"
+            )
+        if dataset is None:
+            raise ValueError("teacher_cache=True needs a train_dataset to cache the teacher's logits for")
+        check_cacheable(dataset, self.data_collator)
+        columns = ["pixel_values", *([TEACHER_PIXELS] if TEACHER_PIXELS in dataset.column_names else [])]
+
+        def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self._teacher_logits({"pixel_values": batch["pixel_values"]}, batch.get(TEACHER_PIXELS))
+
+        with self.args.main_process_first(desc="teacher cache"):
+            return add_teacher_logits(
+                dataset, logits, columns, self.args.per_device_eval_batch_size, self.args.device
+            )
 
     def _check_objectives(self) -> None:
         names = self.objective_names
@@ -289,17 +315,18 @@ class DTOKDTrainer(Trainer):
         if values.size == 0:
             return
         n = num_labels(self.accelerator.unwrap_model(self.model))
-        bad = values[(values < 0) | (values >= n)]
+        bad = values[((values < 0) & (values != IGNORE_INDEX)) | (values >= n)]
         if bad.size:
             raise ValueError(
                 f"{where} holds label {bad.flat[0]} outside [0, {n}) for a student with num_labels={n}; "
-                "fix the labels or build the student with the dataset's number of classes"
+                "fix the labels or build the student with the dataset's number of classes (an unlabelled "
+                f"example, distilled only, takes the label {IGNORE_INDEX})"
             )
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         # the labels are ours to read even when the student's forward takes none (e.g. DeiT's two-head model)
-        for column in (TEACHER_PIXELS, *LABEL_COLUMNS):
+        for column in (TEACHER_PIXELS, TEACHER_LOGITS, *LABEL_COLUMNS):
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
 
@@ -387,7 +414,11 @@ class DTOKDTrainer(Trainer):
             outputs = model(**student_inputs)
         if self._capture is not None:
             self._capture.active = False
-        teacher_logits = self._teacher_logits(student_inputs, teacher_pixels)
+        cached = student_inputs.pop(TEACHER_LOGITS, None)
+        if cached is not None and self.args.teacher_cache:
+            teacher_logits = cached
+        else:
+            teacher_logits = self._teacher_logits(student_inputs, teacher_pixels)
         losses = self.objective_losses(outputs, teacher_logits, labels)
         self._window_losses += losses.detach() / steps
 
@@ -562,6 +593,7 @@ class DTOKDTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         inputs.pop(TEACHER_PIXELS, None)
+        inputs.pop(TEACHER_LOGITS, None)
         outputs = model(**inputs)
         loss = task_cross_entropy(classification_logits(outputs), labels, self.args.label_smoothing_factor)
         return (loss, outputs) if return_outputs else loss

@@ -46,3 +46,20 @@ def test_cross_entropy_with_label_smoothing(smoothing):
     expected = -np.mean(np.sum(target * log_p, axis=1))
     got = task_cross_entropy(torch.tensor(z, dtype=torch.float32), torch.tensor(y), smoothing)
     assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cross_entropy_leaves_out_unlabelled_examples():
+    rng = np.random.default_rng(2)
+    z, y = rng.standard_normal((6, 5)), rng.integers(0, 5, 6)
+    y[[1, 4]] = -100
+    kept = [0, 2, 3, 5]
+    expected = -np.mean(np.log(np_softmax(z))[kept, y[kept]])
+    got = task_cross_entropy(torch.tensor(z, dtype=torch.float32), torch.tensor(y))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cross_entropy_of_an_unlabelled_batch_is_zero_with_zero_gradient():
+    z = torch.randn(4, 5, requires_grad=True)
+    loss = task_cross_entropy(z, torch.full((4,), -100), label_smoothing=0.1)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(z.grad) == 0

@@ -1,6 +1,6 @@
 """Distillation signals and task losses, each a named scalar computed in float32."""
 
-from .classification import logit_kd_loss, task_cross_entropy
+from .classification import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
 from .deit_token import DEIT_DISTILLATION, deit_token_losses, hard_distillation_loss
 from .detection import (
     box_kd_loss,
@@ -23,4 +23,5 @@ __all__ = [
     "hard_distillation_loss",
     "logit_kd_loss",
     "task_cross_entropy",
+    "IGNORE_INDEX",
 ]

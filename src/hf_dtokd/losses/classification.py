@@ -10,12 +10,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+#: A label that marks an unlabelled example (transformers' and PyTorch's ignore index): it gets the
+#: distillation loss but no task loss, the semi-supervised setting where the teacher labels a transfer set.
+IGNORE_INDEX = -100
+
 
 def task_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Cross-entropy ``mean_b CE(z_b, y_b)`` with optional label smoothing, in float32."""
-    return F.cross_entropy(logits.float(), labels, reduction="mean", label_smoothing=label_smoothing)
+    """Cross-entropy ``mean_{b: y_b != -100} CE(z_b, y_b)`` with optional label smoothing, in float32.
+
+    Examples labelled ``IGNORE_INDEX`` are left out of the mean. A micro-batch with no labelled example
+    gives 0 with a zero gradient (``F.cross_entropy`` would give 0 / 0 = NaN). Under gradient accumulation
+    and DDP the task loss is each micro-batch's own labelled mean, averaged like the distillation loss:
+    the mean of micro-batch means, not the mean over the window's labelled examples when their counts differ.
+    """
+    total = F.cross_entropy(
+        logits.float(), labels, reduction="sum", ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+    )
+    # sum / count without a host sync; an all-ignored batch is 0 / 1 with a zero gradient
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def logit_kd_loss(
