@@ -41,7 +41,9 @@ def test_cached_logits_train_like_the_live_teacher_and_the_teacher_is_not_run(tm
 def test_the_column_holds_the_mapped_teacher_logits_of_each_row(tmp_path):
     data = random_images(12)
     teacher = tiny_resnet(num_labels=6)
-    args = tiny_args(tmp_path, teacher_cache=True, teacher_label_indices=[5, 0, 3, 1], per_device_eval_batch_size=5)
+    args = tiny_args(
+        tmp_path, teacher_cache=True, teacher_label_indices=[5, 0, 3, 1], per_device_eval_batch_size=5
+    )
     trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=teacher, args=args, train_dataset=data)
     column = trainer.train_dataset[:][TEACHER_LOGITS]
     with torch.no_grad():
@@ -65,6 +67,8 @@ def test_per_epoch_pixels_and_other_signals_are_refused(tmp_path):
         DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args,
                      train_dataset=torch.utils.data.TensorDataset(torch.zeros(2)))  # fmt: skip
     with pytest.raises(ValueError, match="needs more of the teacher"):
-        FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(8))
+        FeatureKDTrainer(
+            model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(8)
+        )
     with pytest.raises(ValueError, match="needs a train_dataset"):
         DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args)
