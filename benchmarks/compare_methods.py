@@ -78,7 +78,17 @@ class CompareArguments:
     temperature: float = field(default=4.0, metadata={"help": "Distillation temperature of every KD run."})
     eval_steps: int = field(default=50, metadata={"help": "Evaluate the student every this many steps."})
     teacher_steps: int = field(default=300, metadata={"help": "Optimizer steps of each fold's teacher."})
-    student_width: int = field(default=64, metadata={"help": "ViT student hidden size."})
+    student_family: str = field(
+        default="resnet",
+        metadata={
+            "help": "'resnet': a ResNet of stage widths width/4, width/2, width (one basic block each); 'vit': a "
+            "ViT of student_layers x width, patch student_patch (the DeiT-token rows need it).",
+            "choices": ["resnet", "vit"],
+        },
+    )
+    student_width: int = field(
+        default=32, metadata={"help": "Student width (ViT hidden size, ResNet last stage)."}
+    )
     student_layers: int = field(default=2, metadata={"help": "ViT student depth."})
     student_patch: int = field(default=8, metadata={"help": "ViT student patch size (32 px images)."})
     workers: int = field(default=2, metadata={"help": "Runs in parallel (one torch thread each)."})
@@ -93,6 +103,8 @@ class CompareArguments:
             raise ValueError(f"rows must include the baseline {BASELINE!r}")
         if self.folds < 2 or self.seeds < 1 or self.labelled_per_class < 1:
             raise ValueError("folds must be >= 2, seeds and labelled_per_class >= 1")
+        if self.student_family != "vit" and any(split_row(r)[0].startswith("deit_") for r in self.rows):
+            raise ValueError("the DeiT-token rows need a ViT student: pass --student_family vit")
         if self.max_steps < 1 or self.eval_steps < 1 or self.teacher_steps < 1:
             raise ValueError("max_steps, eval_steps and teacher_steps must be >= 1")
 
@@ -181,16 +193,26 @@ def train_teacher(args: CompareArguments, fold: int) -> float:
 
 
 def build_student(args: CompareArguments, seed: int, names: list[str], two_head: bool = False) -> Any:
-    """The ViT student; ``two_head``: a DeiT of the same shape with a distillation token and head."""
+    """The student; ``two_head``: a DeiT of the ViT's shape with a distillation token and head."""
     import torch
     from transformers import (
         DeiTConfig,
         DeiTForImageClassificationWithTeacher,
+        ResNetConfig,
+        ResNetForImageClassification,
         ViTConfig,
         ViTForImageClassification,
     )
 
     torch.manual_seed(seed)
+    labels = dict(
+        num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    if args.student_family == "resnet":
+        width = args.student_width
+        config = ResNetConfig(embedding_size=width // 4, hidden_sizes=[width // 4, width // 2, width], depths=[1, 1, 1],
+                              layer_type="basic", downsample_in_first_stage=False, **labels)  # fmt: skip
+        return ResNetForImageClassification(config)
     config = (DeiTConfig if two_head else ViTConfig)(
         image_size=32, patch_size=args.student_patch, hidden_size=args.student_width, num_hidden_layers=args.student_layers,
         num_attention_heads=4, intermediate_size=2 * args.student_width, hidden_dropout_prob=0.0,
@@ -323,6 +345,13 @@ def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]
     return [(s, statistics.fmean(d[s] for d in lookup)) for s in steps]
 
 
+def student_description(args: CompareArguments) -> str:
+    if args.student_family == "vit":
+        return f"ViT {args.student_layers}x{args.student_width}, patch {args.student_patch} (32 px)"
+    w = args.student_width
+    return f"ResNet {w // 4}-{w // 2}-{w} (one basic block per stage, 32 px)"
+
+
 def markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
     def pct(x: float) -> str:
         return f"{100 * x:.1f}"
@@ -360,8 +389,7 @@ def markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        f"Digits, {args.folds} stratified folds x {args.seeds} seeds; student ViT {args.student_layers}x"
-        f"{args.student_width}, patch {args.student_patch} (32 px) trained on {args.labelled_per_class} labelled images per class for "
+        f"Digits, {args.folds} stratified folds x {args.seeds} seeds; student {student_description(args)} trained on {args.labelled_per_class} labelled images per class for "
         f"{args.max_steps} steps{pool} (batch {args.batch_size}, AdamW {args.learning_rate}, cosine; DOT-SGD: SGD "
         f"{args.sgd_learning_rate}); teacher ResNet (24 px) per fold, top-1 {teachers}. T = {args.temperature}, "
         "alpha = 0.5 for DOT, every other hyper-parameter at its library default.",

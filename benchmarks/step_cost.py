@@ -1,10 +1,13 @@
 """Step cost of every trade-off method and gradient placement, as a ratio to plain weighted-sum KD.
 
 Plain KD (``method="fixed"``: one backward of ``alpha L_distill + (1 - alpha) L_task``) is the floor.
-Every variant trains the same student with the same teacher and batch (random 32 px pixels cost
-the same as real ones) on this machine's device. Setups: two ViT students (the demo's 0.14 M and a
-~5 M one) x two ResNet teachers (the demo's and a ResNet-18). The tiny student runs every variant;
-the 5 M one a representative subset (``BIG_VARIANTS``) to keep the run short.
+Every variant trains the same student with the same teacher and batch (random pixels cost the same
+as real ones) on this machine's device. Setups (``SETUPS``): at the digits' 32 px, two ViT students
+(the demo's 0.14 M and a ~5 M one) x two ResNet teachers (the demo's and a ResNet-18); at ImageNet's
+224 px, a DeiT-Tiny-shaped student (5.5 M) x a ResNet-18 and a ResNet-50 teacher, the usual distillation
+setting where the teacher costs more than the student's forward. The tiny student runs every variant;
+the others a representative subset (``BIG_VARIANTS``, ``TARGET_VARIANTS``) to keep the run short.
+``--setups`` with ``--merge`` re-measures some setups and keeps the others' rows from the results file.
 
 Timing: each repeat runs a short training of every variant in turn (interleaved, so machine noise
 hits all alike); a callback times each optimizer step from ``on_step_begin`` to ``on_step_end``
@@ -85,6 +88,7 @@ def variants() -> dict[str, dict[str, Any]]:
                 "method": method,
                 "gradient_placement": "representation",
             }
+    table["fixed, teacher_cache"] = {"method": "fixed", "teacher_cache": True}
     table["uncertainty"] = {"method": "uncertainty"}
     table["dot"] = {"method": "dot"}
     table["dot_adamw"] = {"method": "dot_adamw"}
@@ -105,6 +109,10 @@ TARGETS = (
     ("amortized, next-batch look-ahead", "dto_amortized, next-batch look-ahead", 1.05),
     ("DOT", "dot", 1.5),
 )
+
+TARGET_VARIANTS = (
+    "fixed", "no_kd", "fixed, teacher_cache", *(variant for _, variant, _ in TARGETS),
+)  # fmt: skip
 
 BIG_VARIANTS = (
     "fixed", "no_kd", "dto @ parameters", "dto @ representation (logits)", "dto_amortized, same-batch look-ahead",
@@ -132,8 +140,31 @@ def resnet18() -> ResNetForImageClassification:
     return ResNetForImageClassification(config)
 
 
-STUDENTS = {"vit_tiny": tiny_student, "vit_5m": vit_5m}
-TEACHERS = {"resnet_demo": lambda: build_teacher(LABELS), "resnet18": resnet18}
+def deit_tiny_224() -> ViTForImageClassification:
+    """DeiT-Tiny's shape (12 x 192, 3 heads, patch 16, 224 px): 5.5 M parameters."""
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+        intermediate_size=768, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=len(LABELS),
+    )  # fmt: skip
+    return ViTForImageClassification(config)
+
+
+def resnet50() -> ResNetForImageClassification:
+    torch.manual_seed(1234)
+    config = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
+                          layer_type="bottleneck", num_labels=len(LABELS))  # fmt: skip
+    return ResNetForImageClassification(config)
+
+
+STUDENTS = {"vit_tiny": tiny_student, "vit_5m": vit_5m, "deit_tiny_224": deit_tiny_224}
+TEACHERS = {"resnet_demo": lambda: build_teacher(LABELS), "resnet18": resnet18, "resnet50": resnet50}
+IMAGE_SIZES = {"vit_tiny": 32, "vit_5m": 32, "deit_tiny_224": 224}
+STUDENT_VARIANTS = {"vit_tiny": None, "vit_5m": BIG_VARIANTS, "deit_tiny_224": TARGET_VARIANTS}  # None: all
+SETUPS = (
+    "vit_tiny+resnet_demo", "vit_tiny+resnet18", "vit_5m+resnet_demo", "vit_5m+resnet18",
+    "deit_tiny_224+resnet18", "deit_tiny_224+resnet50",
+)  # fmt: skip
 
 
 @dataclass
@@ -144,13 +175,15 @@ class StepCostArguments:
     steps: int = field(default=6, metadata={"help": "Optimizer steps per variant per repeat."})
     warmup: int = field(default=2, metadata={"help": "Steps dropped at the start of every run."})
     batch: int = field(default=64, metadata={"help": "Batch size with the tiny student."})
-    big_batch: int = field(default=32, metadata={"help": "Batch size with the 5 M student."})
+    big_batch: int = field(default=32, metadata={"help": "Batch size with the 5 M student (32 px)."})
+    deit_batch: int = field(default=16, metadata={"help": "Batch size with the 224 px DeiT-Tiny student."})
     memory_steps: int = field(default=4, metadata={"help": "Steps of each memory-measuring process."})
-    students: list[str] = field(
-        default_factory=lambda: list(STUDENTS), metadata={"help": f"Among {list(STUDENTS)}."}
+    setups: list[str] = field(
+        default_factory=lambda: list(SETUPS), metadata={"help": f"student+teacher pairs among {SETUPS}."}
     )
-    teachers: list[str] = field(
-        default_factory=lambda: list(TEACHERS), metadata={"help": f"Among {list(TEACHERS)}."}
+    merge: bool = field(
+        default=False,
+        metadata={"help": "Keep the rows of setups not run now from the existing step_cost.json."},
     )
     only: list[str] = field(
         default_factory=list, metadata={"help": "Run only these variants (default: all)."}
@@ -168,22 +201,21 @@ class StepCostArguments:
             raise ValueError(f"--only must include the floor {FLOOR!r} (every ratio is to it)")
         if self.steps - self.warmup < 1 or self.repeats < 1:
             raise ValueError("steps must exceed warmup and repeats must be >= 1")
-        unknown = [s for s in self.students if s not in STUDENTS] + [
-            t for t in self.teachers if t not in TEACHERS
-        ]
+        unknown = [s for s in self.setups if s not in SETUPS]
         if unknown:
-            raise ValueError(
-                f"unknown students/teachers {unknown}; valid: {list(STUDENTS)} / {list(TEACHERS)}"
-            )
+            raise ValueError(f"unknown setups {unknown}; valid: {list(SETUPS)}")
+
+    def batch_of(self, student: str) -> int:
+        return {"vit_tiny": self.batch, "vit_5m": self.big_batch, "deit_tiny_224": self.deit_batch}[student]
 
 
-def random_pixels(n: int) -> Dataset:
+def random_pixels(n: int, size: int = 32) -> Dataset:
     rng = np.random.default_rng(0)
     features = Features(
-        {"pixel_values": Array3D((3, 32, 32), "float32"), "labels": ClassLabel(num_classes=10)}
+        {"pixel_values": Array3D((3, size, size), "float32"), "labels": ClassLabel(num_classes=10)}
     )
     data = {
-        "pixel_values": rng.standard_normal((n, 3, 32, 32)).astype(np.float32),
+        "pixel_values": rng.standard_normal((n, 3, size, size)).astype(np.float32),
         "labels": rng.integers(0, 10, n),
     }
     return Dataset.from_dict(data, features=features).with_format("torch")
@@ -215,7 +247,7 @@ def build_trainer(name: str, student: str, teacher: torch.nn.Module, steps: int,
         output_dir="/tmp/hf_dtokd_step_cost", use_cpu=not torch.cuda.is_available(), per_device_train_batch_size=batch,
         max_steps=steps, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10_000, seed=0,
     )  # fmt: skip
-    model, data = STUDENTS[student](), random_pixels(batch * steps)
+    model, data = STUDENTS[student](), random_pixels(batch * steps, IMAGE_SIZES[student])
     if settings.pop("no_kd", False):
         return Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=callbacks)
     trainer_class = TwoTemperatures if settings.pop("trainer", None) == "three" else DTOKDTrainer
@@ -319,7 +351,7 @@ def time_setup(
     student: str, teacher_name: str, names: list[str], args: StepCostArguments
 ) -> list[dict[str, Any]]:
     teacher = TEACHERS[teacher_name]()
-    batch = args.batch if student == "vit_tiny" else args.big_batch
+    batch = args.batch_of(student)
     times: dict[str, list[list[float]]] = {n: [] for n in names}  # one list of step times per repeat
     teacher_share: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.repeats):
@@ -342,59 +374,66 @@ def time_setup(
         median = medians[name]
         rows.append({
             "student": student, "teacher": teacher_name, "batch": batch, "variant": name,
+            "image_size": IMAGE_SIZES[student], "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup,
             "median_step_ms": 1000 * median, "ratio_to_plain_kd": median / floor, "steps_measured": sum(map(len, times[name])),
             "teacher_share": statistics.median(teacher_share[name]) if teacher_share[name] else None,
         })  # fmt: skip
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], memory: dict[str, dict[str, dict[str, float]]], info: dict[str, Any],
-             args: StepCostArguments) -> str:  # fmt: skip
-    params = {s: sum(p.numel() for p in STUDENTS[s]().parameters()) / 1e6 for s in args.students}
-    teacher_params = {t: sum(p.numel() for p in TEACHERS[t]().parameters()) / 1e6 for t in args.teachers}
+def markdown(
+    rows: list[dict[str, Any]], memory: dict[str, dict[str, dict[str, float]]], info: dict[str, Any]
+) -> str:
+    """The targets table (every setup in ``rows``) and one table per student (a column per teacher)."""
+    setups = list(dict.fromkeys((r["student"], r["teacher"]) for r in rows))
+    students = list(dict.fromkeys(student for student, _ in setups))
+    params = {s: sum(p.numel() for p in STUDENTS[s]().parameters()) / 1e6 for s in students}
+    teachers = list(dict.fromkeys(teacher for _, teacher in setups))
+    teacher_params = {t: sum(p.numel() for p in TEACHERS[t]().parameters()) / 1e6 for t in teachers}
     device = f"GPU {info['gpu']}" if info["gpu"] else f"CPU only, {info['torch_threads']} torch threads"
-    setups = [(s, t) for s in args.students for t in args.teachers]
     lines = [
         f"Machine: {info['cpu']} ({info['cores']} cores), {device}, torch {info['torch']}. Median step over "
-        f"{args.repeats} interleaved repeats (median of repeat medians) x {args.steps - args.warmup} steps "
-        f"(after {args.warmup} warm-up). "
-        "Students: "
-        + ", ".join(f"{s} ({p:.2f} M params)" for s, p in params.items())
+        "interleaved repeats (median of repeat medians; repeats and steps per student below). Students: "
+        + ", ".join(f"{s} ({p:.2f} M params, {IMAGE_SIZES[s]} px)" for s, p in params.items())
         + "; teachers: "
         + ", ".join(f"{t} ({p:.2f} M)" for t, p in teacher_params.items())
-        + "; 32 px inputs. Memory: extra "
+        + ". Memory: extra "
         + ("CUDA memory allocated" if info["gpu"] else "peak RSS")
-        + " during training over the idle trainer (tiny teacher; fresh process per variant).",
+        + " during training over the idle trainer (resnet_demo teacher; fresh process per variant).",
         "",
         "| target (ratio to plain KD) | limit | " + " | ".join(f"{s} + {t}" for s, t in setups) + " |",
         "|---|---|" + "---|" * len(setups),
     ]
+    by_key = {(r["student"], r["teacher"], r["variant"]): r for r in rows}
     for what, variant, limit in TARGETS:
         cells = []
         for student, teacher in setups:
-            row = next((r for r in rows if (r["student"], r["teacher"], r["variant"]) == (student, teacher, variant)),
-                       None)  # fmt: skip
+            row = by_key.get((student, teacher, variant))
             ratio = None if row is None else row["ratio_to_plain_kd"]
             cells.append(
                 "-" if ratio is None else f"{ratio:.2f}x {'met' if ratio <= limit else '**not met**'}"
             )
         lines.append(f"| {what} (`{variant}`) | <= {limit:.2f}x | " + " | ".join(cells) + " |")
     lines.append("")
-    for student in args.students:
-        names = [r["variant"] for r in rows if r["student"] == student and r["teacher"] == args.teachers[0]]
-        header = " | ".join(f"{t}: ms, ratio, teacher share" for t in args.teachers)
-        lines += [f"**{student}** (batch {next(r['batch'] for r in rows if r['student'] == student)})", "",
+    for student in students:
+        own = [teacher for s, teacher in setups if s == student]
+        names = list(dict.fromkeys(r["variant"] for r in rows if r["student"] == student))
+        first = next(r for r in rows if r["student"] == student)
+        header = " | ".join(f"{t}: ms, ratio, teacher share" for t in own)
+        lines += [f"**{student}** (batch {first['batch']}, {first['image_size']} px; {first['repeats']} repeats x "
+                  f"{first['steps'] - first['warmup']} steps after {first['warmup']} warm-up)", "",
                   f"| variant | {header} | extra memory MiB | state MiB |",
-                  "|---|" + "---|" * len(args.teachers) + "---|---|"]  # fmt: skip
+                  "|---|" + "---|" * len(own) + "---|---|"]  # fmt: skip
         for name in names:
             cells = []
-            for teacher in args.teachers:
-                row = next(
-                    r for r in rows if (r["student"], r["teacher"], r["variant"]) == (student, teacher, name)
-                )
+            for teacher in own:
+                row = by_key.get((student, teacher, name))
+                if row is None:
+                    cells.append("-")
+                    continue
                 share = "-" if row["teacher_share"] is None else f"{100 * row['teacher_share']:.0f}%"
                 cells.append(f"{row['median_step_ms']:.0f}, **{row['ratio_to_plain_kd']:.2f}x**, {share}")
-            mem = memory[student].get(name)
+            mem = memory.get(student, {}).get(name)
             mem_cells = f"{mem['peak_mib']:.1f} | {mem['state_mib']:.2f}" if mem else "- | -"
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {mem_cells} |")
         lines.append("")
@@ -407,32 +446,45 @@ def main() -> None:
         return
     (args,) = HfArgumentParser((StepCostArguments,)).parse_args_into_dataclasses()
     results = Path(args.results_dir)
+    saved_file = results / "step_cost.json"
     if args.render_only:
-        saved = json.loads((results / "step_cost.json").read_text())
-        settings = {k: v for k, v in saved["settings"].items() if k not in ("render_only", "results_dir")}
-        text = markdown(saved["rows"], saved["memory"], saved["machine"], StepCostArguments(**settings))
+        saved = json.loads(saved_file.read_text())
+        text = markdown(saved["rows"], saved["memory"], saved["machine"])
         (results / "step_cost.md").write_text(text)
         print(text)
         return
     info = machine()
     print("machine:", json.dumps(info))
+    setups = [tuple(setup.split("+")) for setup in args.setups]
     rows: list[dict[str, Any]] = []
     memory: dict[str, dict[str, dict[str, float]]] = {}
-    for student in args.students:
-        names = list(variants()) if student == "vit_tiny" else list(BIG_VARIANTS)
-        names = [n for n in names if not args.only or n in args.only]
-        for teacher in args.teachers:
+    if args.merge and saved_file.is_file():
+        saved = json.loads(saved_file.read_text())
+        rows = [r for r in saved["rows"] if (r["student"], r["teacher"]) not in setups]
+        # rows measured before per-row settings were recorded: the run's settings
+        for row in rows:
+            row.setdefault("image_size", IMAGE_SIZES[row["student"]])
+            for key in ("repeats", "steps", "warmup"):
+                row.setdefault(key, saved["settings"][key])
+        kept_students = {r["student"] for r in rows}
+        memory = {s: m for s, m in saved["memory"].items() if s in kept_students}
+    for student in dict.fromkeys(student for student, _ in setups):
+        wanted = STUDENT_VARIANTS[student]
+        names = [n for n in (wanted or variants()) if not args.only or n in args.only]
+        for teacher in [t for s, t in setups if s == student]:
             started = time.perf_counter()
             rows += time_setup(student, teacher, names, args)
             print(f"timed {student} x {teacher}: {time.perf_counter() - started:.0f} s", flush=True)
-        batch = args.batch if student == "vit_tiny" else args.big_batch
+        batch = args.batch_of(student)
         memory[student] = {n: memory_in_fresh_process(n, student, args.memory_steps, batch) for n in names}
         print(f"memory of {student}: done", flush=True)
+    order = {setup: i for i, setup in enumerate(SETUPS)}
+    rows.sort(key=lambda r: order[f"{r['student']}+{r['teacher']}"])  # stable: variants keep their order
     results.mkdir(parents=True, exist_ok=True)
-    (results / "step_cost.json").write_text(
+    saved_file.write_text(
         json.dumps({"machine": info, "settings": vars(args), "rows": rows, "memory": memory}, indent=2)
     )
-    text = markdown(rows, memory, info, args)
+    text = markdown(rows, memory, info)
     (results / "step_cost.md").write_text(text)
     print(text)
 

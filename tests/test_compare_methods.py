@@ -43,11 +43,30 @@ def test_bad_rows_are_refused():
         compare_methods.CompareArguments(rows=["fixed_0.5", "magic"])
     with pytest.raises(ValueError, match="baseline"):
         compare_methods.CompareArguments(rows=["dto"])
+    with pytest.raises(ValueError, match="student_family vit"):
+        compare_methods.CompareArguments(rows=["fixed_0.5", "deit_hard_dto"], student_family="resnet")
+
+
+def test_the_unlabelled_pool_keeps_the_labelled_subset_and_marks_the_rest():
+    from datasets import ClassLabel, Dataset
+
+    labels = [i % 3 for i in range(30)]
+    pool = Dataset.from_dict({"x": list(range(30)), "label": labels}).cast_column(
+        "label", ClassLabel(num_classes=3)
+    )
+    subset = compare_methods.training_set(pool, 2, seed=7, unlabelled_pool=False)
+    whole = compare_methods.training_set(pool, 2, seed=7, unlabelled_pool=True)
+    kept = subset["x"][:]
+    assert len(kept) == 6 and sorted(subset["label"][:]) == [0, 0, 1, 1, 2, 2]
+    assert whole["x"][:].tolist() == list(range(30))  # every image, in order
+    marked = whole["label"][:].tolist()
+    assert [marked[i] for i in kept] == [labels[i] for i in kept]
+    assert all(marked[i] == -100 for i in range(30) if i not in set(kept))
 
 
 def test_signal_rows_run_feature_kd_and_the_deit_token(tmp_path):
     rows = ["fixed_0.5", "feature_vkd_dto", "deit_hard_fixed_0.5"]
-    argv = ["--rows", *rows, "--folds", "2", "--seeds", "1", "--max_steps", "2", "--eval_steps", "1",
+    argv = ["--rows", *rows, "--student_family", "vit", "--folds", "2", "--seeds", "1", "--max_steps", "2", "--eval_steps", "1",
             "--teacher_steps", "2", "--labelled_per_class", "2", "--workers", "1",
             "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results")]  # fmt: skip
     report = compare_methods.main(argv)

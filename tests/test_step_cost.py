@@ -12,9 +12,9 @@ import step_cost  # noqa: E402
 
 
 def test_smoke_run_times_interleaved_variants_and_measures_memory(tmp_path):
-    variants = ["fixed", "dto @ representation (logits)", "no_kd"]
-    command = [sys.executable, str(BENCHMARKS / "step_cost.py"), "--only", *variants, "--students", "vit_tiny",
-               "--teachers", "resnet_demo", "--repeats", "1", "--steps", "3", "--warmup", "1", "--memory_steps", "1",
+    variants = ["fixed", "dto @ representation (logits)", "no_kd", "fixed, teacher_cache"]
+    command = [sys.executable, str(BENCHMARKS / "step_cost.py"), "--only", *variants, "--setups", "vit_tiny+resnet_demo",
+               "--repeats", "1", "--steps", "3", "--warmup", "1", "--memory_steps", "1",
                "--results_dir", str(tmp_path)]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -26,23 +26,35 @@ def test_smoke_run_times_interleaved_variants_and_measures_memory(tmp_path):
     assert (
         0 < rows["dto @ representation (logits)"]["teacher_share"] < 1
         and rows["no_kd"]["teacher_share"] is None
+        and rows["fixed, teacher_cache"]["teacher_share"] is None  # the teacher never runs in a step
     )
     assert (
         saved["memory"]["vit_tiny"]["fixed"]["state_mib"] < 1e-3
     )  # pi and counters only: no gradient buffer
     table = (tmp_path / "step_cost.md").read_text()
     assert "| dto @ representation (logits) |" in table and "<= 1.10x" in table
+    # --merge: measure another setup, keep this one's rows
+    merged = [sys.executable, str(BENCHMARKS / "step_cost.py"), "--only", "fixed", "--setups", "vit_tiny+resnet18",
+              "--merge", *command[command.index("--repeats"):]]  # fmt: skip
+    completed = subprocess.run(merged, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    saved = json.loads((tmp_path / "step_cost.json").read_text())
+    kept = [(r["teacher"], r["variant"]) for r in saved["rows"]]
+    assert sorted(kept[:-1]) == sorted(("resnet_demo", v) for v in variants) and kept[-1] == (
+        "resnet18",
+        "fixed",
+    )
 
 
 def test_target_table_says_which_targets_are_met():
-    args = step_cost.StepCostArguments(students=["vit_tiny"], teachers=["resnet_demo"])
     rows = [
         {"student": "vit_tiny", "teacher": "resnet_demo", "batch": 64, "variant": variant, "median_step_ms": ms,
-         "ratio_to_plain_kd": ms / 100, "steps_measured": 20, "teacher_share": 0.1}
+         "ratio_to_plain_kd": ms / 100, "steps_measured": 20, "teacher_share": 0.1, "image_size": 32, "repeats": 4,
+         "steps": 6, "warmup": 2}
         for variant, ms in [("fixed", 100), ("dto @ representation (logits)", 108), ("dto @ parameters", 160)]
     ]  # fmt: skip
     info = {"cpu": "test cpu", "cores": 2, "torch_threads": 2, "gpu": None, "torch": "x"}
-    table = step_cost.markdown(rows, {"vit_tiny": {}}, info, args)
+    table = step_cost.markdown(rows, {"vit_tiny": {}}, info)
     assert "| <= 1.10x | 1.08x met |" in table
     assert "| <= 1.50x | 1.60x **not met** |" in table
     assert (

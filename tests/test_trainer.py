@@ -328,6 +328,8 @@ def test_unlabelled_examples_are_distilled_only(tmp_path):
         torch.count_nonzero(recorder.grads[empty]) == 0 and torch.count_nonzero(recorder.grads[1 - empty]) > 0
     )
     assert all(math.isfinite(v) for v in train_logs(trainer, "loss"))
+    ratios = train_logs(trainer, "grad_norm_ratio")  # undefined without a task gradient, not inf
+    assert math.isnan(ratios[empty]) and math.isfinite(ratios[1 - empty])
 
 
 # ---------------------------------------------------------------- bad input

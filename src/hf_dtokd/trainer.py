@@ -530,14 +530,19 @@ class DTOKDTrainer(Trainer):
     def _record_gradient_diagnostics(self, gram: torch.Tensor) -> None:
         """Gradient conflict (cosine) and dominance (norm ratio) of each objective against the task."""
         norms = gram.diagonal().sqrt()
-        tiny = torch.finfo(torch.float64).tiny
         task = len(self.objective_names) - 1
+        undefined = torch.full_like(norms[task], float("nan"))
         for index, name in enumerate(self.objective_names[:-1]):
             suffix = "" if name == "distill" else f"_{name}"
+            # undefined (NaN, left out of the logged mean) when a gradient is zero, e.g. a micro-batch whose
+            # examples are all unlabelled has no task gradient
+            both = norms[index] * norms[task]
             self._metrics[f"grad_cos{suffix}"].append(
-                gram[index, task] / (norms[index] * norms[task]).clamp_min(tiny)
+                torch.where(both > 0, gram[index, task] / both, undefined)
             )
-            self._metrics[f"grad_norm_ratio{suffix}"].append(norms[index] / norms[task].clamp_min(tiny))
+            self._metrics[f"grad_norm_ratio{suffix}"].append(
+                torch.where(norms[task] > 0, norms[index] / norms[task], undefined)
+            )
 
     def _weight_decays(self, gradients: WindowGradients) -> list[float]:
         """Per-parameter weight decay under the Trainer's rule (no decay on biases and norm layers)."""
@@ -602,7 +607,9 @@ class DTOKDTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics:
             for name, values in self._metrics.items():
-                logs[name] = torch.stack([v.detach().double() for v in values]).mean().item()
+                stacked = torch.stack([v.detach().double() for v in values])
+                # gradient diagnostics are NaN where undefined (a zero gradient); losses and pi stay plain means
+                logs[name] = (stacked.nanmean() if name.startswith("grad_") else stacked.mean()).item()
             logs["nonfinite_losses"] = int(self._nonfinite_losses.item())
             logs["tradeoff_skipped"] = int(self.balancer.nonfinite_events.item())
             self._metrics.clear()
