@@ -11,8 +11,12 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->``:
 * ``step-cost``: ``benchmarks/results/step_cost.md`` (``python benchmarks/step_cost.py``);
 * ``compare``: ``benchmarks/results/compare_methods.md`` (``python benchmarks/compare_methods.py``),
   and its run time in the sentence before it;
+* ``compare-vit`` (in ``docs/compare_methods.md`` only): the earlier regime's table,
+  ``benchmarks/results/vit_labelled_only/compare_methods.md`` (``--student_family vit --student_width 64
+  --unlabelled_pool False``);
 * ``compare-signals``: ``benchmarks/results/signal_rows/compare_methods.md`` (the signal rows:
-  ``python benchmarks/compare_methods.py --rows fixed_0.5 <SIGNAL_ROWS> --seeds 1 --results_dir
+  ``python benchmarks/compare_methods.py --student_family vit --student_width 64 --unlabelled_pool False
+  --rows fixed_0.5 <SIGNAL_ROWS> --seeds 1 --results_dir
   benchmarks/results/signal_rows``);
 * ``config``: the DTOKDConfig fields with their defaults and help text.
 
@@ -101,6 +105,10 @@ def main() -> None:
             f"(about {minutes:.0f} minutes on 2 cores) runs every method",
             text,
         )
+    earlier = ROOT / "benchmarks" / "results" / "vit_labelled_only" / "compare_methods.md"
+    if earlier.is_file():
+        page = ROOT / "docs" / "compare_methods.md"
+        page.write_text(replace_block(page.read_text(), "compare-vit", earlier.read_text()))
     signal_rows = ROOT / "benchmarks" / "results" / "signal_rows" / "compare_methods.md"
     if signal_rows.is_file():
         text = replace_block(text, "compare-signals", signal_rows.read_text())

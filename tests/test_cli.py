@@ -49,6 +49,7 @@ def test_a_json_file_is_the_single_argument(tmp_path, monkeypatch):
         "model_name_or_path": str(student_dir), "teacher_model_name_or_path": str(teacher_dir),
         "output_dir": str(tmp_path / "out"), "do_train": True, "max_steps": 2, "per_device_train_batch_size": 8,
         "use_cpu": True, "method": "upgrad", "log_gradients": True, "logging_steps": 1, "disable_tqdm": True,
+        "teacher_cache": True,  # the script's datasets are preprocessed with map: cacheable
     }  # fmt: skip
     (tmp_path / "run.json").write_text(json.dumps(settings))
     monkeypatch.chdir(tmp_path)
