@@ -27,6 +27,8 @@ VARIANTS = {
     "uncertainty": ({"method": "uncertainty"}, 8, 16),
     "dto_representation": ({"method": "dto", "gradient_placement": "representation"}, 8, 16),
     "dto_amortized_next_batch": ({"method": "dto_amortized", "look_ahead": "next_batch"}, 8, 16),
+    # each rank caches the whole training set and reads the rows its sampler gives it
+    "dto_teacher_cache": ({"method": "dto", "teacher_cache": True}, 8, 16),
     # gradient accumulation with DDP: 2 processes x 2 micro-batches of 4 = 1 process x 2 micro-batches of 8
     "dto_accumulation": ({"method": "dto", **GA}, 4, 8),
     "dto_amortized_accumulation": ({"method": "dto_amortized", **GA}, 4, 8),

@@ -50,6 +50,7 @@ def make(folder, method="dto", student=tiny_vit, callbacks=(), **overrides):
         ("dot", {}),
         ("dto", {"gradient_placement": "representation"}),
         ("dto_amortized", {"look_ahead": "next_batch"}),  # the previous window's losses are in the checkpoint
+        ("dto", {"teacher_cache": True}),  # the resumed trainer caches again: same logits, same rows
     ],
 )
 def test_a_killed_vit_run_resumed_from_its_last_checkpoint_ends_like_the_uninterrupted_one(
