@@ -12,7 +12,7 @@ import torch
 
 from hf_dtokd import DTOKDTrainer, FeatureKDTrainer
 from hf_dtokd.gradients import WindowGradients
-from tiny import conflicting_pair, random_images, tiny_args, train_logs
+from tiny import conflicting_pair, partly_labelled, random_images, tiny_args, train_logs
 
 GA = {"gradient_accumulation_steps": 2}
 ALL_REDUCE = WindowGradients.all_reduce_mean
@@ -33,6 +33,9 @@ VARIANTS = {
     "dto_accumulation": ({"method": "dto", **GA}, 4, 8),
     "dto_amortized_accumulation": ({"method": "dto_amortized", **GA}, 4, 8),
     "dot_accumulation": ({"method": "dot", **GA}, 4, 8),
+    # 3 labelled images of 16 spread unevenly over 2 ranks x 2 micro-batches: exact window means
+    "dto_unlabelled_accumulation": ({"method": "dto", "unlabelled": True, **GA}, 4, 8),
+    "fixed_unlabelled_accumulation": ({"method": "fixed", "unlabelled": True, **GA}, 4, 8),
     # the student and its projectors as one DDP-wrapped module (StudentWithProjectors)
     "feature_kd_vkd": ({"method": "dto", "trainer": "features"}, 8, 16),
     "feature_kd_vkd_amortized": ({"method": "dto_amortized", "trainer": "features"}, 8, 16),
@@ -47,13 +50,16 @@ def make_trainer(output_dir: str, overrides: dict, batch: int) -> DTOKDTrainer:
     """A variant's trainer on the conflicting pair: DTOKDTrainer, or FeatureKDTrainer (VkD projector)."""
     overrides = dict(overrides)
     kind = overrides.pop("trainer", "logits")
+    data = random_images(16)
+    if overrides.pop("unlabelled", False):
+        data = partly_labelled(data, {0, 1, 2})
     student, teacher = conflicting_pair()
     args = tiny_args(output_dir, temperature=2.0, max_steps=3, per_device_train_batch_size=batch, **overrides)
     if kind == "features":
         torch.manual_seed(5)  # the projector's initialisation
         return FeatureKDTrainer(model=student, teacher_model=teacher, args=args, projector="vkd",
-                                train_dataset=random_images(16))  # fmt: skip
-    return DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(16))
+                                train_dataset=data)  # fmt: skip
+    return DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
 
 
 def main(output_dir: str) -> None:

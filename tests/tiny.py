@@ -61,6 +61,12 @@ def random_images(
     ).with_format("torch")
 
 
+def partly_labelled(dataset: Dataset, labelled: set[int]) -> Dataset:
+    """The rows outside ``labelled`` marked unlabelled (label -100: distillation loss only)."""
+    dataset = dataset.cast_column("labels", Value("int64"))
+    return dataset.map(lambda row, i: {"labels": row["labels"] if i in labelled else -100}, with_indices=True)
+
+
 def conflicting_pair() -> tuple[ViTForImageClassification, ResNetForImageClassification]:
     """A student/teacher pair whose per-loss log-gradients conflict on ``random_images(16)``.
 

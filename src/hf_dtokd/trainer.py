@@ -7,7 +7,8 @@ One optimizer step (an accumulation window of ``n`` micro-batches) runs:
 
 * every micro-batch: the student forward, the frozen teacher forward under ``no_grad``, the
   float32 objective losses (``objective_names``, task last; by default ``(L_distill, L_task)``;
-  per-micro-batch means, divided by ``n``), then
+  per-micro-batch means rescaled to exact window means (``window_means.py``, from the counts taken when
+  the Trainer prefetches the window) and divided by ``n``), then
 
   - gradient methods (``dto``, the torchjd weightings, DOT): ``autograd.grad`` of every objective
     but the last into its buffer (one batched VJP with ``batched_gradients``), then the single
@@ -80,6 +81,7 @@ from .representation import (
 )
 from .teacher_cache import TEACHER_LOGITS, add_teacher_logits, check_cacheable
 from .teacher_inputs import PixelSpace, TeacherInputConverter
+from .window_means import WindowCounts, count_window, micro_batch_scales
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +117,7 @@ class DTOKDTrainer(Trainer):
         (and top-5 with more than five classes) accuracy.
     """
 
-    # Every loss is a per-micro-batch mean that this class divides by the accumulation steps itself.
+    # Every loss is a per-micro-batch mean this class rescales and divides by the accumulation steps itself.
     loss_is_scaled_for_ga = False
 
     #: The objectives, in the order of ``compute_objective_losses``; the task loss is last (its gradient
@@ -205,7 +207,8 @@ class DTOKDTrainer(Trainer):
         self._nonfinite_losses = torch.zeros((), dtype=torch.long, device=self.args.device)
         self._window_gradients: WindowGradients | None = None
         self._window_losses: torch.Tensor | None = None
-        self._window_batches: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
+        self._window_batches: list[tuple[dict[str, Any], Any, torch.Tensor, torch.Tensor | None]] = []
+        self._window_counts: WindowCounts | None = None  # set by get_batch_samples, once per window
         self._window_model: nn.Module | None = None
         self._window_open = False
         self._previous_window_losses: torch.Tensor | None = None  # look_ahead="next_batch"
@@ -397,6 +400,18 @@ class DTOKDTrainer(Trainer):
         return self.accelerator.reduce(tensor.clone(), reduction="mean")
 
     # ------------------------------------------------------------------ the step
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
+        """The Trainer's prefetch of one accumulation window; also counts its examples and labelled examples
+        for exact window means (``window_means.py``). Batches without a ``labels`` tensor (detection
+        targets) are not counted: their losses keep their own normalisation."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._window_counts = count_window(
+            batch_samples, self.accelerator, self.args.average_tokens_across_devices
+        )
+        return batch_samples, num_items_in_batch
+
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
@@ -420,6 +435,10 @@ class DTOKDTrainer(Trainer):
         else:
             teacher_logits = self._teacher_logits(student_inputs, teacher_pixels)
         losses = self.objective_losses(outputs, teacher_logits, labels)
+        scales = None
+        if self._window_counts is not None:  # exact window means whatever the micro-batch counts
+            scales = micro_batch_scales(labels, self._window_counts, len(losses))
+            losses = losses * scales
         self._window_losses += losses.detach() / steps
 
         if self._representation_layer is not None:
@@ -440,7 +459,7 @@ class DTOKDTrainer(Trainer):
             backward(self.accelerator, (weights * losses).sum() / steps)
             logged = (weights * losses.detach()).sum() / steps
             if self.balancer.needs_look_ahead and self.args.look_ahead == "same_batch":
-                self._window_batches.append((student_inputs, teacher_logits, labels))
+                self._window_batches.append((student_inputs, teacher_logits, labels, scales))
 
         if self.accelerator.sync_gradients:
             logged = self._close_window(logged)
@@ -483,6 +502,7 @@ class DTOKDTrainer(Trainer):
     def _close_window(self, logged: torch.Tensor) -> torch.Tensor:
         """Once per optimizer step: reduce the window's losses, set pi (gradient methods), record metrics."""
         self._window_open = False
+        self._window_counts = None
         window_losses = self._reduce_mean(self._window_losses)
         self._window_losses = window_losses
         nonfinite = ~torch.isfinite(window_losses).all()
@@ -580,8 +600,9 @@ class DTOKDTrainer(Trainer):
         model = self._window_model
         after = torch.zeros(len(self.objective_names), device=self.args.device)
         with torch.no_grad(), self.compute_loss_context_manager():
-            for student_inputs, teacher_logits, labels in self._window_batches:
-                after += self.objective_losses(model(**student_inputs), teacher_logits, labels)
+            for student_inputs, teacher_logits, labels, scales in self._window_batches:
+                losses = self.objective_losses(model(**student_inputs), teacher_logits, labels)
+                after += losses if scales is None else losses * scales
         after = self._reduce_mean(after / len(self._window_batches))
         self.balancer.update(self._window_losses, after)
         self._window_batches = []

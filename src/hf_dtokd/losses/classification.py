@@ -1,8 +1,8 @@
 """Image-classification losses: the task loss and logit knowledge distillation.
 
-Both are computed in float32 whatever the autocast dtype (bf16 / fp8 runs), with an explicit
-``"mean"`` reduction over the micro-batch, so that gradient accumulation can divide by the
-number of micro-batches and recover the mean over the optimizer step's samples.
+Both are computed in float32 whatever the autocast dtype (bf16 / fp8 runs) as means over the
+micro-batch; the trainer turns them into the mean over the optimizer step's samples under gradient
+accumulation and data parallelism (``window_means.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def task_cross_entropy(
     """Cross-entropy ``mean_{b: y_b != -100} CE(z_b, y_b)`` with optional label smoothing, in float32.
 
     Examples labelled ``IGNORE_INDEX`` are left out of the mean. A micro-batch with no labelled example
-    gives 0 with a zero gradient (``F.cross_entropy`` would give 0 / 0 = NaN). Under gradient accumulation
-    and DDP the task loss is each micro-batch's own labelled mean, averaged like the distillation loss:
-    the mean of micro-batch means, not the mean over the window's labelled examples when their counts differ.
+    gives 0 with a zero gradient (``F.cross_entropy`` would give 0 / 0 = NaN). The trainer rescales this
+    micro-batch mean so that a window's task loss is the mean over its labelled examples however they are
+    spread over micro-batches and processes (``window_means.py``).
     """
     total = F.cross_entropy(
         logits.float(), labels, reduction="sum", ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
