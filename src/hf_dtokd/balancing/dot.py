@@ -24,7 +24,9 @@ direction is written to ``.grad`` and the trainer's optimizer is plain SGD witho
 decay, so ``p <- p - lr .grad`` with the Trainer's learning-rate schedule. ``max_grad_norm`` clips
 ``g_t + g_d`` (both scaled by the same factor) before the momenta, as clipping does for SGD with
 momentum; the Trainer's own clipping of ``.grad`` is then skipped. The buffers are parameter-sized
-float32 and are saved with the balancer state.
+float32 and are saved with the balancer state. Memory: the two momenta (a third buffer, the second
+moment, for ``adamw``) beside the trainer's one distillation-gradient buffer; the clipping norm and the
+update are computed one parameter at a time, so no other parameter-sized copy is made.
 """
 
 from __future__ import annotations
@@ -103,22 +105,31 @@ class DOT(Balancer):
         weights = self.pi.to(gradients.buffers.device)
         alpha_d, alpha_t = weights[0], weights[1]
         params, distill_views = gradients.parameters, gradients.views[0]
-        task = [None if p.grad is None else alpha_t * p.grad.float() for p in params]
-        distill = [alpha_d * v for v in distill_views]
-        squared = sum(((d + t) if t is not None else d).pow(2).sum() for d, t in zip(distill, task))
+
+        # one parameter at a time: no parameter-sized copy beside the window buffer and the momenta
+        def weighted(j: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+            grad = params[j].grad
+            return (None if grad is None else alpha_t * grad.float()), alpha_d * distill_views[j]
+
+        squared = torch.zeros((), device=gradients.buffers.device)
+        for j in range(len(params)):
+            t, d = weighted(j)
+            squared = squared + ((d + t) if t is not None else d).pow(2).sum()
         self.last_grad_norm = squared.sqrt()
+        coef = None
         if self.max_grad_norm > 0:
             coef = (self.max_grad_norm / (self.last_grad_norm + 1e-6)).clamp(max=1.0)
-            task = [None if t is None else t * coef for t in task]
-            distill = [d * coef for d in distill]
         self.steps += 1
         rows = [list(row.split(self._sizes)) for row in self.buffers]
         for j, param in enumerate(params):
-            has_t, has_d = task[j] is not None, gradients.touched[0][j]
+            has_t, has_d = param.grad is not None, gradients.touched[0][j]
             if not (has_t or has_d):
                 continue
-            g_t = task[j].reshape(-1) if has_t else torch.zeros_like(rows[0][j])
-            g_d = distill[j].reshape(-1)
+            t, g_d = weighted(j)
+            if coef is not None:
+                t, g_d = (None if t is None else t * coef), g_d * coef
+            g_t = t.reshape(-1) if t is not None else torch.zeros_like(rows[0][j])
+            g_d = g_d.reshape(-1)
             flat_p = param.detach().reshape(-1).float()
             direction = self._direction(j, g_t, g_d, flat_p, rows, has_t, has_d)
             param.grad = direction.view_as(param).to(param.dtype)
