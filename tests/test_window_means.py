@@ -16,12 +16,8 @@ def test_scales_turn_micro_batch_means_into_the_window_mean():
     labels = [torch.tensor([0, -100, 2, 1]), torch.tensor([-100, -100, 3, -100]), torch.tensor([1, -100])]
     losses = [torch.rand(len(y), generator=generator) for y in labels]
     counts = count_window([{"labels": y} for y in labels], Accelerator(cpu=True), across_processes=True)
-    assert (counts.examples.item(), counts.labelled.item(), counts.micro_batches, counts.processes) == (
-        10,
-        5,
-        3,
-        1,
-    )
+    assert [counts.examples.item(), counts.labelled.item()] == [10, 5]
+    assert (counts.micro_batches, counts.processes) == (3, 1)
 
     distill = task = 0.0
     for y, loss in zip(labels, losses):
@@ -77,7 +73,7 @@ def test_unevenly_labelled_micro_batches_train_like_the_whole_window(tmp_path, m
 
 def test_the_amortized_window_losses_are_the_whole_windows(tmp_path):
     """dto_amortized weighs each micro-batch by its own losses (an approximation under accumulation, README),
-    but the window losses it logs and updates pi from, and its look-ahead's, are exact window means."""
+    but the window losses it logs and updates pi from are exact window means."""
     data = partly_labelled(random_images(8), {0, 1, 2})
     whole, _ = train(tmp_path / "whole", data, "dto_amortized", batch=8, steps=1)
     split, _ = train(tmp_path / "split", data, "dto_amortized", batch=4, steps=2)
