@@ -6,7 +6,7 @@ import torch
 
 from hf_dtokd import DTOKDTrainer
 from hf_dtokd.feature_kd import FeatureKDTrainer
-from hf_dtokd.teacher_cache import TEACHER_LOGITS
+from hf_dtokd.teacher_cache import TEACHER_LOGITS, process_rows
 from test_trainer import flat_params
 from tiny import random_images, tiny_args, tiny_resnet, tiny_vit, train_logs, whole_batch
 
@@ -72,3 +72,12 @@ def test_per_epoch_pixels_and_other_signals_are_refused(tmp_path):
         )
     with pytest.raises(ValueError, match="needs a train_dataset"):
         DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args)
+
+
+def test_every_process_runs_the_same_number_of_rows_and_together_they_cover_the_set():
+    shares = [process_rows(10, 3, rank) for rank in range(3)]
+    assert shares == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 9, 9]]
+    assert process_rows(4, 1, 0) == [0, 1, 2, 3]
+    assert [process_rows(2, 4, rank) for rank in range(4)] == [[0], [1], [1], [1]]
+    with pytest.raises(ValueError, match="empty"):
+        process_rows(0, 2, 0)

@@ -65,7 +65,7 @@ class DTOKDConfig(TrainingArguments):
     teacher_cache: bool = field(
         default=False,
         metadata={
-            "help": "Run the teacher over train_dataset once (Dataset.map) and read its logits from a "
+            "help": "Run the teacher over train_dataset once (split over processes) and read its logits from a "
             "'teacher_logits' column at every step instead of running it. For datasets without random "
             "augmentation: an on-the-fly transform is refused. Logit distillation only."
         },

@@ -257,10 +257,10 @@ class DTOKDTrainer(Trainer):
         def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return self._teacher_logits({"pixel_values": batch["pixel_values"]}, batch.get(TEACHER_PIXELS))
 
-        with self.args.main_process_first(desc="teacher cache"):
-            return add_teacher_logits(
-                dataset, logits, columns, self.args.per_device_eval_batch_size, self.args.device
-            )
+        # every process together (no main_process_first: a sharded teacher needs all ranks in each forward)
+        return add_teacher_logits(
+            dataset, logits, columns, self.args.per_device_eval_batch_size, self.accelerator
+        )
 
     def _check_objectives(self) -> None:
         names = self.objective_names
