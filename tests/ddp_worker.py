@@ -12,6 +12,7 @@ import torch
 
 from hf_dtokd import DTOKDTrainer, FeatureKDTrainer
 from hf_dtokd.gradients import WindowGradients
+from hf_dtokd.teacher_cache import TEACHER_LOGITS
 from tiny import conflicting_pair, partly_labelled, random_images, tiny_args, train_logs
 
 GA = {"gradient_accumulation_steps": 2}
@@ -27,8 +28,9 @@ VARIANTS = {
     "uncertainty": ({"method": "uncertainty"}, 8, 16),
     "dto_representation": ({"method": "dto", "gradient_placement": "representation"}, 8, 16),
     "dto_amortized_next_batch": ({"method": "dto_amortized", "look_ahead": "next_batch"}, 8, 16),
-    # each rank caches the whole training set and reads the rows its sampler gives it
-    "dto_teacher_cache": ({"method": "dto", "teacher_cache": True}, 8, 16),
+    # each rank runs the teacher on its 8 rows in batches of 3, 3, 2 (so the gathered blocks must be put back
+    # in row order), ends with the whole column and reads the rows its sampler gives it
+    "dto_teacher_cache": ({"method": "dto", "teacher_cache": True, "per_device_eval_batch_size": 3}, 8, 16),
     # gradient accumulation with DDP: 2 processes x 2 micro-batches of 4 = 1 process x 2 micro-batches of 8
     "dto_accumulation": ({"method": "dto", **GA}, 4, 8),
     "dto_amortized_accumulation": ({"method": "dto_amortized", **GA}, 4, 8),
@@ -77,6 +79,11 @@ def main(output_dir: str) -> None:
             "pi_every_rank": trainer.accelerator.gather(trainer.balancer.pi.float()[None]).tolist(),
             "params": trainer.accelerator.gather(params[None]).tolist(),
         }
+        if (
+            trainer.args.teacher_cache
+        ):  # the training barely depends on the row order: check the column itself
+            column = trainer.train_dataset[:][TEACHER_LOGITS].to(trainer.accelerator.device)
+            results[name]["teacher_logits_every_rank"] = trainer.accelerator.gather(column[None]).tolist()
     if torch.distributed.get_rank() == 0:
         with open(f"{output_dir}/ddp_results.json", "w") as handle:
             json.dump(results, handle)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ddp_worker import BROKEN, VARIANTS, make_trainer
+from hf_dtokd.teacher_cache import TEACHER_LOGITS
 from tiny import train_logs
 
 HERE = Path(__file__).parent
@@ -56,6 +57,10 @@ def test_two_processes_equal_one_process_with_the_global_batch(ddp_results, tmp_
     single_params = torch.cat([p.detach().reshape(-1) for p in single.model.parameters()])
     assert result["pi_distill"] == pytest.approx(train_logs(single, "pi_distill"), abs=1e-5)
     assert torch.allclose(rank0, single_params, atol=1e-5)
+    if "teacher_logits_every_rank" in result:  # every rank holds the whole column, in row order
+        expected = single.train_dataset[:][TEACHER_LOGITS]
+        for column in result["teacher_logits_every_rank"]:
+            assert torch.allclose(torch.tensor(column), expected, atol=1e-6)
 
 
 def test_the_cross_rank_checks_catch_ranks_that_skip_the_all_reduce(ddp_results):

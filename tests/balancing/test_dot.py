@@ -37,7 +37,9 @@ def run_steps(dot, model, batches, weight_decays, max_grad_norm=0.0):
         distill, task = model.losses(x)
         window.accumulate(0, distill)
         task.backward()
-        dot.combine_gradients(window, torch.stack([distill, task]).detach())
+        losses = torch.stack([distill, task]).detach()
+        dot.update_from_gram(window.gram_with_grad(), losses)
+        dot.combine_gradients(window, losses)
         with torch.no_grad():
             for p in params:
                 p -= LR * p.grad

@@ -26,7 +26,8 @@ decay, so ``p <- p - lr .grad`` with the Trainer's learning-rate schedule. ``max
 momentum; the Trainer's own clipping of ``.grad`` is then skipped. The buffers are parameter-sized
 float32 and are saved with the balancer state. Memory: the two momenta (a third buffer, the second
 moment, for ``adamw``) beside the trainer's one distillation-gradient buffer; the clipping norm and the
-update are computed one parameter at a time, so no other parameter-sized copy is made.
+update are computed one parameter at a time (the norm from the window's Gram the trainer computes anyway),
+so no other parameter-sized copy is made.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class DOT(Balancer):
         self.steps = 0
         self.last_grad_norm: torch.Tensor | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._window_gram: torch.Tensor | None = (
+            None  # set by update_from_gram, used once by combine_gradients
+        )
 
     def configure(self, gradients: WindowGradients, weight_decays: list[float], max_grad_norm: float) -> None:
         """Bind to the trainer's window gradients: per-parameter weight decay and the clipping norm."""
@@ -97,7 +101,10 @@ class DOT(Balancer):
         return self.pi.to(losses.device)
 
     def update_from_gram(self, raw_gram: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        return self.pi  # pi is alpha: DOT balances through its momenta, not through weights
+        # pi is alpha: DOT balances through its momenta, not through weights. The window's Gram gives the
+        # clipping norm ||alpha_d g_d + alpha_t g_t||^2 = w^T G w without another pass over the gradients.
+        self._window_gram = raw_gram
+        return self.pi
 
     def combine_gradients(self, gradients: WindowGradients, losses: torch.Tensor) -> torch.Tensor:
         if self.buffers is None:
@@ -105,17 +112,11 @@ class DOT(Balancer):
         weights = self.pi.to(gradients.buffers.device)
         alpha_d, alpha_t = weights[0], weights[1]
         params, distill_views = gradients.parameters, gradients.views[0]
-
-        # one parameter at a time: no parameter-sized copy beside the window buffer and the momenta
-        def weighted(j: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-            grad = params[j].grad
-            return (None if grad is None else alpha_t * grad.float()), alpha_d * distill_views[j]
-
-        squared = torch.zeros((), device=gradients.buffers.device)
-        for j in range(len(params)):
-            t, d = weighted(j)
-            squared = squared + ((d + t) if t is not None else d).pow(2).sum()
-        self.last_grad_norm = squared.sqrt()
+        if self._window_gram is None:
+            raise RuntimeError("DOT.update_from_gram(window Gram, losses) must run before combine_gradients")
+        w = weights.to(self._window_gram)
+        self.last_grad_norm = (w @ self._window_gram @ w).clamp(min=0).sqrt().float()
+        self._window_gram = None
         coef = None
         if self.max_grad_norm > 0:
             coef = (self.max_grad_norm / (self.last_grad_norm + 1e-6)).clamp(max=1.0)
@@ -125,7 +126,9 @@ class DOT(Balancer):
             has_t, has_d = param.grad is not None, gradients.touched[0][j]
             if not (has_t or has_d):
                 continue
-            t, g_d = weighted(j)
+            # one parameter at a time: no parameter-sized copy beside the window buffer and the momenta
+            t = None if param.grad is None else alpha_t * param.grad.float()
+            g_d = alpha_d * distill_views[j]
             if coef is not None:
                 t, g_d = (None if t is None else t * coef), g_d * coef
             g_t = t.reshape(-1) if t is not None else torch.zeros_like(rows[0][j])
