@@ -1,14 +1,27 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need first.
-PYTHON ?= python3
+#
+# Where things are installed: into the active virtual environment when one is active ($VIRTUAL_ENV set),
+# else into ./.venv, which `make install` creates. `make PYTHON=/path/to/python ...` picks another
+# interpreter (and installs into its environment).
+ifeq ($(origin PYTHON), undefined)
+  ifdef VIRTUAL_ENV
+    PYTHON := python
+  else
+    PYTHON := .venv/bin/python
+  endif
+endif
 PIP := $(PYTHON) -m pip
 DEMO_DIR ?= outputs/digits
 
-.PHONY: install demo demo-detection test lint benchmark
+.PHONY: install demo demo-detection test lint package benchmark
 
 # torch first, from the pinned build when none is installed (a plain `pip install torch` would pull
 # another, multi-GB build); then the package with its test extras.
 install:
-	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install "torch==2.14.1" "torchvision==0.29.1"
+	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -x .venv/bin/python ]; then \
+		echo "creating ./.venv (activate a virtual environment first to install there instead)"; \
+		python3 -m venv .venv; fi
+	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -q -e ".[dev]"
 
 demo: install
@@ -24,6 +37,10 @@ lint:
 
 test: install lint
 	$(PYTHON) -m pytest -q tests
+
+# wheel + sdist, twine check, and the wheel in a brand-new environment (silent import, console scripts)
+package: install
+	PYTHON=$(PYTHON) bash .ci/check_package
 
 benchmark: install
 	$(PYTHON) benchmarks/step_cost.py

@@ -122,3 +122,27 @@ def test_a_one_head_student_and_an_unknown_mode_are_refused(tmp_path):
     with pytest.raises(ValueError, match="valid values: soft, hard"):
         DeiTTokenTrainer(model=two_head_deit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path),
                          distillation="both")  # fmt: skip
+
+
+def test_dot_treats_each_head_as_a_one_loss_parameter_like_the_authors_code(tmp_path):
+    """20 DOT steps: the class head (task only) and the distillation head (distillation only) take the mean
+    momentum and their own weight decay, as in the DOT authors' optimizer fed two separate backwards."""
+    from dot_reference import ReferenceDOT
+
+    student, teacher, data = two_head_deit(), tiny_resnet(), random_images(16)
+    reference = copy.deepcopy(student)
+    args = tiny_args(tmp_path, method="dot", alpha=0.6, max_steps=20, learning_rate=0.05, weight_decay=0.05,
+                     logging_steps=20)  # fmt: skip
+    trainer = DeiTTokenTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                               distillation="hard")  # fmt: skip
+    trainer.train()
+    decay = set(trainer.get_decay_parameter_names(reference))
+    names, params = zip(*reference.named_parameters())
+    rule = ReferenceDOT(params, 0.05, 0.6, weight_decays=[0.05 if n in decay else 0.0 for n in names])
+    x, y = whole_batch(data)
+    for _ in range(20):
+        rule.step(*rule.separate_gradients(list(params), *head_losses(reference, teacher, x, y, "hard")))
+    one_loss = [n for n, g in zip(names, rule.task_buffers) if g is None]
+    assert one_loss and all(n.startswith("distillation_classifier") for n in one_loss)
+    for (name, got), expected in zip(trainer.model.named_parameters(), params):
+        assert torch.allclose(got, expected, atol=1e-6), name

@@ -1,7 +1,6 @@
 """The detection example script (hf-dtokd-detect) and the detection demo, end to end on tiny budgets."""
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -12,11 +11,12 @@ from hf_dtokd.cli.detect import DetectionModelArguments
 from hf_dtokd.detection_demo import DetectionDemoArguments, run_demo
 from hf_dtokd.detection_models import detection_processor
 from test_detection_kd import tiny_detr
+from tiny import console_script
 
 
 def test_detect_help_lists_model_data_and_method_flags():
-    assert shutil.which("hf-dtokd-detect"), "hf-dtokd-detect is not installed: pip install -e ."
-    completed = subprocess.run(["hf-dtokd-detect", "--help"], capture_output=True, text=True, timeout=300)
+    completed = subprocess.run([console_script("hf-dtokd-detect"), "--help"], capture_output=True, text=True,
+                               timeout=300)  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]
     for flag in ("--model_name_or_path", "--student_head", "--student_backbone", "--dataset_name", "--box_threshold",
                  "--group_distillation", "--token_projector", "--teacher_model_name_or_path", "--method",

@@ -133,3 +133,44 @@ def test_every_student_family_distils_features_from_a_cnn_teacher(tmp_path, fami
     trainer.train()
     assert torch.isfinite(torch.tensor(train_logs(trainer, "feature_loss"))).all()
     assert not torch.allclose(flat_params(trainer.model.projectors), before)
+
+
+def test_dot_gives_the_projectors_one_buffer_like_the_authors_code(tmp_path):
+    """20 DOT steps of feature KD (grouped into one distillation loss): the projectors, reached by the
+    distillation loss only, take the mean momentum and their weight decay on the distillation buffer, as in
+    the DOT authors' optimizer fed two separate backwards."""
+    from dot_reference import ReferenceDOT
+
+    data = random_images(16)
+    args = tiny_args(tmp_path, method="dot", alpha=0.6, max_steps=20, learning_rate=0.05, weight_decay=0.05,
+                     temperature=2.0, logging_steps=20)  # fmt: skip
+    trainer = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=data,
+                               projector="linear", group_features=True)  # fmt: skip
+    reference = copy.deepcopy(trainer.model)
+    trainer.train()
+    teacher, temperature = trainer.teacher, 2.0
+    x, y = whole_batch(data)
+
+    def losses():
+        out = reference.student(pixel_values=x, output_hidden_states=True)
+        with torch.no_grad():
+            t_out = teacher(pixel_values=x, output_hidden_states=True)
+        (s, t), projector = reference.pairs[0], reference.projectors[0]
+        s_map, t_map = stage_features(out, "student")[s], stage_features(t_out, "teacher")[t].detach()
+        resized = torch.nn.functional.interpolate(s_map, size=t_map.shape[-2:], mode="bilinear",
+                                                  antialias=s_map.shape[-1] > t_map.shape[-1])  # fmt: skip
+        feature = (projector.proj(resized) - t_map).pow(2).mean()
+        log_p_s = torch.log_softmax(out.logits / temperature, -1)
+        p_t = torch.softmax(t_out.logits / temperature, -1)
+        kd = temperature**2 * (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
+        return kd + feature, torch.nn.functional.cross_entropy(out.logits, y)
+
+    decay = set(trainer.get_decay_parameter_names(reference))
+    names, params = zip(*reference.named_parameters())
+    rule = ReferenceDOT(params, 0.05, 0.6, weight_decays=[0.05 if n in decay else 0.0 for n in names])
+    for _ in range(20):
+        rule.step(*rule.separate_gradients(list(params), *losses()))
+    one_loss = [n for n, g in zip(names, rule.task_buffers) if g is None]
+    assert one_loss and all(n.startswith("projectors.") for n in one_loss)
+    for (name, got), expected in zip(trainer.model.named_parameters(), params):
+        assert torch.allclose(got, expected, atol=1e-6), name

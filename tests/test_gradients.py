@@ -1,8 +1,9 @@
 """WindowGradients: accumulation over micro-batches, the Gram, the combination into .grad."""
 
+import pytest
 import torch
 
-from hf_dtokd.gradients import WindowGradients
+from hf_dtokd.gradients import WindowGradients, objective_reach
 
 
 def make_model():
@@ -23,7 +24,9 @@ def test_accumulates_the_window_gradient_and_leaves_grad_untouched():
     assert all(p.grad is None for p in model.parameters())
     expected = torch.autograd.grad(model(x).pow(2).mean(), list(model.parameters()))
     assert torch.allclose(window.buffers[0], flat(expected), atol=1e-6)
-    assert all(window.touched[0])
+    loss = model(x).pow(2).mean()
+    window.mark_reached(objective_reach(torch.stack([loss, loss.detach()]), window.parameters))
+    assert all(window.reached[0]) and not any(window.reached[1])
 
 
 def test_gram_and_combination_against_explicit_vectors():
@@ -75,9 +78,12 @@ def test_unused_parameters_count_as_zero_gradient():
     unused = torch.nn.Linear(2, 2)
     params = list(model.parameters()) + list(unused.parameters())
     window = WindowGradients(params)
-    window.accumulate(0, model(torch.randn(2, 3)).sum())
+    loss = model(torch.randn(2, 3)).sum()
+    window.accumulate(0, loss)
     assert window.buffers[0, -6:].abs().sum() == 0
-    assert window.touched[0] == [True] * 4 + [False] * 2
+    window.mark_reached(objective_reach(torch.stack([loss, unused(torch.randn(1, 2)).sum()]), params))
+    assert window.reached[0] == [True] * 4 + [False] * 2
+    assert window.reached[1] == [False] * 4 + [True] * 2
     window.combine_into_grad(torch.tensor([1.0, 1.0]))
     assert torch.equal(unused.weight.grad, torch.zeros(2, 2))
 
@@ -136,3 +142,23 @@ def test_batched_per_loss_gradients_fall_back_where_vmap_cannot_batch(caplog):
     assert "using one call per loss" in caplog.text
     assert torch.allclose(batched.buffers, separate.buffers, atol=1e-6)
     assert batched.buffers.abs().sum() > 0
+
+
+def test_reach_is_read_off_the_graph_not_off_zero_gradients():
+    """Backpropagating one entry of a stacked loss vector gives the other loss's parameters zeros, not None;
+    the graph walk still tells them apart (and a loss built twice over one parameter is found once)."""
+    torch.manual_seed(0)
+    trunk, head, projector = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), torch.nn.Linear(4, 5)
+    hidden = trunk(torch.randn(6, 3))
+    task, distill = head(hidden).pow(2).mean(), (projector(hidden) + projector(hidden)).pow(2).mean()
+    losses = torch.stack([distill, task])
+    params = [*trunk.parameters(), *head.parameters(), *projector.parameters()]
+    zeros = torch.autograd.grad(losses[0], params, allow_unused=True, retain_graph=True)
+    assert all(g is not None for g in zeros)  # why reach cannot come from autograd.grad
+    assert objective_reach(losses, params) == [
+        [True, True, False, False, True, True],
+        [True] * 4 + [False] * 2,
+    ]
+    assert objective_reach(losses.detach(), params) == [[False] * 6, [False] * 6]
+    with pytest.raises(ValueError, match="torch.stack"):
+        objective_reach(torch.cat([distill[None], task[None]]), params)

@@ -161,3 +161,16 @@ def family_students(num_labels: int = NUM_LABELS) -> dict:
             )
         ),
     }
+
+
+def console_script(name: str) -> str:
+    """The installed console script ``name`` of the environment running the tests (its ``bin/`` need not be on
+    PATH: ``make test`` runs ``.venv/bin/python`` without activating the environment)."""
+    import os
+    import shutil
+    import sys
+
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    found = beside if os.access(beside, os.X_OK) else shutil.which(name)
+    assert found, f"{name} is not installed: pip install -e ."
+    return found

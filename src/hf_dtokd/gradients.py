@@ -20,7 +20,7 @@ operation has no batching rule.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -31,9 +31,11 @@ logger = logging.getLogger(__name__)
 class WindowGradients:
     """Flat float32 buffers, one per objective but the last, each summing that loss's gradient over the window.
 
-    ``touched[k][j]`` records whether objective ``k`` reached parameter ``j`` at all during the
-    window (``autograd.grad`` returned a gradient); DOT's reference rule treats parameters reached by
-    one loss only differently.
+    ``reached[k][j]`` records whether objective ``k`` (all ``K``, the task included) reached parameter ``j``
+    during the window, read off the autograd graph by ``objective_reach`` and recorded with
+    ``mark_reached`` (a gradient of zeros is not "unreached": backpropagating one entry of a stacked loss
+    vector hands every parameter of the other losses a zero gradient). DOT's reference rule treats
+    parameters reached by one loss only differently.
     """
 
     def __init__(self, parameters: Iterable[torch.nn.Parameter], num_buffers: int = 1) -> None:
@@ -52,7 +54,7 @@ class WindowGradients:
             [v.view_as(p) for v, p in zip(buffer.split(sizes), self.parameters)] for buffer in self.buffers
         ]
         self.columns = list(self.buffers.split(sizes, dim=1))  # (num_buffers, numel) views per parameter
-        self.touched = [[False] * len(self.parameters) for _ in range(num_buffers)]
+        self.reached = [[False] * len(self.parameters) for _ in range(num_buffers + 1)]
         self.batched_unsupported = False
 
     @property
@@ -62,15 +64,22 @@ class WindowGradients:
 
     def reset(self) -> None:
         self.buffers.zero_()
-        self.touched = [[False] * len(self.parameters) for _ in range(self.buffers.shape[0])]
+        self.reached = [[False] * len(self.parameters) for _ in range(self.num_objectives)]
+
+    def mark_reached(self, reach: Sequence[Sequence[bool]]) -> None:
+        """Record (OR over the window's micro-batches) which parameters each objective reached."""
+        if len(reach) != self.num_objectives:
+            raise ValueError(f"expected reach flags for {self.num_objectives} objectives, got {len(reach)}")
+        for row, flags in zip(self.reached, reach):
+            for j, flag in enumerate(flags):
+                row[j] = row[j] or bool(flag)
 
     def accumulate(self, index: int, loss: torch.Tensor) -> None:
         """Add ``grad loss`` into buffer ``index``, keeping the graph for the passes that follow."""
         grads = torch.autograd.grad(loss, self.parameters, retain_graph=True, allow_unused=True)
-        for j, (view, grad) in enumerate(zip(self.views[index], grads)):
+        for view, grad in zip(self.views[index], grads):
             if grad is not None:
                 view.add_(grad)
-                self.touched[index][j] = True
 
     def accumulate_batched(self, losses: torch.Tensor) -> bool:
         """Add ``grad losses[k]`` into buffer ``k`` for every ``k`` in one batched VJP.
@@ -96,8 +105,6 @@ class WindowGradients:
                 for j, grad in enumerate(grads):
                     if grad is not None:
                         self.columns[j].add_(grad.reshape(len(losses), -1))
-                        for index in range(len(losses)):
-                            self.touched[index][j] = True
                 return True
         for index, loss in enumerate(losses):
             self.accumulate(index, loss)
@@ -133,3 +140,44 @@ class WindowGradients:
                 param.grad = combined.to(param.dtype)
             else:
                 param.grad.mul_(grad_weight.to(param.grad.dtype)).add_(combined.to(param.grad.dtype))
+
+
+def objective_reach(losses: torch.Tensor, parameters: Sequence[torch.Tensor]) -> list[list[bool]]:
+    """Which of ``parameters`` each objective's graph reaches, for ``losses = torch.stack([L_1, ..., L_K])``.
+
+    Hand-written because autograd answers a different question: ``autograd.grad(losses[k], ...,
+    allow_unused=True)`` returns zeros, not None, for the parameters of the other objectives (the stack's
+    backward hands every input a gradient). The walk starts at each input of the stack's backward node and
+    follows ``next_functions`` down to the parameters' ``AccumulateGrad`` nodes; it runs on the graph
+    already built, with no backward pass.
+    """
+    node = losses.grad_fn
+    count = losses.numel()
+    if node is None:
+        return [[False] * len(parameters) for _ in range(count)]
+    inputs = node.next_functions
+    if type(node).__name__ != "StackBackward0" or len(inputs) != count:
+        raise ValueError(
+            f"the objective losses must be built as torch.stack([loss_1, ..., loss_K]) of scalar losses (got a "
+            f"tensor made by {type(node).__name__}), so that the parameters each loss reaches can be told apart; "
+            "return torch.stack([...]) from compute_objective_losses / objective_losses"
+        )
+    index = {id(p): j for j, p in enumerate(parameters)}
+    reach = []
+    for root, _ in inputs:
+        flags = [False] * len(parameters)
+        seen: set[int] = set()
+        pending = [root] if root is not None else []
+        kept = []  # keep the node wrappers alive while their ids are in ``seen``
+        while pending:
+            function = pending.pop()
+            if id(function) in seen:
+                continue
+            seen.add(id(function))
+            kept.append(function)
+            variable = getattr(function, "variable", None)  # AccumulateGrad: a leaf tensor
+            if variable is not None and id(variable) in index:
+                flags[index[id(variable)]] = True
+            pending.extend(child for child, _ in function.next_functions if child is not None)
+        reach.append(flags)
+    return reach

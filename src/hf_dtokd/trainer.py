@@ -59,7 +59,7 @@ from .checkpoints import (
     save_tradeoff_state,
 )
 from .config import DTOKDConfig
-from .gradients import WindowGradients
+from .gradients import WindowGradients, objective_reach
 from .losses import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
 from .metrics import classification_metrics
 from .model_card import CARD_TAGS, distillation_section
@@ -435,6 +435,9 @@ class DTOKDTrainer(Trainer):
         else:
             teacher_logits = self._teacher_logits(student_inputs, teacher_pixels)
         losses = self.objective_losses(outputs, teacher_logits, labels)
+        if self.balancer.needs_reachability and self._window_gradients is not None:
+            # which parameters each loss reaches, from the graph (a zero gradient is not "unreached")
+            self._window_gradients.mark_reached(objective_reach(losses, self._window_gradients.parameters))
         scales = None
         if self._window_counts is not None:  # exact window means whatever the micro-batch counts
             scales = micro_batch_scales(labels, self._window_counts, len(losses))

@@ -28,7 +28,8 @@ def test_one_update_equals_a_hand_computed_adam_step():
     grad = [0.5 * (delta[0] - mean), 0.5 * (delta[1] - mean)]
     # first Adam step from xi = 0 (weight decay adds 0.01 * 0): m_hat = g, v_hat = g^2
     expected_xi = [-0.025 * g / (abs(g) + 1e-8) for g in grad]
-    assert famo.xi.detach().tolist() == pytest.approx(expected_xi, abs=1e-9)
+    # float32 arithmetic: a few ulps of 0.025 (one ulp is 1.9e-9), not closer
+    assert famo.xi.detach().tolist() == pytest.approx(expected_xi, rel=4 * torch.finfo(torch.float32).eps)
     # distillation fell faster, so it loses weight
     assert famo.pi[0] < 0.5
 

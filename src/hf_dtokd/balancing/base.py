@@ -65,6 +65,9 @@ class Balancer(ABC):
     #: True when the method updates itself from the losses measured after the optimizer step.
     needs_look_ahead: bool = False
 
+    #: True when the method needs to know which parameters each objective reaches (``WindowGradients.reached``).
+    needs_reachability: bool = False
+
     #: True when the method clips the per-loss gradients itself (``max_grad_norm``) before its update.
     handles_clipping: bool = False
 

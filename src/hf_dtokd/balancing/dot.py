@@ -9,7 +9,9 @@ ImageNet). Reference rule (``form="sgd"``), per parameter ``p`` with weight deca
     p   <- p - lr (v_t + v_d)
 
 ``mu = 0.9``, ``Delta = 0.075`` (0.09 on ImageNet). As in the reference, a parameter reached by one
-loss only keeps one buffer with the mean momentum ``mu`` (and the weight decay on it).
+loss only keeps one buffer with the mean momentum ``mu`` (and the weight decay on it). Which
+parameters each loss reaches is read off the autograd graph (``gradients.objective_reach``), not
+from zero gradients: a task-only head or a distillation-only projector is a one-loss parameter.
 
 Our extension, labelled as such (``form="adamw"``): two first moments with ``beta1 -/+ Delta`` and
 one shared second moment, AdamW's decoupled weight decay::
@@ -49,6 +51,7 @@ class DOT(Balancer):
     handles_clipping = True
     #: The trainer must step with momentum-free SGD: this method computes the whole update.
     owns_update = True
+    needs_reachability = True
 
     def __init__(
         self,
@@ -122,12 +125,18 @@ class DOT(Balancer):
             coef = (self.max_grad_norm / (self.last_grad_norm + 1e-6)).clamp(max=1.0)
         self.steps += 1
         rows = [list(row.split(self._sizes)) for row in self.buffers]
+        reached_t, reached_d = gradients.reached[-1], gradients.reached[0]
+        if not any(reached_t) and not any(reached_d):
+            raise RuntimeError(
+                "DOT found no parameter reached by either loss: record the window's reach with "
+                "WindowGradients.mark_reached(objective_reach(losses, parameters)) before combine_gradients"
+            )
         for j, param in enumerate(params):
-            has_t, has_d = param.grad is not None, gradients.touched[0][j]
+            has_t, has_d = reached_t[j], reached_d[j]
             if not (has_t or has_d):
                 continue
             # one parameter at a time: no parameter-sized copy beside the window buffer and the momenta
-            t = None if param.grad is None else alpha_t * param.grad.float()
+            t = None if param.grad is None or not has_t else alpha_t * param.grad.float()
             g_d = alpha_d * distill_views[j]
             if coef is not None:
                 t, g_d = (None if t is None else t * coef), g_d * coef
