@@ -310,3 +310,21 @@ def test_a_teacher_at_another_image_size_gets_its_own_pixels(tmp_path) -> None:
     trainer.train()
     assert seen and all(shape[-2:] == (48, 48) for shape in seen)
     assert all(torch.isfinite(torch.tensor(train_logs(trainer, "class_kd_loss"))))
+
+
+def test_a_short_last_evaluation_batch_keeps_every_target_whole(tmp_path):
+    """11 images in batches of 2 and of 1 give the same mAP: the last batch's per-image target dicts are not
+    cut to the batch remainder (accelerate trims every tensor of a gathered batch to it)."""
+    from ddp_detection_worker import evaluation_set as images
+    from ddp_detection_worker import oracle_detr
+
+    def evaluate(batch):
+        args = detection_args(tmp_path / str(batch), per_device_eval_batch_size=batch)
+        trainer = DetectionKDTrainer(model=oracle_detr(), teacher_model=tiny_detr(1), args=args,
+                                     eval_dataset=images(), processing_class=processor())  # fmt: skip
+        return trainer.evaluate()
+
+    whole, short_last = evaluate(1), evaluate(2)
+    assert 0.05 < whole["eval_map"] < 0.95
+    for name in ("eval_map", "eval_map_50", "eval_mar_100", "eval_map_circle"):
+        assert short_last[name] == pytest.approx(whole[name], abs=1e-9), name

@@ -20,6 +20,7 @@ queries. Evaluation reports COCO mAP through ``DetectionMetrics``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -209,6 +210,24 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         return torch.stack([*terms, task])
 
     # ------------------------------------------------------------------ evaluation
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's loop, gathering each batch's per-image target dicts as whole objects (see
+        ``_gather_for_metrics``). Set on every call: the Trainer resets ``gather_function`` after each loop."""
+        self.gather_function = self._gather_for_metrics
+        return super().evaluation_loop(*args, **kwargs)
+
+    def _gather_for_metrics(self, data: Any) -> Any:
+        """accelerate's ``gather_for_metrics``, except for a batch's list of per-image target dicts.
+
+        accelerate treats every tensor as batch-major: on the last, short batch it cuts *each* tensor of a
+        target dict to the batch's remainder (an image's ``orig_size`` (2,) became (1,), its boxes lost
+        rows), and under DDP it concatenates the dicts' tensors across ranks. Gathered as objects, the
+        targets become one list of per-image dicts from all ranks, trimmed per image.
+        """
+        if isinstance(data, list) and data and all(isinstance(target, Mapping) for target in data):
+            return self.accelerator.gather_for_metrics(data, use_gather_object=True)
+        return self.accelerator.gather_for_metrics(data)
+
     def compute_loss(
         self,
         model: nn.Module,

@@ -6,6 +6,11 @@ the model's own image processor turns raw outputs into scored boxes
 query-class pairs), in pixels of each image's ``orig_size``, so that COCO's small / medium / large
 areas mean what they say. Expects ``eval_do_concat_batches=False`` (the detection trainer sets it):
 predictions arrive as one ``(logits, pred_boxes)`` tuple per batch, labels as per-image dicts.
+
+The IoU and recall thresholds are COCO's own (``pycocotools.COCOeval``: float64 ``np.linspace``), not
+torchmetrics' float32 defaults: with those, a recall that lands on ``k / 100`` looks up another point
+of the precision curve than COCO does (AP differences up to a few 1e-3). The values are returned
+unrounded; round where a table is printed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_convert
 from transformers import EvalPrediction
 from transformers.utils import ModelOutput
+
+#: COCO's thresholds exactly as ``pycocotools.cocoeval.Params`` builds them (float64).
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True).tolist()
+COCO_RECALL_THRESHOLDS = np.linspace(
+    0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True
+).tolist()
 
 SUMMARY = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
 
@@ -70,7 +81,10 @@ class DetectionMetrics:
                 "detection metrics need per-batch predictions; set eval_do_concat_batches=False in the config "
                 "(DetectionKDTrainer does)"
             )
-        metric = MeanAveragePrecision(box_format="xyxy", class_metrics=True, backend="faster_coco_eval")
+        metric = MeanAveragePrecision(
+            box_format="xyxy", class_metrics=True, backend="faster_coco_eval",
+            iou_thresholds=COCO_IOU_THRESHOLDS, rec_thresholds=COCO_RECALL_THRESHOLDS,
+        )  # fmt: skip
         for batch_predictions, batch_targets in zip(predictions, targets):
             sizes = torch.tensor(np.stack([np.asarray(t["orig_size"]) for t in batch_targets]))
             logits, boxes = _logits_and_boxes(batch_predictions)
@@ -89,10 +103,10 @@ class DetectionMetrics:
                 ],
             )
         computed = metric.compute()
-        metrics = {name: round(float(computed[name]), 4) for name in SUMMARY}
+        metrics = {name: float(computed[name]) for name in SUMMARY}
         classes = computed["classes"].reshape(-1).tolist()
         per_class = computed["map_per_class"].reshape(-1).tolist()
         for class_id, value in zip(classes, per_class):
             name = self.id2label.get(int(class_id), str(int(class_id)))
-            metrics[f"map_{name}"] = round(float(value), 4)
+            metrics[f"map_{name}"] = float(value)
         return metrics
