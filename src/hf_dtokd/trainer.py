@@ -70,6 +70,7 @@ from .modeling import (
     load_image_processor,
     num_labels,
 )
+from .norm_statistics import preserved_running_statistics
 from .precision import fp8_recipe
 from .representation import (
     LOGITS,
@@ -597,12 +598,15 @@ class DTOKDTrainer(Trainer):
         return super()._clip_grad_norm(model)
 
     def _look_ahead_update(self) -> None:
-        """Amortized methods: losses of the same window after the optimizer step, then the pi update."""
+        """Amortized methods: losses of the same window after the optimizer step, then the pi update.
+
+        The re-forward is a measurement: train mode like the training forward it is compared with (batch
+        statistics, dropout), but normalisation layers' running statistics are restored afterwards."""
         if not self._window_batches:
             return
         model = self._window_model
         after = torch.zeros(len(self.objective_names), device=self.args.device)
-        with torch.no_grad(), self.compute_loss_context_manager():
+        with torch.no_grad(), self.compute_loss_context_manager(), preserved_running_statistics(model):
             for student_inputs, teacher_logits, labels, scales in self._window_batches:
                 losses = self.objective_losses(model(**student_inputs), teacher_logits, labels)
                 after += losses if scales is None else losses * scales
