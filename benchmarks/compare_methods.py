@@ -34,8 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from hf_dtokd.losses import IGNORE_INDEX
-
 RESULTS = Path(__file__).parent / "results"
 BASELINE = "fixed_0.5"
 ROWS = (
@@ -137,25 +135,11 @@ def processed(folds: int, fold: int, which: str, size: int) -> Any:
     return preprocess_images(pool if which == "pool" else test, processor)
 
 
-def labelled_indices(dataset: Any, per_class: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(dataset["label"])
-    chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in np.unique(labels)]
-    return np.sort(np.concatenate(chosen))
-
-
 def training_set(dataset: Any, per_class: int, seed: int, unlabelled_pool: bool) -> Any:
     """The labelled subset alone, or the whole pool with every other image's label set to -100."""
-    chosen = labelled_indices(dataset, per_class, seed)
-    if not unlabelled_pool:
-        return dataset.select(chosen)
-    from datasets import Value
+    from hf_dtokd.data import transfer_set
 
-    keep = np.zeros(len(dataset), dtype=bool)
-    keep[chosen] = True
-    masked = np.where(keep, np.asarray(dataset["label"]), IGNORE_INDEX)
-    pool = dataset.remove_columns("label").add_column("label", masked.tolist())
-    return pool.cast_column("label", Value("int64")).with_format("torch")
+    return transfer_set(dataset, per_class, seed, unlabelled_pool)
 
 
 # ---------------------------------------------------------------------------------------------- runs

@@ -97,3 +97,97 @@ def test_the_script_runs_the_feature_and_token_trainers(tmp_path, monkeypatch, s
     with pytest.raises(ValueError, match="valid values: logits, features, deit_token"):
         ModelArguments(model_name_or_path="x", signal="tokens")
     assert callable(build_trainer)
+
+
+def image_folders(root, per_class=6):
+    """``root/train/<class>/*.png`` and ``root/validation/<class>/*.png`` from the embedded digits."""
+    from hf_dtokd.data import load_digits_splits
+
+    digits = load_digits_splits()
+    for split, source in (("train", "train"), ("validation", "test")):
+        counts = {}
+        for row in digits[source]:
+            label = str(row["label"])
+            if counts.get(label, 0) < per_class:
+                folder = root / split / label
+                folder.mkdir(parents=True, exist_ok=True)
+                row["image"].save(folder / f"{counts.get(label, 0)}.png")
+                counts[label] = counts.get(label, 0) + 1
+    return root / "train", root / "validation"
+
+
+def saved_pair(tmp_path):
+    student_dir, teacher_dir = tmp_path / "student", tmp_path / "teacher"
+    tiny_vit(num_labels=10).save_pretrained(student_dir)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(student_dir)
+    tiny_resnet(num_labels=10).save_pretrained(teacher_dir)
+    return ["--model_name_or_path", str(student_dir), "--teacher_model_name_or_path", str(teacher_dir),
+            "--max_steps", "2", "--per_device_train_batch_size", "8", "--use_cpu", "--disable_tqdm", "true",
+            "--report_to", "none", "--do_train", "--do_eval"]  # fmt: skip
+
+
+def test_upstream_data_flags_train_and_validation_folders_and_the_card_index(tmp_path):
+    """transformers' run_image_classification.py flags: --train_dir / --validation_dir, evaluation on the
+    validation folder, and the evaluation in the card's model-index (read back by huggingface_hub)."""
+    from huggingface_hub import ModelCard
+
+    from hf_dtokd.cli.classify import main as classify
+
+    train_dir, validation_dir = image_folders(tmp_path / "folders")
+    out = tmp_path / "out"
+    metrics = classify([*saved_pair(tmp_path), "--train_dir", str(train_dir), "--validation_dir",
+                        str(validation_dir), "--output_dir", str(out)])  # fmt: skip
+    results = ModelCard.load(out / "README.md").data.eval_results
+    by_type = {result.metric_type: result for result in results}
+    assert by_type["top1"].metric_value == pytest.approx(metrics["eval_top1"])
+    assert (
+        by_type["top1"].task_type == "image-classification" and by_type["top1"].dataset_name == "imagefolder"
+    )
+
+
+def test_a_missing_validation_split_is_carved_from_training(tmp_path):
+    from hf_dtokd.cli.classify import DataArguments, load_splits
+
+    train_dir, _ = image_folders(tmp_path / "folders", per_class=8)
+    splits = load_splits(DataArguments(train_dir=str(train_dir), train_val_split=0.25), seed=0)
+    assert len(splits["validation"]) == 20 and len(splits["train"]) == 60
+    assert sorted(set(splits["validation"]["label"])) == list(range(10))  # stratified
+    with pytest.raises(ValueError, match="--train_val_split to carve one"):
+        load_splits(DataArguments(train_dir=str(train_dir), train_val_split=0.0))
+    with pytest.raises(ValueError, match="either --dataset_name or --train_dir"):
+        DataArguments(dataset_name="beans", train_dir=str(train_dir))
+
+
+MY_METRIC = """
+import datasets
+import evaluate
+
+
+class {name}(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="{name}", citation="", inputs_description="",
+            features=datasets.Features({{"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}}),
+        )
+
+    def _compute(self, predictions, references):
+        hits = [int(p == r) for p, r in zip(predictions, references)]
+        return {{"{key}": {formula}}}
+"""
+
+
+def test_metric_takes_local_evaluate_modules_combined_offline(tmp_path):
+    from hf_dtokd.cli.classify import main as classify
+
+    modules = []
+    for name, key, formula in (("Hits", "hits", "sum(hits)"), ("Misses", "misses", "len(hits) - sum(hits)")):
+        folder = tmp_path / key
+        folder.mkdir()
+        (folder / f"{key}.py").write_text(MY_METRIC.format(name=name, key=key, formula=formula))
+        modules.append(str(folder / f"{key}.py"))
+    out = tmp_path / "out"
+    metrics = classify([*saved_pair(tmp_path), "--max_eval_samples", "50", "--output_dir", str(out),
+                        "--metric", *modules])  # fmt: skip
+    assert metrics["eval_hits"] + metrics["eval_misses"] == 50 and "eval_top1" not in metrics
+    with pytest.raises(ValueError, match="could not load the evaluate metric"):
+        classify([*saved_pair(tmp_path), "--output_dir", str(out), "--metric", str(tmp_path / "nowhere.py")])

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForImageClassification, ViTImageProcessor
 
 from hf_dtokd.data import load_digits_splits
@@ -23,32 +24,63 @@ def test_digits_splits_are_real_and_fixed():
 
 def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
     demo = DemoArguments(
-        output_dir=str(tmp_path), max_steps=3, teacher_steps=3, batch_size=16, logging_steps=1
+        output_dir=str(tmp_path), max_steps=3, teacher_steps=3, batch_size=16, logging_steps=1, seeds=2
     )
     summary = run_demo(demo)
     printed = capsys.readouterr().out
     for run in ("no_kd", "fixed", "dto", "dto_amortized"):
-        assert f"student ViT, {run}" in printed
+        assert f"student resnet, {run}" in printed
+    assert "mean +- std over 2 seeds" in printed
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["run"] for r in results["students"]] == ["no_kd", "fixed", "dto", "dto_amortized"]
+    runs = ["no_kd", "fixed", "dto", "dto_amortized"]
+    assert [(r["run"], r["seed"]) for r in results["students"]] == [(run, s) for s in (0, 1) for run in runs]
     assert all(0.0 <= r["top1"] <= 1.0 for r in results["students"])
     assert results["students"][2]["final_pi_distill"] is not None
+    rows = {row["run"]: row for row in results["rows"]}
+    fixed, no_kd = rows["fixed"], rows["no_kd"]
+    paired = [f - n for f, n in zip(fixed["top1"], no_kd["top1"])]
+    assert fixed["diff_to_no_kd"] == pytest.approx(sum(paired) / 2)
+    assert fixed["diff_se"] == pytest.approx(abs(paired[0] - paired[1]) / 2)  # std / sqrt(2) of two values
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
     assert (tmp_path / "teacher" / "config.json").is_file()
+    # the no-KD run trains on the labelled images only, the distillation runs on the whole pool
+    assert (
+        summary["students"][0]["log_history"][-1]["epoch"]
+        > summary["students"][1]["log_history"][-1]["epoch"]
+    )
     # the cached teacher is reused by the next run
     cached = (tmp_path / "teacher" / "teacher_metrics.json").stat().st_mtime_ns
     run_demo(
-        DemoArguments(output_dir=str(tmp_path), runs=["fixed"], max_steps=2, teacher_steps=3, batch_size=16)
+        DemoArguments(
+            output_dir=str(tmp_path), runs=["fixed"], max_steps=2, teacher_steps=3, batch_size=16, seeds=1
+        )
     )
     assert (tmp_path / "teacher" / "teacher_metrics.json").stat().st_mtime_ns == cached
     assert summary["teacher"]["top1"] > 0.0
     # the opt-in signal runs: feature KD through a projector and the DeiT token, with DTO-KD and fixed alpha
     runs = ["feature_vkd_dto", "deit_token_fixed"]
     signals = run_demo(DemoArguments(output_dir=str(tmp_path), runs=runs, max_steps=2, teacher_steps=3,
-                                     batch_size=16, logging_steps=1))  # fmt: skip
+                                     batch_size=16, logging_steps=1, seeds=1))  # fmt: skip
     assert [r["run"] for r in signals["students"]] == runs
     assert signals["students"][0]["final_pi_distill"] is not None
     assert "student DeiT (2 heads), deit_token_fixed" in capsys.readouterr().out
+
+
+def test_every_saved_demo_student_carries_its_processor_and_the_command_line_continues_from_it(tmp_path):
+    from hf_dtokd.cli.classify import main as classify
+    from hf_dtokd.modeling import load_image_processor
+
+    run_demo(DemoArguments(output_dir=str(tmp_path), runs=["no_kd", "dto"], max_steps=2, teacher_steps=2,
+                           batch_size=16, seeds=1))  # fmt: skip
+    for run in ("no_kd", "dto"):
+        assert load_image_processor(str(tmp_path / f"{run}_seed0" / "student")) is not None, run
+    metrics = classify([
+        "--model_name_or_path", str(tmp_path / "dto_seed0" / "student"), "--teacher_model_name_or_path",
+        str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "continued"), "--do_train", "--do_eval",
+        "--max_steps", "1", "--per_device_train_batch_size", "16", "--use_cpu", "--disable_tqdm", "true",
+        "--report_to", "none",
+    ])  # fmt: skip
+    assert 0.0 <= metrics["eval_top1"] <= 1.0
 
 
 def test_example_script_trains_evaluates_and_writes_a_model_card(tmp_path):

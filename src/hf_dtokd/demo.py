@@ -1,15 +1,24 @@
 """The embedded default: a real distillation on scikit-learn's digits, offline, in minutes on 2 CPU cores.
 
+The regime is one where distillation's effect is larger than seed noise (a teacher labelling a
+transfer set):
+
 1. A CNN teacher (a small transformers ResNet, at 24x24 pixels, mean/std 0.5) is trained with the
-   plain Trainer and cached in ``<output_dir>/teacher`` (config, weights, image processor).
-2. A ViT student (4 layers, width 64, at 32x32 pixels, ImageNet mean/std) is trained from the same
-   initialisation, data order and budget by: no KD, fixed-alpha KD, exact DTO-KD and amortized
+   plain Trainer on the 1,437 training digits and cached in ``<output_dir>/teacher`` (config,
+   weights, image processor).
+2. For each seed, the student sees ``labelled_per_class`` labelled training images per class; the
+   distillation runs also distil on the other training images, unlabelled (label -100: distillation
+   loss only), the no-KD run has the labelled images alone. The student (a ResNet of stage widths
+   8-16-32 at 32x32 pixels, ImageNet mean/std; ``--student vit``: a 4-layer ViT) is trained from the
+   same initialisation, data order and budget by: no KD, fixed-alpha KD, exact DTO-KD and amortized
    DTO-KD; opt-in runs (``--runs``, ``SIGNAL_RUNS``) add feature KD through each projector and DeiT's
-   distillation token (a two-head DeiT of the same shape), each with fixed alpha and exact DTO-KD. The
-   teacher is loaded from its folder by path (the same code path as a Hub id) and
-   gets the student's pixels converted to its own resolution and normalisation.
-3. It prints a table (top-1 of teacher and students on the 360 test images, wall time, final pi),
-   and writes ``results.json`` and ``tradeoff.png`` (pi and gradient conflict over steps).
+   distillation token (a two-head DeiT student), each with fixed alpha and exact DTO-KD. The teacher
+   is loaded from its folder by path (the same code path as a Hub id) and gets the student's pixels
+   converted to its own resolution and normalisation.
+3. It prints a table (top-1 on the 360 test images as mean +- std over the seeds, each seed's value,
+   the paired difference to no-KD with its standard error, time per step, pi) and writes
+   ``results.json``, ``results.md`` and ``tradeoff.png`` (the first seed's trade-off over steps). Every
+   student is saved with its image processor, ready for ``hf-dtokd-classify --model_name_or_path``.
 
 Run: ``python -m hf_dtokd.demo`` (or ``hf-dtokd-demo``); ``--help`` lists the flags.
 """
@@ -18,6 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +40,7 @@ from transformers import (
     DeiTConfig,
     DeiTForImageClassificationWithTeacher,
     HfArgumentParser,
+    PrinterCallback,
     ResNetConfig,
     ResNetForImageClassification,
     Trainer,
@@ -40,7 +52,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from .config import DTOKDConfig
-from .data import load_digits_splits, preprocess_images
+from .data import load_digits_splits, preprocess_images, transfer_set
 from .deit_token import DeiTTokenTrainer
 from .feature_kd import FeatureKDTrainer
 from .metrics import classification_metrics
@@ -58,6 +70,9 @@ SIGNAL_RUNS = tuple(
 )  # fmt: skip
 
 
+STUDENTS = ("resnet", "vit")
+
+
 @dataclass
 class DemoArguments:
     output_dir: str = field(
@@ -67,15 +82,29 @@ class DemoArguments:
         default_factory=lambda: list(RUNS),
         metadata={"help": f"Student runs among {RUNS + SIGNAL_RUNS} (default: {RUNS})."},
     )
-    max_steps: int = field(default=800, metadata={"help": "Optimizer steps of every student run."})
+    seeds: int = field(
+        default=5, metadata={"help": "Seeds per run (labelled subset, initialisation, data order); >= 1."}
+    )
+    labelled_per_class: int = field(
+        default=20,
+        metadata={
+            "help": "Labelled training images per class; the distillation runs see the rest unlabelled."
+        },
+    )
+    student: str = field(
+        default="resnet",
+        metadata={"help": "The student: a ResNet 8-16-32 or a 4-layer ViT (the DeiT-token runs: always a DeiT).",
+                  "choices": STUDENTS},
+    )  # fmt: skip
+    max_steps: int = field(default=600, metadata={"help": "Optimizer steps of every student run."})
     teacher_steps: int = field(
         default=300, metadata={"help": "Optimizer steps of the teacher (trained once, cached)."}
     )
-    batch_size: int = field(default=64, metadata={"help": "Per-step batch size (students and teacher)."})
+    batch_size: int = field(default=32, metadata={"help": "Per-step batch size of the students."})
     learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the students."})
     temperature: float = field(default=4.0, metadata={"help": "Distillation temperature."})
     alpha: float = field(default=0.5, metadata={"help": "Distillation weight of the fixed-alpha run."})
-    seed: int = field(default=0, metadata={"help": "Seed of the student initialisation and the data order."})
+    seed: int = field(default=0, metadata={"help": "The first seed (seeds seed, seed + 1, ... are run)."})
     logging_steps: int = field(default=10, metadata={"help": "Log (and plot) every this many steps."})
     retrain_teacher: bool = field(
         default=False, metadata={"help": "Train the teacher even when one is cached."}
@@ -85,8 +114,10 @@ class DemoArguments:
         unknown = [r for r in self.runs if r not in RUNS + SIGNAL_RUNS]
         if unknown:
             raise ValueError(f"unknown runs {unknown}; valid values: {', '.join(RUNS + SIGNAL_RUNS)}")
-        if self.max_steps < 1 or self.teacher_steps < 1:
-            raise ValueError("max_steps and teacher_steps must be >= 1")
+        if self.max_steps < 1 or self.teacher_steps < 1 or self.seeds < 1 or self.labelled_per_class < 1:
+            raise ValueError("max_steps, teacher_steps, seeds and labelled_per_class must be >= 1")
+        if self.student not in STUDENTS:
+            raise ValueError(f"unknown student {self.student!r}; valid values: {', '.join(STUDENTS)}")
 
 
 def student_processor() -> ViTImageProcessor:
@@ -99,8 +130,20 @@ def teacher_processor() -> ViTImageProcessor:
     return ViTImageProcessor(size={"height": 24, "width": 24}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
+def build_resnet_student(seed: int, labels: list[str], width: int = 32) -> ResNetForImageClassification:
+    """The default student: a ResNet of stage widths width/4, width/2, width (one basic block each)."""
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        embedding_size=width // 4, hidden_sizes=[width // 4, width // 2, width], depths=[1, 1, 1],
+        layer_type="basic", downsample_in_first_stage=False,
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+    )  # fmt: skip
+    return ResNetForImageClassification(config)
+
+
 def build_student(seed: int, labels: list[str], two_head: bool = False) -> ViTForImageClassification:
-    """The ViT student; ``two_head``: a DeiT of the same shape with a distillation token and head."""
+    """The ViT student (``--student vit``); ``two_head``: a DeiT of the same shape with a distillation token
+    and head."""
     torch.manual_seed(seed)
     config = (DeiTConfig if two_head else ViTConfig)(
         image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -120,13 +163,16 @@ def build_teacher(labels: list[str]) -> ResNetForImageClassification:
     return ResNetForImageClassification(config)
 
 
-def common_args(output_dir: Path, demo: DemoArguments, **overrides: Any) -> dict[str, Any]:
+def common_args(
+    output_dir: Path, demo: DemoArguments, seed: int | None = None, **overrides: Any
+) -> dict[str, Any]:
+    seed = demo.seed if seed is None else seed
     args = dict(
         output_dir=str(output_dir), use_cpu=True, per_device_train_batch_size=demo.batch_size,
         per_device_eval_batch_size=256, max_steps=demo.max_steps, learning_rate=demo.learning_rate,
         warmup_steps=int(0.05 * demo.max_steps), lr_scheduler_type="cosine", weight_decay=0.05,
         logging_steps=demo.logging_steps, save_strategy="no", report_to="none", disable_tqdm=True,
-        seed=demo.seed, data_seed=demo.seed, dataloader_num_workers=0,
+        seed=seed, data_seed=seed, dataloader_num_workers=0,
     )  # fmt: skip
     args.update(overrides)
     return args
@@ -142,84 +188,131 @@ def train_teacher(demo: DemoArguments, splits: dict[str, Any], labels: list[str]
     train = preprocess_images(splits["train"], processor)
     test = preprocess_images(splits["test"], processor)
     args = TrainingArguments(
-        **common_args(folder / "run", demo, max_steps=demo.teacher_steps, learning_rate=3e-3)
-    )
+        **common_args(folder / "run", demo, seed=0, max_steps=demo.teacher_steps, learning_rate=3e-3,
+                      per_device_train_batch_size=64)
+    )  # fmt: skip
     trainer = Trainer(
         model=build_teacher(labels), args=args, train_dataset=train, eval_dataset=test,
         data_collator=DefaultDataCollator(), compute_metrics=classification_metrics,
     )  # fmt: skip
+    trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     trainer.train()
     metrics = {"top1": trainer.evaluate()["eval_top1"], "wall_seconds": time.perf_counter() - start}
+    print(f"teacher: top-1 {100 * metrics['top1']:.1f} % ({metrics['wall_seconds']:.0f} s)", flush=True)
     trainer.model.save_pretrained(folder)
     processor.save_pretrained(folder)
     metrics_file.write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def train_student(run: str, demo: DemoArguments, splits: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+def train_student(
+    run: str, demo: DemoArguments, splits: dict[str, Any], labels: list[str], seed: int | None = None
+) -> dict[str, Any]:
+    """One student run of one seed: its labelled subset (plus the unlabelled pool when distilling)."""
+    seed = demo.seed if seed is None else seed
     processor = student_processor()
-    train = preprocess_images(splits["train"], processor)
+    pool = preprocess_images(splits["train"], processor)
+    train = transfer_set(pool, demo.labelled_per_class, seed, unlabelled_pool=run != "no_kd")
     test = preprocess_images(splits["test"], processor)
-    output_dir = Path(demo.output_dir) / run
+    output_dir = Path(demo.output_dir) / f"{run}_seed{seed}"
     signal, method = run.rsplit("_", 1) if run in SIGNAL_RUNS else ("logits", run)
-    student = build_student(demo.seed, labels, two_head=signal == "deit_token")
+    if signal == "deit_token" or demo.student == "vit":
+        student = build_student(seed, labels, two_head=signal == "deit_token")
+    else:
+        student = build_resnet_student(seed, labels)
+    kwargs = dict(
+        model=student, train_dataset=train, eval_dataset=test, data_collator=DefaultDataCollator(),
+        processing_class=processor,  # saved beside the student
+    )  # fmt: skip
     start = time.perf_counter()
     if run == "no_kd":
-        trainer: Trainer = Trainer(
-            model=student, args=TrainingArguments(**common_args(output_dir, demo)), train_dataset=train,
-            eval_dataset=test, data_collator=DefaultDataCollator(), compute_metrics=classification_metrics,
-        )  # fmt: skip
+        args = TrainingArguments(**common_args(output_dir, demo, seed))
+        trainer: Trainer = Trainer(args=args, compute_metrics=classification_metrics, **kwargs)
     else:
         config = DTOKDConfig(
-            **common_args(output_dir, demo), method=method, alpha=demo.alpha, temperature=demo.temperature,
+            **common_args(output_dir, demo, seed), method=method, alpha=demo.alpha, temperature=demo.temperature,
             teacher_model_name_or_path=str(Path(demo.output_dir) / "teacher"),
         )  # fmt: skip
-        kwargs = dict(
-            model=student, args=config, train_dataset=train, eval_dataset=test,
-            data_collator=DefaultDataCollator(), processing_class=processor,
-        )  # fmt: skip
         if signal.startswith("feature_"):
-            trainer = FeatureKDTrainer(projector=signal.split("_", 1)[1], group_features=True, **kwargs)
+            trainer = FeatureKDTrainer(
+                args=config, projector=signal.split("_", 1)[1], group_features=True, **kwargs
+            )
         elif signal == "deit_token":
-            trainer = DeiTTokenTrainer(distillation="hard", **kwargs)
+            trainer = DeiTTokenTrainer(args=config, distillation="hard", **kwargs)
         else:
-            trainer = DTOKDTrainer(**kwargs)
+            trainer = DTOKDTrainer(args=config, **kwargs)
+    trainer.remove_callback(PrinterCallback)  # one line per run below, not every log
     trainer.train()
     wall = time.perf_counter() - start
     metrics = trainer.evaluate()
     history = trainer.state.log_history
     pis = [row["pi_distill"] for row in history if "pi_distill" in row]
-    cosines = [row["grad_cos"] for row in history if "grad_cos" in row]
     trainer.save_model(str(output_dir / "student"))
+    print(f"{run:>16} seed {seed}: top-1 {100 * metrics['eval_top1']:.1f} % ({wall:.0f} s)", flush=True)
     return {
         "run": run,
+        "seed": seed,
         "top1": metrics["eval_top1"],
         "top5": metrics.get("eval_top5"),
         "wall_seconds": wall,
         "seconds_per_step": wall / demo.max_steps,
         "final_pi_distill": pis[-1] if pis else None,
         "mean_pi_distill": sum(pis) / len(pis) if pis else None,
-        "share_steps_conflicting": sum(c < 0 for c in cosines) / len(cosines) if cosines else None,
         "log_history": history,
     }
 
 
-def format_table(teacher: dict[str, float], results: list[dict[str, Any]]) -> str:
-    def fmt(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    lines = [
-        "| model | top-1 (360 test images) | wall time (s) | final pi_distill | mean pi_distill | steps with conflict |",
-        "|---|---|---|---|---|---|",
-        f"| teacher (ResNet, 24 px) | {100 * teacher['top1']:.1f} | {teacher['wall_seconds']:.0f} | - | - | - |",
-    ]
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run: top-1 over the seeds (mean, std, each seed) and the paired difference to no-KD (mean, SE)."""
+    by_run: dict[str, dict[int, dict[str, Any]]] = {}
     for r in results:
+        by_run.setdefault(r["run"], {})[r["seed"]] = r
+    rows = []
+    for run, seeds in by_run.items():
+        top1 = [seeds[s]["top1"] for s in sorted(seeds)]
+        row: dict[str, Any] = {
+            "run": run, "seeds": sorted(seeds), "top1": top1, "top1_mean": statistics.fmean(top1),
+            "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
+            "seconds_per_step": statistics.fmean(seeds[s]["seconds_per_step"] for s in seeds),
+            "mean_pi_distill": None, "diff_to_no_kd": None, "diff_se": None,
+        }  # fmt: skip
+        pis = [seeds[s]["mean_pi_distill"] for s in seeds if seeds[s]["mean_pi_distill"] is not None]
+        if pis:
+            row["mean_pi_distill"] = statistics.fmean(pis)
+        if run != "no_kd" and "no_kd" in by_run:
+            paired = [
+                seeds[s]["top1"] - by_run["no_kd"][s]["top1"] for s in sorted(seeds) if s in by_run["no_kd"]
+            ]
+            if paired:
+                row["diff_to_no_kd"] = statistics.fmean(paired)
+                if len(paired) > 1:
+                    row["diff_se"] = statistics.stdev(paired) / math.sqrt(len(paired))
+        rows.append(row)
+    return rows
+
+
+def format_table(teacher: dict[str, float], rows: list[dict[str, Any]], demo: DemoArguments) -> str:
+    def pp(value: float | None, se: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:+.1f}" + ("" if se is None else f" +- {100 * se:.1f}")
+
+    seeds = len(rows[0]["seeds"]) if rows else 0
+    lines = [
+        f"| model | top-1 % (360 test images), mean +- std over {seeds} seeds | each seed | "
+        "vs no-KD (pp, paired mean +- SE) | s / step | mean pi_distill |",
+        "|---|---|---|---|---|---|",
+        f"| teacher (ResNet, 24 px, all 1,437 labels) | {100 * teacher['top1']:.1f} | - | - | - | - |",
+    ]
+    for r in rows:
+        model = "DeiT (2 heads)" if r["run"].startswith("deit") else demo.student
+        spread = "" if r["top1_std"] is None else f" +- {100 * r['top1_std']:.1f}"
+        each = ", ".join(f"{100 * v:.1f}" for v in r["top1"])
+        pi = "-" if r["mean_pi_distill"] is None else f"{r['mean_pi_distill']:.3f}"
         lines.append(
-            f"| student {'DeiT (2 heads)' if r['run'].startswith('deit') else 'ViT'}, {r['run']} | {100 * r['top1']:.1f} | {r['wall_seconds']:.0f} | "
-            f"{fmt(r['final_pi_distill'], '.3f')} | {fmt(r['mean_pi_distill'], '.3f')} | "
-            f"{fmt(None if r['share_steps_conflicting'] is None else 100 * r['share_steps_conflicting'], '.0f')}"
-            f"{'' if r['share_steps_conflicting'] is None else ' %'} |"
+            f"| student {model}, {r['run']} | {100 * r['top1_mean']:.1f}{spread} | {each} | "
+            f"{pp(r['diff_to_no_kd'], r['diff_se'])} | {r['seconds_per_step']:.3f} | {pi} |"
         )
     return "\n".join(lines)
 
@@ -257,12 +350,19 @@ def run_demo(demo: DemoArguments) -> dict[str, Any]:
     labels = splits["train"].features["label"].names
     start = time.perf_counter()
     teacher = train_teacher(demo, splits, labels)
-    results = [train_student(run, demo, splits, labels) for run in demo.runs]
-    table = format_table(teacher, results)
-    histories = {r["run"]: r["log_history"] for r in results if r["run"] != "no_kd"}
+    seeds = range(demo.seed, demo.seed + demo.seeds)
+    results = [train_student(run, demo, splits, labels, seed) for seed in seeds for run in demo.runs]
+    rows = summarise(results)
+    table = format_table(teacher, rows, demo)
+    histories = {
+        r["run"]: r["log_history"] for r in results if r["run"] != "no_kd" and r["seed"] == demo.seed
+    }
     logged = any("pi_distill" in row for history in histories.values() for row in history)
     plot = plot_tradeoff(histories, output_dir / "tradeoff.png") if logged else "no plot (nothing logged)"
-    return write_summary(output_dir, asdict(demo), teacher, results, table, plot, start)
+    summary = write_summary(output_dir, asdict(demo), teacher, results, table, plot, start)
+    summary["rows"] = rows
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -276,4 +376,12 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["DemoArguments", "main", "run_demo", "train_student", "train_teacher"]
+__all__ = [
+    "DemoArguments",
+    "build_resnet_student",
+    "main",
+    "run_demo",
+    "summarise",
+    "train_student",
+    "train_teacher",
+]

@@ -11,6 +11,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from huggingface_hub import EvalResult, ModelCard
+
 from .plotting import series, tradeoff_keys
 
 CARD_TAGS = ("knowledge-distillation", "dto-kd")
@@ -84,3 +86,45 @@ def distillation_section(
     if plot_file:
         lines += ["", f"![pi, gradient conflict and dominance over training]({plot_file})"]
     return "\n".join(lines) + "\n"
+
+
+#: Evaluation keys that are bookkeeping, not results.
+NOT_RESULTS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step")
+#: Readable names of the built-in metrics in the card's model-index.
+METRIC_NAMES = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy", "loss": "Loss", "map": "mAP"}
+
+
+def final_evaluation(log_history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The last evaluation's results (``eval_`` prefix dropped, bookkeeping left out)."""
+    rows = [row for row in log_history if any(key.startswith("eval_") for key in row)]
+    if not rows:
+        return {}
+    return {
+        key[len("eval_") :]: float(value)
+        for key, value in rows[-1].items()
+        if key.startswith("eval_")
+        and isinstance(value, (int, float))
+        and key[len("eval_") :] not in NOT_RESULTS
+    }
+
+
+def add_eval_results(
+    card_path: str, log_history: Sequence[Mapping[str, Any]], task: str | None, dataset: str | None
+) -> None:
+    """Fill the card's ``model-index`` with the final evaluation when the Trainer left it empty.
+
+    The Trainer writes model-index results only for a fixed list of metric names (``accuracy``, ``f1``...),
+    so ``top1`` or ``map`` never reach it. Written with huggingface_hub's card classes, which the Hub's parser
+    reads back. Needs a task and a dataset name (the index is rejected without them)."""
+    results = final_evaluation(log_history)
+    card = ModelCard.load(card_path)
+    if not results or not task or not dataset or card.data.eval_results:
+        return
+    card.data.eval_results = [
+        EvalResult(task_type=task, dataset_type=dataset, dataset_name=dataset, metric_type=name,
+                   metric_name=METRIC_NAMES.get(name, name), metric_value=value)
+        for name, value in results.items()
+    ]  # fmt: skip
+    if card.data.model_name is None:
+        card.data.model_name = card.data.to_dict().get("model-index", [{}])[0].get("name") or "student"
+    card.save(card_path)

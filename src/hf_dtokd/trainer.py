@@ -62,7 +62,7 @@ from .config import DTOKDConfig
 from .gradients import WindowGradients, objective_reach
 from .losses import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
 from .metrics import classification_metrics
-from .model_card import CARD_TAGS, distillation_section
+from .model_card import CARD_TAGS, add_eval_results, distillation_section
 from .modeling import (
     check_label_spaces,
     classification_logits,
@@ -678,6 +678,9 @@ class DTOKDTrainer(Trainer):
             text = handle.read()
         with open(card, "w", encoding="utf-8") as handle:
             handle.write(text.rstrip() + "\n\n" + section)
+        task = tasks[0] if isinstance(tasks, list) and tasks else tasks
+        named = dataset[0] if isinstance(dataset, list) and dataset else dataset
+        add_eval_results(card, self.state.log_history, task, named)
 
     def _method_name(self) -> str:
         """The name checkpoints record: the config's method, or the class of a custom balancer."""

@@ -12,7 +12,10 @@ Installed as the console script ``hf-dtokd-classify`` (and ``hf-dtokd classify``
 ``--signal features --projector vkd`` distils stage features through projectors (FeatureKDTrainer),
 ``--signal deit_token`` trains a two-head DeiT student (DeiTTokenTrainer).
 
-Without --dataset_name it uses the embedded digits data set (no download). Every model, data and
+The data flags are the upstream script's (``--dataset_name``, ``--train_dir`` / ``--validation_dir``,
+``--train_val_split``, evaluation on ``validation``, carved from the training split when absent);
+without a data set it uses the embedded digits (no download). ``--metric`` takes evaluate metric ids
+or local evaluate modules. Every model, data and
 DTOKDConfig field is a flag (``--help``); a single JSON file with the same keys works as the only
 argument (``hf-dtokd-classify run.json``).
 """
@@ -20,10 +23,11 @@ argument (``hf-dtokd-classify run.json``).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasets import DatasetDict, load_dataset
+from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import DefaultDataCollator, HfArgumentParser
 
 from ..config import DTOKDConfig
@@ -31,6 +35,7 @@ from ..data import load_digits_splits, preprocess_images
 from ..deit_token import DeiTTokenTrainer
 from ..feature_kd import FeatureKDTrainer
 from ..losses import DEIT_DISTILLATION
+from ..metrics import evaluate_metrics
 from ..modeling import load_image_classifier, load_image_processor
 from ..projectors import PROJECTORS
 from ..trainer import DTOKDTrainer
@@ -93,34 +98,123 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    """The data flags of transformers' ``run_image_classification.py``, with the embedded digits as default."""
+
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A datasets Hub id or local folder; default: the embedded digits data set."},
+        metadata={
+            "help": "A datasets Hub id or local folder; without it and without --train_dir / --validation_dir: "
+            "the embedded digits data set."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The configuration name of the dataset (datasets' `name`)."}
+    )
+    train_dir: str | None = field(
+        default=None, metadata={"help": "A folder of training images in class sub-folders (imagefolder)."}
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "A folder of validation images in class sub-folders (imagefolder)."}
+    )
+    train_val_split: float | None = field(
+        default=0.15,
+        metadata={
+            "help": "Share of the training split carved off as validation when there is no validation split."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the first this many training examples (debugging, quick runs)."},
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first this many evaluation examples."}
     )
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the class indices."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_split: str = field(
-        default="test", metadata={"help": "Split used for evaluation ('validation', 'test'...)."}
+        default="validation",
+        metadata={
+            "help": "Split used for evaluation; carved from the training split (--train_val_split) if absent."
+        },
+    )
+    metric: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "evaluate metric ids or local evaluate module paths (several are combined with "
+            "evaluate.combine), computed on the argmax predictions; default: the built-in top-1 / top-5 "
+            "accuracy, which needs no download."
+        },
     )
 
+    def __post_init__(self) -> None:
+        if self.dataset_name is not None and (self.train_dir or self.validation_dir):
+            raise ValueError("pass either --dataset_name or --train_dir / --validation_dir, not both")
+        if self.train_val_split is not None and not 0.0 <= self.train_val_split < 1.0:
+            raise ValueError(f"--train_val_split must lie in [0, 1), got {self.train_val_split}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be >= 1, got {value}")
 
-def load_splits(data: DataArguments) -> DatasetDict:
-    if data.dataset_name is None:
-        return load_digits_splits()
-    splits = load_dataset(data.dataset_name)
-    for split in (data.train_split, data.eval_split):
-        if split not in splits:
+
+def load_splits(data: DataArguments, seed: int = 0) -> DatasetDict:
+    """The training and evaluation splits, as transformers' run_image_classification.py finds them.
+
+    A Hub id / folder (``--dataset_name``), an imagefolder (``--train_dir`` / ``--validation_dir``), or the
+    embedded digits (its held-out split as ``validation``). Without the evaluation split, ``train_val_split``
+    of the training split is carved off (seeded, stratified when the labels are a ``ClassLabel``).
+    """
+    if data.dataset_name is not None:
+        splits = load_dataset(data.dataset_name, data.dataset_config_name)
+        source = data.dataset_name
+    elif data.train_dir or data.validation_dir:
+        files = {}
+        if data.train_dir:
+            files[data.train_split] = os.path.join(data.train_dir, "**")
+        if data.validation_dir:
+            files[data.eval_split] = os.path.join(data.validation_dir, "**")
+        splits = load_dataset("imagefolder", data_files=files)
+        source = "the image folders"
+    else:
+        digits = load_digits_splits()
+        splits = DatasetDict({data.train_split: digits["train"], data.eval_split: digits["test"]})
+        source = "the embedded digits"
+    if data.train_split not in splits:
+        raise ValueError(
+            f"{source} has no split {data.train_split!r} (splits: {list(splits)}); set --train_split or --train_dir"
+        )
+    if data.eval_split not in splits:
+        if not data.train_val_split:
             raise ValueError(
-                f"{data.dataset_name} has no split {split!r} (splits: {list(splits)}); set --train_split / --eval_split"
+                f"{source} has no split {data.eval_split!r} (splits: {list(splits)}); set --eval_split, "
+                "--validation_dir, or --train_val_split to carve one from the training split"
             )
+        train = splits[data.train_split]
+        stratify = (
+            data.label_column_name
+            if isinstance(train.features.get(data.label_column_name), ClassLabel)
+            else None
+        )
+        carved = train.train_test_split(
+            test_size=data.train_val_split, seed=seed, stratify_by_column=stratify
+        )
+        splits[data.train_split], splits[data.eval_split] = carved["train"], carved["test"]
     missing = {data.image_column_name, data.label_column_name} - set(splits[data.train_split].column_names)
     if missing:
         raise ValueError(
-            f"{data.dataset_name} has no column(s) {sorted(missing)} (columns: {splits[data.train_split].column_names}); "
+            f"{source} has no column(s) {sorted(missing)} (columns: {splits[data.train_split].column_names}); "
             "set --image_column_name / --label_column_name"
         )
-    return splits.rename_columns({data.image_column_name: "image", data.label_column_name: "label"})
+    if data.image_column_name != "image" or data.label_column_name != "label":
+        splits = splits.rename_columns({data.image_column_name: "image", data.label_column_name: "label"})
+    for split, limit in (
+        (data.train_split, data.max_train_samples),
+        (data.eval_split, data.max_eval_samples),
+    ):
+        if limit is not None:
+            splits[split] = splits[split].select(range(min(limit, len(splits[split]))))
+    return splits
 
 
 def build_trainer(model_args: ModelArguments, **kwargs: Any) -> DTOKDTrainer:
@@ -145,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     model_args, data_args, config = parse_script_args(parser, argv)
 
-    splits = load_splits(data_args)
+    splits = load_splits(data_args, seed=config.seed)
     labels = splits[data_args.train_split].features["label"].names
     student = load_image_classifier(
         model_args.model_name_or_path, "student", num_labels=len(labels),
@@ -164,11 +258,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_args, model=student, args=config, train_dataset=train if config.do_train else None,
         eval_dataset=evaluation if config.do_eval else None, processing_class=processor,
         data_collator=DefaultDataCollator(),
+        compute_metrics=evaluate_metrics(data_args.metric) if data_args.metric else None,
     )  # fmt: skip
     card = {
         "finetuned_from": model_args.model_name_or_path,
         "tasks": "image-classification",
-        "dataset": data_args.dataset_name or "sklearn digits",
+        "dataset": data_args.dataset_name or ("imagefolder" if data_args.train_dir else "sklearn digits"),
         "tags": ["image-classification", "knowledge-distillation", "dto-kd"],
     }
     return train_evaluate_publish(trainer, config, card)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image
+from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
+
+from ..losses.classification import IGNORE_INDEX
 
 TEST_SIZE = 360
 
@@ -46,3 +48,30 @@ def preprocess_images(dataset: Dataset, processor: Any, column: str = "pixel_val
         transform, batched=True, batch_size=256, remove_columns=["image"], features=features
     )
     return processed.with_format("torch")
+
+
+def labelled_indices(dataset: Dataset, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` row indices of every class, drawn with ``seed``, sorted."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset["label"])
+    counts = {int(c): int((labels == c).sum()) for c in np.unique(labels)}
+    if min(counts.values()) < per_class:
+        raise ValueError(f"labelled_per_class={per_class} but a class has only {min(counts.values())} images")
+    chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in np.unique(labels)]
+    return np.sort(np.concatenate(chosen))
+
+
+def transfer_set(dataset: Dataset, per_class: int, seed: int, unlabelled_pool: bool = True) -> Dataset:
+    """A few labelled images per class, and (``unlabelled_pool``) every other image with label -100.
+
+    The distillation regime where a teacher labels a transfer set: the student sees ``per_class`` labelled
+    images per class and distils on the rest, which carry no label (distillation loss only). Without the
+    pool, the labelled subset alone (what a student without a teacher can use)."""
+    chosen = labelled_indices(dataset, per_class, seed)
+    if not unlabelled_pool:
+        return dataset.select(chosen)
+    keep = np.zeros(len(dataset), dtype=bool)
+    keep[chosen] = True
+    masked = np.where(keep, np.asarray(dataset["label"]), IGNORE_INDEX)
+    pool = dataset.remove_columns("label").add_column("label", masked.tolist())
+    return pool.cast_column("label", Value("int64")).with_format("torch")
