@@ -25,11 +25,11 @@ install:
 	$(PIP) install -q -e ".[dev]"
 
 demo: install
-	$(PYTHON) -m hf_dtokd.demo --output_dir $(DEMO_DIR)
+	$(PYTHON) -m hf_dtokd.demos.digits --output_dir $(DEMO_DIR)
 
 # the embedded detection default: generated shapes, an RT-DETR teacher and student
 demo-detection: install
-	$(PYTHON) -m hf_dtokd.detection_demo --output_dir outputs/shapes
+	$(PYTHON) -m hf_dtokd.demos.shapes --output_dir outputs/shapes
 
 lint:
 	$(PYTHON) -m ruff check src tests examples benchmarks docs

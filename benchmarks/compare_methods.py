@@ -128,7 +128,7 @@ def fold_data(folds: int, fold: int) -> tuple[Any, Any, list[str]]:
 @cache
 def processed(folds: int, fold: int, which: str, size: int) -> Any:
     from hf_dtokd.data import preprocess_images
-    from hf_dtokd.demo import student_processor, teacher_processor
+    from hf_dtokd.demos.digits import student_processor, teacher_processor
 
     pool, test, _ = fold_data(folds, fold)
     processor = student_processor() if size == 32 else teacher_processor()
@@ -150,8 +150,8 @@ def teacher_dir(args: CompareArguments, fold: int) -> Path:
 def train_teacher(args: CompareArguments, fold: int) -> float:
     from transformers import DefaultDataCollator, Trainer, TrainingArguments
 
-    from hf_dtokd.demo import build_teacher, teacher_processor
-    from hf_dtokd.metrics import classification_metrics
+    from hf_dtokd.demos.digits import build_teacher, teacher_processor
+    from hf_dtokd.trainer.metrics import classification_metrics
 
     folder = teacher_dir(args, fold)
     metrics_file = folder / "metrics.json"
@@ -221,8 +221,8 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
     from transformers.utils import logging as hf_logging
 
     from hf_dtokd import DeiTTokenTrainer, DTOKDConfig, DTOKDTrainer, FeatureKDTrainer
-    from hf_dtokd.demo import student_processor
-    from hf_dtokd.metrics import classification_metrics
+    from hf_dtokd.demos.digits import student_processor
+    from hf_dtokd.trainer.metrics import classification_metrics
 
     hf_logging.set_verbosity_error()
     run_seed = 1000 * fold + seed

@@ -56,7 +56,7 @@ from transformers import (
 
 from hf_dtokd import DTOKDConfig, DTOKDTrainer
 from hf_dtokd.balancing import GRAMIAN_METHODS
-from hf_dtokd.demo import build_student, build_teacher
+from hf_dtokd.demos.digits import build_student, build_teacher
 from hf_dtokd.losses import logit_kd_loss
 
 RESULTS = Path(__file__).parent / "results"
@@ -273,7 +273,7 @@ def build_trainer(name: str, student: str, teacher: torch.nn.Module, steps: int,
 def state_mib(trainer: Trainer) -> float:
     """Tensors the method keeps between steps: per-loss gradient buffers and the balancer's tensors."""
     total = 0
-    gradients = getattr(trainer, "_window_gradients", None)
+    gradients = trainer.placement.gradients
     if gradients is not None:
         total += gradients.buffers.numel() * gradients.buffers.element_size()
     balancer = getattr(trainer, "balancer", None)

@@ -2,11 +2,11 @@
 
 Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->``:
 
-* ``demo``: the table printed by the digits demo (``python -m hf_dtokd.demo``), copied with its
+* ``demo``: the table printed by the digits demo (``python -m hf_dtokd.demos.digits``), copied with its
   JSON and plot into ``docs/results/``;
 * ``digits-signals``: the digits demo's opt-in signal runs (feature KD per projector, DeiT token), from
-  ``--signals-demo-dir`` (``python -m hf_dtokd.demo --runs <SIGNAL_RUNS> --output_dir outputs/digits_signals``);
-* ``detection-demo``: the table printed by the detection demo (``python -m hf_dtokd.detection_demo``),
+  ``--signals-demo-dir`` (``python -m hf_dtokd.demos.digits --runs <SIGNAL_RUNS> --output_dir outputs/digits_signals``);
+* ``detection-demo``: the table printed by the detection demo (``python -m hf_dtokd.demos.shapes``),
   copied with its JSON and plot into ``docs/results/``;
 * ``step-cost``: ``benchmarks/results/step_cost.md`` (``python benchmarks/step_cost.py``);
 * ``compare``: ``benchmarks/results/compare_methods.md`` (``python benchmarks/compare_methods.py``),

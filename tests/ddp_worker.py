@@ -11,8 +11,8 @@ import sys
 import torch
 
 from hf_dtokd import DTOKDTrainer, FeatureKDTrainer
-from hf_dtokd.gradients import WindowGradients
-from hf_dtokd.teacher_cache import TEACHER_LOGITS
+from hf_dtokd.gradients.parameters import WindowGradients
+from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
 from tiny import conflicting_pair, partly_labelled, random_images, tiny_args, train_logs
 
 GA = {"gradient_accumulation_steps": 2}

@@ -5,7 +5,7 @@ import torch
 from accelerate.utils import DistributedType
 
 from hf_dtokd import DTOKDTrainer
-from hf_dtokd.backends import backward, check_backend_support, deepspeed_teacher_config
+from hf_dtokd.runtime.backends import backward, check_backend_support, deepspeed_teacher_config
 from tiny import tiny_args, tiny_resnet, tiny_vit
 
 

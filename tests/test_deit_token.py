@@ -95,7 +95,7 @@ def test_representation_auto_is_the_last_blocks_input_and_the_final_norm_is_refu
     reference = copy.deepcopy(student)
     trainer = DeiTTokenTrainer(model=student, teacher_model=teacher, train_dataset=data,
                                args=tiny_args(tmp_path, gradient_placement="representation"))  # fmt: skip
-    assert trainer._representation_layer == "deit.layers.0"
+    assert trainer.placement.layer == "deit.layers.0"
     trainer.train()
     captured = {}
     reference.deit.layers[0].register_forward_hook(

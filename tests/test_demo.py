@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoModelForImageClassification, ViTImageProcessor
 
 from hf_dtokd.data import load_digits_splits
-from hf_dtokd.demo import DemoArguments, run_demo
+from hf_dtokd.demos.digits import DemoArguments, run_demo
 from tiny import tiny_resnet, tiny_vit
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
@@ -68,7 +68,7 @@ def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
 
 def test_every_saved_demo_student_carries_its_processor_and_the_command_line_continues_from_it(tmp_path):
     from hf_dtokd.cli.classify import main as classify
-    from hf_dtokd.modeling import load_image_processor
+    from hf_dtokd.models.classification import load_image_processor
 
     run_demo(DemoArguments(output_dir=str(tmp_path), runs=["no_kd", "dto"], max_steps=2, teacher_steps=2,
                            batch_size=16, seeds=1))  # fmt: skip

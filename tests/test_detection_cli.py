@@ -8,8 +8,8 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_dtokd.cli import main as hf_dtokd_main
 from hf_dtokd.cli.detect import DetectionModelArguments
-from hf_dtokd.detection_demo import DetectionDemoArguments, run_demo
-from hf_dtokd.detection_models import detection_processor
+from hf_dtokd.demos.shapes import DetectionDemoArguments, run_demo
+from hf_dtokd.signals.detection.models import detection_processor
 from test_detection_kd import tiny_detr
 from tiny import console_script
 

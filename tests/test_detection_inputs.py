@@ -9,7 +9,7 @@ from transformers import DetrImageProcessor
 
 from hf_dtokd import DetectionTransform, collate_detection
 from hf_dtokd.data import SHAPE_CLASSES, generate_shapes, load_shapes_splits
-from hf_dtokd.detection_inputs import check_coco_boxes, check_detection_labels
+from hf_dtokd.signals.detection.inputs import check_coco_boxes, check_detection_labels
 
 
 def test_shapes_follow_the_hub_detection_layout_and_are_reproducible() -> None:

@@ -213,8 +213,8 @@ def test_a_short_run_raises_the_students_map_on_generated_shapes(tmp_path) -> No
     """RT-DETR (the demo's family) at 64 px: 150 steps fit 16 generated images (mAP50 on them from 0 to > 0.2).
 
     Held-out gains need longer runs: the detection demo measures them (README)."""
-    from hf_dtokd.detection_demo import build_model
-    from hf_dtokd.detection_models import detection_processor
+    from hf_dtokd.demos.shapes import build_model
+    from hf_dtokd.signals.detection.models import detection_processor
 
     rt_processor = detection_processor("rt_detr", 64)
     data = generate_shapes(16, image_size=64, max_objects=2, seed=7).with_transform(
@@ -276,7 +276,7 @@ def test_every_family_distils_with_token_kd(tmp_path, shapes, head: str) -> None
 def test_token_kd_saves_the_student_alone_and_checkpoints_the_projector(tmp_path, shapes) -> None:
     from transformers import AutoModelForObjectDetection
 
-    from hf_dtokd.student_with_projectors import PROJECTORS_NAME
+    from hf_dtokd.signals.student_with_projectors import PROJECTORS_NAME
 
     args = detection_args(tmp_path / "run", method="dto", max_steps=2, save_strategy="steps", save_steps=2,
                           per_device_train_batch_size=4)  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddp_worker import BROKEN, VARIANTS, make_trainer
-from hf_dtokd.teacher_cache import TEACHER_LOGITS
+from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
 from tiny import train_logs
 
 HERE = Path(__file__).parent

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification
 
-from hf_dtokd.feature_kd import PROJECTORS_NAME, FeatureKDTrainer
-from hf_dtokd.features import stage_features
+from hf_dtokd.signals.feature_kd import PROJECTORS_NAME, FeatureKDTrainer
+from hf_dtokd.signals.features import stage_features
 from test_resume import Crash, CrashAtStep
 from test_trainer import flat_params
 from tiny import family_students, random_images, tiny_args, tiny_resnet, tiny_vit, train_logs, whole_batch

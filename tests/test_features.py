@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_dtokd.features import evenly_spaced, pair_stages, resample_to, stage_features
+from hf_dtokd.signals.features import evenly_spaced, pair_stages, resample_to, stage_features
 
 
 def test_tokens_become_maps_without_their_prefix_tokens():

@@ -40,7 +40,7 @@ def test_representation_at_the_logits_pi_from_the_logit_gram_and_the_exact_param
     recorder = GradRecorder()
     trainer, reference, teacher, data = train(tmp_path, method="dto", gradient_placement="representation",
                                               callbacks=[recorder])  # fmt: skip
-    assert trainer._representation_layer == "logits"
+    assert trainer.placement.layer == "logits"
     x, y = whole_batch(data)
     z_s = reference(pixel_values=x).logits
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_representation_at_a_module_uses_the_gram_at_that_module(tmp_path, layer
     trainer_class = FromTheLayerNorm if layer == "auto" else DTOKDTrainer
     trainer, reference, teacher, data = train(tmp_path, trainer_class, method="dto", callbacks=[recorder],
                                               gradient_placement="representation", representation_layer=layer)  # fmt: skip
-    assert trainer._representation_layer == "vit.layernorm"
+    assert trainer.placement.layer == "vit.layernorm"
     x, y = whole_batch(data)
     distill, task, a_d, a_t = layernorm_gradients(reference, teacher, x, y)
     pi, w = dto_weights(a_d, a_t, distill.item() + EPS, task.item() + EPS)
@@ -201,7 +201,7 @@ def test_batched_gradients_give_the_same_three_objective_steps_with_accumulation
                             max_steps=2, per_device_train_batch_size=8, gradient_accumulation_steps=2)  # fmt: skip
         runs[batched] = (train_logs(trainer, "pi_distill"), flat_params(trainer.model))
         if batched:
-            assert not trainer._window_gradients.batched_unsupported
+            assert not trainer.placement.gradients.batched_unsupported
     assert runs[True][0] == pytest.approx(runs[False][0], abs=1e-6)
     assert torch.allclose(runs[True][1], runs[False][1], atol=1e-6)
 

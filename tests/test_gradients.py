@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_dtokd.gradients import WindowGradients, objective_reach
+from hf_dtokd.gradients.parameters import WindowGradients, objective_reach
 
 
 def make_model():

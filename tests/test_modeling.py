@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from hf_dtokd.modeling import check_label_spaces, load_image_classifier
+from hf_dtokd.models.classification import check_label_spaces, load_image_classifier
 from tiny import tiny_resnet, tiny_vit
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_dtokd import DTOKDTrainer
-from hf_dtokd.norm_statistics import preserved_running_statistics
+from hf_dtokd.trainer.norm_statistics import preserved_running_statistics
 from tiny import random_images, tiny_args, tiny_resnet, whole_batch
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_dtokd import DTOKDTrainer
-from hf_dtokd.precision import fp8_convertible_layers
+from hf_dtokd.runtime.precision import fp8_convertible_layers
 from tiny import random_images, tiny_args, tiny_vit, train_logs
 
 torchao = pytest.importorskip("torchao")  # in the dev extra; the fp8 path cannot be exercised without it
@@ -66,7 +66,7 @@ def test_a_missing_fp8_package_is_named(tmp_path):
 
 
 def test_the_demo_students_fp8_layers_are_the_ones_the_readme_names():
-    from hf_dtokd.demo import build_student
+    from hf_dtokd.demos.digits import build_student
 
     student = build_student(0, [str(i) for i in range(10)])
     linears = [name for name, m in student.named_modules() if isinstance(m, torch.nn.Linear)]

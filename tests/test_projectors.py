@@ -2,7 +2,7 @@
 
 import torch
 
-from hf_dtokd.projectors import LinearProjector, MoKDStyleProjector, VkDProjector, build_projector
+from hf_dtokd.signals.projectors import LinearProjector, MoKDStyleProjector, VkDProjector, build_projector
 
 
 def layer_norm_channels(t, eps=1e-5):

@@ -11,7 +11,7 @@ import yaml
 from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
 from hf_dtokd import DTOKDTrainer
-from hf_dtokd.plotting import plot_tradeoff
+from hf_dtokd.hub.plotting import plot_tradeoff
 from tiny import random_images, tiny_args, tiny_resnet, tiny_vit
 
 

@@ -104,6 +104,6 @@ def test_import_adds_nothing_to_what_transformers_prints():
     ``.ci/check_package``). Where torchao is installed, transformers' own ``from transformers import
     Trainer`` prints two torch warnings; the package must add nothing to them and import no torchao itself."""
     assert _stderr_of("import hf_dtokd") == _stderr_of("from transformers import Trainer")
-    code = "import sys; from transformers import Trainer; before = 'torchao' in sys.modules; import hf_dtokd.precision; "
+    code = "import sys; from transformers import Trainer; before = 'torchao' in sys.modules; import hf_dtokd.runtime.precision; "
     code += "assert before or 'torchao' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

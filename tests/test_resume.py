@@ -92,7 +92,7 @@ def test_an_older_layout_and_a_plain_trainer_checkpoint_are_refused(tmp_path):
 
 
 def test_an_interrupted_save_is_never_taken_as_a_valid_checkpoint(tmp_path, monkeypatch):
-    import hf_dtokd.checkpoints as checkpoints
+    import hf_dtokd.trainer.checkpoints as checkpoints
 
     real_save, calls = torch.save, []
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hf_dtokd import DTOKDTrainer
-from hf_dtokd.feature_kd import FeatureKDTrainer
-from hf_dtokd.teacher_cache import TEACHER_LOGITS, process_rows
+from hf_dtokd.signals.feature_kd import FeatureKDTrainer
+from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS, process_rows
 from test_trainer import flat_params
 from tiny import random_images, tiny_args, tiny_resnet, tiny_vit, train_logs, whole_batch
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from transformers import ViTImageProcessor
 
-from hf_dtokd.teacher_inputs import PixelSpace, TeacherInputConverter
+from hf_dtokd.trainer.teacher_inputs import PixelSpace, TeacherInputConverter
 
 
 def test_from_processors_resize_and_renormalise():

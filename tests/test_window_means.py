@@ -6,7 +6,7 @@ import torch
 from accelerate import Accelerator
 
 from hf_dtokd import DTOKDTrainer
-from hf_dtokd.window_means import WindowCounts, count_window, micro_batch_scales
+from hf_dtokd.trainer.window_means import WindowCounts, count_window, micro_batch_scales
 from tiny import conflicting_pair, partly_labelled, random_images, tiny_args, train_logs
 
 

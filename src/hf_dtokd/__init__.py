@@ -1,6 +1,6 @@
 """hf_dtokd: knowledge distillation for vision models in transformers.Trainer, balanced by DTO-KD."""
 
-from .balancing import (
+from hf_dtokd.balancing import (
     DOT,
     FAMO,
     IMTLG,
@@ -18,15 +18,15 @@ from .balancing import (
     build_balancer,
     dto_closed_form,
 )
-from .config import DTOKDConfig
-from .deit_token import DeiTTokenTrainer
-from .detection_inputs import DetectionTransform, collate_detection
-from .detection_kd import DetectionKDTrainer
-from .detection_metrics import DetectionMetrics
-from .detection_models import build_detector, load_object_detector
-from .feature_kd import FeatureKDTrainer, StudentWithProjectors
-from .metrics import classification_metrics
-from .trainer import DTOKDTrainer
+from hf_dtokd.signals.deit_token import DeiTTokenTrainer
+from hf_dtokd.signals.detection.inputs import DetectionTransform, collate_detection
+from hf_dtokd.signals.detection.metrics import DetectionMetrics
+from hf_dtokd.signals.detection.models import build_detector, load_object_detector
+from hf_dtokd.signals.detection.trainer import DetectionKDTrainer
+from hf_dtokd.signals.feature_kd import FeatureKDTrainer, StudentWithProjectors
+from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
+from hf_dtokd.trainer.metrics import classification_metrics
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_dtokd.balancing import DOT
-from hf_dtokd.gradients import WindowGradients, objective_reach
+from hf_dtokd.gradients.parameters import WindowGradients, objective_reach
 
 LR = 0.1
 

@@ -170,7 +170,7 @@ def test_token_kd_is_the_projector_loss_on_matched_query_states() -> None:
     from torch import nn
 
     from hf_dtokd.losses.detection import query_states, query_token_kd_loss
-    from hf_dtokd.projectors import build_projector
+    from hf_dtokd.signals.projectors import build_projector
 
     torch.manual_seed(4)
     student_states, teacher_states = torch.randn(2, 5, 6), torch.randn(2, 3, 8)

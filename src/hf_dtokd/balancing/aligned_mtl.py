@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torchjd.aggregation import AlignedMTLWeighting
 
-from .torchjd_weighting import TorchJDBalancer
+from hf_dtokd.balancing.torchjd_weighting import TorchJDBalancer
 
 
 class AlignedMTL(TorchJDBalancer):

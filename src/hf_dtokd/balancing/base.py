@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from ..gradients import WindowGradients
+    from hf_dtokd.gradients.parameters import WindowGradients
 
 OBJECTIVES: tuple[str, ...] = ("distill", "task")
 RESCALE_RULES: tuple[str, ...] = ("famo", "none")
@@ -68,8 +68,17 @@ class Balancer(ABC):
     #: True when the method needs to know which parameters each objective reaches (``WindowGradients.reached``).
     needs_reachability: bool = False
 
-    #: True when the method clips the per-loss gradients itself (``max_grad_norm``) before its update.
+    #: True when the method clips the per-loss gradients itself (``max_grad_norm``) before its update; it then
+    #: reports the pre-clip norm in ``last_grad_norm`` and the Trainer's own clipping is skipped.
     handles_clipping: bool = False
+    last_grad_norm: torch.Tensor | None = None
+
+    #: True when the method computes the whole update (momenta included) and the trainer must step with
+    #: momentum-free SGD (``p <- p - lr .grad``).
+    owns_update: bool = False
+
+    #: The ``DTOKDConfig`` fields that set this method, reported in the model card.
+    config_fields: tuple[str, ...] = ("temperature",)
 
     #: The current point of the simplex, one entry per objective.
     pi: torch.Tensor
@@ -87,6 +96,10 @@ class Balancer(ABC):
         self.pi = self.pi.to(device)
         self.nonfinite_events = self.nonfinite_events.to(device)
         return self
+
+    def configure(self, gradients: WindowGradients, weight_decays: list[float], max_grad_norm: float) -> None:
+        """Gradient methods: bind to the trainer's window gradients before the first step (default: nothing)."""
+        return None
 
     @abstractmethod
     def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torchjd.aggregation import CAGradWeighting
 
-from .torchjd_weighting import TorchJDBalancer
+from hf_dtokd.balancing.torchjd_weighting import TorchJDBalancer
 
 
 class CAGrad(TorchJDBalancer):

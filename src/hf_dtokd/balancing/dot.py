@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .base import Balancer
+from hf_dtokd.balancing.base import Balancer
 
 if TYPE_CHECKING:
-    from ..gradients import WindowGradients
+    from hf_dtokd.gradients.parameters import WindowGradients
 
 DOT_FORMS: tuple[str, ...] = ("sgd", "adamw")
 
@@ -52,6 +52,7 @@ class DOT(Balancer):
     #: The trainer must step with momentum-free SGD: this method computes the whole update.
     owns_update = True
     needs_reachability = True
+    config_fields = ("temperature", "alpha", "dot_momentum", "dot_delta")
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .gramian import GramianBalancer, log_gram
+from hf_dtokd.balancing.gramian import GramianBalancer, log_gram
 
 DEGENERATE_TOL = 1e-8
 #: Ridge added to the trace-normalised Gram so quadprog's Cholesky accepts a rank-deficient Gram.
@@ -73,6 +73,8 @@ def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
 
 class DTOExact(GramianBalancer):
     """Exact DTO-KD: ``pi`` from the min-norm point of the log-gradient Gram each optimizer step."""
+
+    config_fields = ("temperature", "gradient_placement", "rescale", "log_gradients", "min_loss", "eps")
 
     def __init__(
         self,

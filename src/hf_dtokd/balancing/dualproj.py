@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torchjd.aggregation import DualProjWeighting
 
-from .torchjd_weighting import TorchJDBalancer
+from hf_dtokd.balancing.torchjd_weighting import TorchJDBalancer
 
 
 class DualProj(TorchJDBalancer):

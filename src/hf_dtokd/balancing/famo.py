@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from .base import OBJECTIVES, Balancer, raw_loss_weights, shifted_losses
+from hf_dtokd.balancing.base import OBJECTIVES, Balancer, raw_loss_weights, shifted_losses
 
 
 class FAMO(Balancer):
     needs_look_ahead = True
+    config_fields = ("temperature", "rescale", "tradeoff_learning_rate", "tradeoff_weight_decay")
 
     def __init__(
         self,

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import Balancer
+from hf_dtokd.balancing.base import Balancer
 
 
 class FixedWeights(Balancer):
+    config_fields = ("temperature", "alpha")
+
     def __init__(self, alpha: float | None = None, weights: Sequence[float] | None = None) -> None:
         if (alpha is None) == (weights is None):
             raise ValueError(

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .base import RESCALE_RULES, Balancer, shifted_losses
+from hf_dtokd.balancing.base import RESCALE_RULES, Balancer, shifted_losses
 
 
 def log_gram(raw_gram: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
@@ -34,6 +34,8 @@ def log_gram(raw_gram: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
 
 class GramianBalancer(Balancer):
     """Base of the gradient methods that weigh the per-loss gradients from their Gram matrix."""
+
+    config_fields = ("temperature", "gradient_placement", "log_gradients", "rescale")
 
     needs_gradients = True
 

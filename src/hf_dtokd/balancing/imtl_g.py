@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torchjd.aggregation import IMTLGWeighting
 
-from .torchjd_weighting import TorchJDBalancer
+from hf_dtokd.balancing.torchjd_weighting import TorchJDBalancer
 
 
 class IMTLG(TorchJDBalancer):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torchjd.aggregation import MGDAWeighting
 
-from .torchjd_weighting import TorchJDBalancer
+from hf_dtokd.balancing.torchjd_weighting import TorchJDBalancer
 
 
 class MGDA(TorchJDBalancer):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torchjd.aggregation import PCGradWeighting
 
-from .torchjd_weighting import TorchJDBalancer
+from hf_dtokd.balancing.torchjd_weighting import TorchJDBalancer
 
 
 class PCGrad(TorchJDBalancer):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from .gramian import GramianBalancer
+from hf_dtokd.balancing.gramian import GramianBalancer
 
 
 def build_weighting(factory: Callable[[], torch.nn.Module], extra: str | None) -> torch.nn.Module:

@@ -21,10 +21,12 @@ from typing import Any
 
 import torch
 
-from .base import OBJECTIVES, Balancer
+from hf_dtokd.balancing.base import OBJECTIVES, Balancer
 
 
 class UncertaintyWeighting(Balancer):
+    config_fields = ("temperature", "tradeoff_learning_rate", "tradeoff_weight_decay")
+
     def __init__(
         self, num_objectives: int = len(OBJECTIVES), lr: float = 0.025, weight_decay: float = 0.0
     ) -> None:

@@ -7,8 +7,8 @@ import sys
 COMMANDS = {
     "classify": ("hf_dtokd.cli.classify", "distil an image classifier (the example script)"),
     "detect": ("hf_dtokd.cli.detect", "distil an object detector (the example script)"),
-    "demo": ("hf_dtokd.demo", "the embedded digits distillation (no download)"),
-    "detect-demo": ("hf_dtokd.detection_demo", "the embedded shapes detection distillation (no download)"),
+    "demo": ("hf_dtokd.demos.digits", "the embedded digits distillation (no download)"),
+    "detect-demo": ("hf_dtokd.demos.shapes", "the embedded shapes detection distillation (no download)"),
 }
 
 
@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def detect() -> None:
-    from .detect import main as run
+    from hf_dtokd.cli.detect import main as run
 
     run()
 
 
 def classify() -> None:
-    from .classify import main as run
+    from hf_dtokd.cli.classify import main as run
 
     run()
 

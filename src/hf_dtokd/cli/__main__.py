@@ -1,3 +1,3 @@
-from . import main
+from hf_dtokd.cli import main
 
 main()

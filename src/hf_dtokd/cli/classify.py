@@ -30,16 +30,16 @@ from typing import Any
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import DefaultDataCollator, HfArgumentParser
 
-from ..config import DTOKDConfig
-from ..data import load_digits_splits, preprocess_images
-from ..deit_token import DeiTTokenTrainer
-from ..feature_kd import FeatureKDTrainer
-from ..losses import DEIT_DISTILLATION
-from ..metrics import evaluate_metrics
-from ..modeling import load_image_classifier, load_image_processor
-from ..projectors import PROJECTORS
-from ..trainer import DTOKDTrainer
-from .common import parse_script_args, train_evaluate_publish
+from hf_dtokd.cli.common import parse_script_args, train_evaluate_publish
+from hf_dtokd.data import load_digits_splits, preprocess_images
+from hf_dtokd.losses import DEIT_DISTILLATION
+from hf_dtokd.models.classification import load_image_classifier, load_image_processor
+from hf_dtokd.signals.deit_token import DeiTTokenTrainer
+from hf_dtokd.signals.feature_kd import FeatureKDTrainer
+from hf_dtokd.signals.projectors import PROJECTORS
+from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
+from hf_dtokd.trainer.metrics import evaluate_metrics
 
 SIGNALS = ("logits", "features", "deit_token")
 

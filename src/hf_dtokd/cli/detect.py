@@ -26,13 +26,18 @@ from typing import Any
 from datasets import DatasetDict, load_dataset
 from transformers import HfArgumentParser
 
-from ..config import DTOKDConfig
-from ..data import load_shapes_splits
-from ..detection_inputs import DetectionTransform
-from ..detection_kd import DetectionKDTrainer
-from ..detection_models import DETECTION_HEADS, build_detector, detection_processor, load_object_detector
-from ..modeling import load_image_processor
-from .common import parse_script_args, train_evaluate_publish
+from hf_dtokd.cli.common import parse_script_args, train_evaluate_publish
+from hf_dtokd.data import load_shapes_splits
+from hf_dtokd.models.classification import load_image_processor
+from hf_dtokd.signals.detection.inputs import DetectionTransform
+from hf_dtokd.signals.detection.models import (
+    DETECTION_HEADS,
+    build_detector,
+    detection_processor,
+    load_object_detector,
+)
+from hf_dtokd.signals.detection.trainer import DetectionKDTrainer
+from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
-from ..losses.classification import IGNORE_INDEX
+from hf_dtokd.losses.classification import IGNORE_INDEX
 
 TEST_SIZE = 360
 

@@ -1,8 +1,8 @@
 """Distillation signals and task losses, each a named scalar computed in float32."""
 
-from .classification import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
-from .deit_token import DEIT_DISTILLATION, deit_token_losses, hard_distillation_loss
-from .detection import (
+from hf_dtokd.losses.classification import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
+from hf_dtokd.losses.deit_token import DEIT_DISTILLATION, deit_token_losses, hard_distillation_loss
+from hf_dtokd.losses.detection import (
     box_kd_loss,
     class_kd_loss,
     detection_scores,

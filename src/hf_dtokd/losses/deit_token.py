@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .classification import logit_kd_loss, task_cross_entropy
+from hf_dtokd.losses.classification import logit_kd_loss, task_cross_entropy
 
 DEIT_DISTILLATION: tuple[str, ...] = ("soft", "hard")
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .balancing import GRAMIAN_METHODS, METHODS, RESCALE_RULES
-from .precision import FP8_BACKENDS, check_fp8_backend
+from hf_dtokd.balancing import GRAMIAN_METHODS, METHODS, RESCALE_RULES
+from hf_dtokd.runtime.precision import FP8_BACKENDS, check_fp8_backend
 
 GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters", "representation")
 LOOK_AHEADS: tuple[str, ...] = ("same_batch", "next_batch")

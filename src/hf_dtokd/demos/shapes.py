@@ -13,7 +13,7 @@
 4. It prints a table (mAP, mAP50, mAP75 on the 200 validation images, wall time, final pi) and writes
    ``results.json``, ``results.md`` and ``tradeoff.png``.
 
-Run: ``python -m hf_dtokd.detection_demo`` (or ``hf-dtokd detect-demo``); ``--help`` lists the flags.
+Run: ``python -m hf_dtokd.demos.shapes`` (or ``hf-dtokd detect-demo``); ``--help`` lists the flags.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import torch
 from transformers import HfArgumentParser, ResNetConfig, RTDetrImageProcessor, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from .config import DTOKDConfig
-from .data import SHAPE_CLASSES, load_shapes_splits
-from .demo import write_summary
-from .detection_inputs import DetectionTransform, collate_detection
-from .detection_kd import DetectionKDTrainer
-from .detection_metrics import DetectionMetrics
-from .detection_models import build_detector
-from .plotting import plot_tradeoff
+from hf_dtokd.data import SHAPE_CLASSES, load_shapes_splits
+from hf_dtokd.demos.digits import write_summary
+from hf_dtokd.hub.plotting import plot_tradeoff
+from hf_dtokd.signals.detection.inputs import DetectionTransform, collate_detection
+from hf_dtokd.signals.detection.metrics import DetectionMetrics
+from hf_dtokd.signals.detection.models import build_detector
+from hf_dtokd.signals.detection.trainer import DetectionKDTrainer
+from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 
 RUNS = ("no_kd", "fixed", "dto")
 DEFAULT_RUNS = ("fixed", "dto")  # no_kd (alpha 0) is opt-in: with it the demo takes ~10 min instead of ~8

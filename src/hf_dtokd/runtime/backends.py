@@ -30,7 +30,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from .modeling import prepare_frozen
+from hf_dtokd.models.classification import prepare_frozen
 
 
 def check_backend_support(

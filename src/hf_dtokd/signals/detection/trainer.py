@@ -26,11 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import DTOKDConfig
-from .detection_inputs import check_categories, check_detection_labels, collate_detection
-from .detection_metrics import DetectionMetrics
-from .detection_models import detection_predictions, is_softmax_head, load_object_detector
-from .losses import (
+from hf_dtokd.losses import (
     box_kd_loss,
     class_kd_loss,
     detection_scores,
@@ -38,10 +34,14 @@ from .losses import (
     query_states,
     query_token_kd_loss,
 )
-from .modeling import num_labels
-from .projectors import PROJECTORS, build_projector
-from .student_with_projectors import ProjectorCheckpointsMixin, StudentWithProjectors
-from .trainer import DTOKDTrainer, load_teacher
+from hf_dtokd.models.classification import num_labels
+from hf_dtokd.signals.detection.inputs import check_categories, check_detection_labels, collate_detection
+from hf_dtokd.signals.detection.metrics import DetectionMetrics
+from hf_dtokd.signals.detection.models import detection_predictions, is_softmax_head, load_object_detector
+from hf_dtokd.signals.projectors import PROJECTORS, build_projector
+from hf_dtokd.signals.student_with_projectors import ProjectorCheckpointsMixin, StudentWithProjectors
+from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer, load_teacher
 
 logger = logging.getLogger(__name__)
 

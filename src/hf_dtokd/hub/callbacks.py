@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .plotting import plot_tradeoff, tradeoff_keys
+from hf_dtokd.hub.plotting import plot_tradeoff, tradeoff_keys
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
-from .modeling import OFFLINE_HINT
+from hf_dtokd.models.classification import OFFLINE_HINT
 
 #: Families whose head reads one backbone stage (the last); the others read several (multi-scale).
 SINGLE_SCALE = ("detr", "conditional_detr", "table_transformer")

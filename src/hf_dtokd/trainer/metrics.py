@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from transformers import EvalPrediction
 
-from .losses.classification import IGNORE_INDEX
+from hf_dtokd.losses.classification import IGNORE_INDEX
 
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .losses import DEIT_DISTILLATION, deit_token_losses
-from .trainer import DTOKDTrainer
+from hf_dtokd.losses import DEIT_DISTILLATION, deit_token_losses
+from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
 
 
 class DeiTTokenTrainer(DTOKDTrainer):

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from .losses import IGNORE_INDEX
+from hf_dtokd.losses import IGNORE_INDEX
 
 
 @dataclass

@@ -23,13 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import DTOKDConfig
-from .features import pair_stages, resample_to, stage_features
-from .losses import logit_kd_loss, task_cross_entropy
-from .modeling import classification_logits
-from .projectors import PROJECTORS, build_projector
-from .student_with_projectors import PROJECTORS_NAME, ProjectorCheckpointsMixin, StudentWithProjectors
-from .trainer import DTOKDTrainer, load_teacher
+from hf_dtokd.losses import logit_kd_loss, task_cross_entropy
+from hf_dtokd.models.classification import classification_logits
+from hf_dtokd.signals.features import pair_stages, resample_to, stage_features
+from hf_dtokd.signals.projectors import PROJECTORS, build_projector
+from hf_dtokd.signals.student_with_projectors import (
+    PROJECTORS_NAME,
+    ProjectorCheckpointsMixin,
+    StudentWithProjectors,
+)
+from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer, load_teacher
 
 __all__ = ["PROJECTORS_NAME", "FeatureKDTrainer", "StudentWithProjectors"]
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .checkpoints import restore_student
+from hf_dtokd.trainer.checkpoints import restore_student
 
 PROJECTORS_NAME = "projectors.safetensors"
 

@@ -47,10 +47,24 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .backends import backward, check_backend_support, prepare_teacher
-from .balancing import OBJECTIVES, Balancer, GramianBalancer, build_balancer
-from .callbacks import PLOT_NAME, TradeoffPlotCallback
-from .checkpoints import (
+from hf_dtokd.balancing import OBJECTIVES, Balancer, GramianBalancer, build_balancer
+from hf_dtokd.gradients.parameters import WindowGradients
+from hf_dtokd.gradients.representation import (
+    resolve_representation_layer,
+)
+from hf_dtokd.hub.callbacks import PLOT_NAME, TradeoffPlotCallback
+from hf_dtokd.hub.model_card import CARD_TAGS, add_eval_results, distillation_section
+from hf_dtokd.losses import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
+from hf_dtokd.models.classification import (
+    check_label_spaces,
+    classification_logits,
+    load_image_classifier,
+    load_image_processor,
+    num_labels,
+)
+from hf_dtokd.runtime.backends import check_backend_support, prepare_teacher
+from hf_dtokd.runtime.precision import fp8_recipe
+from hf_dtokd.trainer.checkpoints import (
     TRAINER_STATE_NAME,
     is_complete,
     last_complete_checkpoint,
@@ -58,31 +72,13 @@ from .checkpoints import (
     restore_student,
     save_tradeoff_state,
 )
-from .config import DTOKDConfig
-from .gradients import WindowGradients, objective_reach
-from .losses import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
-from .metrics import classification_metrics
-from .model_card import CARD_TAGS, add_eval_results, distillation_section
-from .modeling import (
-    check_label_spaces,
-    classification_logits,
-    load_image_classifier,
-    load_image_processor,
-    num_labels,
-)
-from .norm_statistics import preserved_running_statistics
-from .precision import fp8_recipe
-from .representation import (
-    LOGITS,
-    RepresentationCapture,
-    check_shared_coordinates,
-    representation_gradients,
-    representation_gram,
-    resolve_representation_layer,
-)
-from .teacher_cache import TEACHER_LOGITS, add_teacher_logits, check_cacheable
-from .teacher_inputs import PixelSpace, TeacherInputConverter
-from .window_means import WindowCounts, count_window, micro_batch_scales
+from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+from hf_dtokd.trainer.metrics import classification_metrics
+from hf_dtokd.trainer.norm_statistics import preserved_running_statistics
+from hf_dtokd.trainer.placement import AccumulationWindow, build_placement
+from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS, add_teacher_logits, check_cacheable
+from hf_dtokd.trainer.teacher_inputs import PixelSpace, TeacherInputConverter
+from hf_dtokd.trainer.window_means import count_window, micro_batch_scales
 
 logger = logging.getLogger(__name__)
 
@@ -182,19 +178,16 @@ class DTOKDTrainer(Trainer):
                 f"the balancer weighs {self.balancer.num_objectives} objectives but the trainer has {num_objectives} "
                 f"({', '.join(self.objective_names)}); build it with num_objectives={num_objectives}"
             )
-        if (
-            getattr(self.balancer, "owns_update", False)
-            and kwargs.get("optimizers", (None, None))[0] is not None
-        ):
+        if self.balancer.owns_update and kwargs.get("optimizers", (None, None))[0] is not None:
             raise ValueError(
                 f"method={args.method!r} computes the whole update itself and steps with momentum-free SGD; do not "
                 "pass an optimizer (optimizers=...), or choose another method"
             )
-        self._representation_layer: str | None = None
-        self._capture: RepresentationCapture | None = None
+        layer = None
         if self.balancer.needs_gradients:
             self._check_gradient_method_supported()
-            self._set_up_gradient_placement()
+            layer = self._representation_layer_to_use()
+        self.placement = build_placement(self, self.accelerator.unwrap_model(self.model), layer)
         if self.balancer.needs_look_ahead and args.look_ahead == "same_batch":
             self.add_callback(_LookAheadCallback(self))
         if args.plot_tradeoff:
@@ -206,20 +199,13 @@ class DTOKDTrainer(Trainer):
 
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._nonfinite_losses = torch.zeros((), dtype=torch.long, device=self.args.device)
-        self._window_gradients: WindowGradients | None = None
-        self._window_losses: torch.Tensor | None = None
-        self._window_batches: list[tuple[dict[str, Any], Any, torch.Tensor, torch.Tensor | None]] = []
-        self._window_counts: WindowCounts | None = None  # set by get_batch_samples, once per window
-        self._window_model: nn.Module | None = None
-        self._window_open = False
-        self._previous_window_losses: torch.Tensor | None = None  # look_ahead="next_batch"
-        self._coordinates_checked = False
+        self.window = AccumulationWindow()
 
     # ------------------------------------------------------------------ set-up
     def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
         """The Trainer's Accelerator arguments, plus fp8 (``mixed_precision="fp8"`` and the recipe) when asked."""
         args = super()._build_accelerator_args(**kwargs)
-        if getattr(self.args, "fp8_backend", None) is not None:
+        if self.args.fp8_backend is not None:
             args["mixed_precision"] = "fp8"
             args["kwargs_handlers"] = [*args.get("kwargs_handlers", []), fp8_recipe(self.args.fp8_backend,
                                                                                     self.args.fp8_emulate)]  # fmt: skip
@@ -273,11 +259,12 @@ class DTOKDTrainer(Trainer):
     def _check_gradient_method_supported(self) -> None:
         check_backend_support(
             self._method_name(), self.args.gradient_placement, self.balancer.needs_gradients,
-            getattr(self.balancer, "owns_update", False), fsdp=self.is_fsdp_enabled,
+            self.balancer.owns_update, fsdp=self.is_fsdp_enabled,
             deepspeed=self.is_deepspeed_enabled, fp16=self.args.fp16,
         )  # fmt: skip
 
-    def _set_up_gradient_placement(self) -> None:
+    def _representation_layer_to_use(self) -> str | None:
+        """``gradient_placement="representation"``: the layer the per-loss gradients are taken at (checked)."""
         args = self.args
         if args.batched_gradients and len(self.objective_names) < 3:
             raise ValueError(
@@ -285,7 +272,7 @@ class DTOKDTrainer(Trainer):
                 f"{len(self.objective_names)} objectives there is one call, nothing to batch. Leave it False"
             )
         if args.gradient_placement != "representation":
-            return
+            return None
         if not isinstance(self.balancer, GramianBalancer):
             raise ValueError(
                 f"gradient_placement='representation' needs a Gram method (a GramianBalancer); "
@@ -293,15 +280,12 @@ class DTOKDTrainer(Trainer):
                 "gradient_placement='parameters'"
             )
         student = self.accelerator.unwrap_model(self.model)
-        layer = resolve_representation_layer(
+        return resolve_representation_layer(
             student,
             args.representation_layer,
             self.losses_from_logits,
             self.default_representation_layer(student),
         )
-        self._representation_layer = layer
-        if layer != LOGITS:
-            self._capture = RepresentationCapture(student, layer)
 
     def _check_dataset_labels(self, dataset: Any, name: str) -> None:
         columns = getattr(dataset, "column_names", None)
@@ -408,7 +392,7 @@ class DTOKDTrainer(Trainer):
         for exact window means (``window_means.py``). Batches without a ``labels`` tensor (detection
         targets) are not counted: their losses keep their own normalisation."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self._window_counts = count_window(
+        self.window.counts = count_window(
             batch_samples, self.accelerator, self.args.average_tokens_across_devices
         )
         return batch_samples, num_items_in_batch
@@ -416,120 +400,70 @@ class DTOKDTrainer(Trainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
+        """One micro-batch: split the batch, student, teacher, losses, the placement's backward, and on the
+        window's last micro-batch the balancer's update."""
         model.train()
-        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+        if callable(getattr(self.optimizer, "train", None)):  # schedule-free optimizers
             self.optimizer.train()
         student_inputs, labels, teacher_pixels = self._split_batch(inputs)
         steps = self.current_gradient_accumulation_steps
-        if not self._window_open:
-            self._open_window(model)
+        if not self.window.is_open:
+            self.window.open(model, len(self.objective_names), self.args.device)
+            self.placement.open_window(model)
 
-        if self._capture is not None:
-            self._capture.active = True
+        capture = self.placement.capture()
+        capture(True)
         with self.compute_loss_context_manager():
             outputs = model(**student_inputs)
-        if self._capture is not None:
-            self._capture.active = False
-        cached = student_inputs.pop(TEACHER_LOGITS, None)
-        if cached is not None and self.args.teacher_cache:
-            teacher_logits = cached
-        else:
-            teacher_logits = self._teacher_logits(student_inputs, teacher_pixels)
-        losses = self.objective_losses(outputs, teacher_logits, labels)
-        if self.balancer.needs_reachability and self._window_gradients is not None:
-            # which parameters each loss reaches, from the graph (a zero gradient is not "unreached")
-            self._window_gradients.mark_reached(objective_reach(losses, self._window_gradients.parameters))
+        capture(False)
+        teacher_signal = self._teacher_signal_of(student_inputs, teacher_pixels)
+        losses = self.objective_losses(outputs, teacher_signal, labels)
+        if self.balancer.needs_reachability:
+            self.placement.mark_reached(losses)
         scales = None
-        if self._window_counts is not None:  # exact window means whatever the micro-batch counts
-            scales = micro_batch_scales(labels, self._window_counts, len(losses))
+        if self.window.counts is not None:  # exact window means whatever the micro-batch counts
+            scales = micro_batch_scales(labels, self.window.counts, len(losses))
             losses = losses * scales
-        self._window_losses += losses.detach() / steps
+        self.window.losses += losses.detach() / steps
 
-        if self._representation_layer is not None:
-            representation = classification_logits(outputs) if self._capture is None else self._capture.take()
-            weights = self._representation_weights(losses, representation)
-            backward(self.accelerator, (weights * losses).sum() / steps)
-            logged = (weights * losses.detach()).sum() / steps
-        elif self.balancer.needs_gradients:
-            if self.args.batched_gradients:
-                self._window_gradients.accumulate_batched(losses[:-1] / steps)
-            else:
-                for index in range(len(losses) - 1):
-                    self._window_gradients.accumulate(index, losses[index] / steps)
-            backward(self.accelerator, losses[-1] / steps)
-            logged = torch.zeros((), device=losses.device)
-        else:
-            weights = self.balancer.loss_weights(self._reduce_mean(losses.detach()))
-            backward(self.accelerator, (weights * losses).sum() / steps)
-            logged = (weights * losses.detach()).sum() / steps
-            if self.balancer.needs_look_ahead and self.args.look_ahead == "same_batch":
-                self._window_batches.append((student_inputs, teacher_logits, labels, scales))
-
+        logged = self.placement.backward(losses, outputs, steps)
+        if self.balancer.needs_look_ahead and self.args.look_ahead == "same_batch":
+            self.window.batches.append((student_inputs, teacher_signal, labels, scales))
         if self.accelerator.sync_gradients:
             logged = self._close_window(logged)
         return logged
 
-    def _representation_weights(self, losses: torch.Tensor, representation: torch.Tensor) -> torch.Tensor:
-        """gradient_placement='representation': pi from this micro-batch's Gram at the shared layer."""
-        gradients = representation_gradients(losses, representation, self.objective_names)
-        if not self._coordinates_checked:  # once: a host sync
-            check_shared_coordinates(gradients, self.objective_names, self._representation_layer)
-            self._coordinates_checked = True
-        gram = representation_gram(gradients, self.accelerator)
-        global_losses = self._reduce_mean(losses.detach())
-        self.balancer.update_from_gram(gram, global_losses)
-        self._record_gradient_diagnostics(gram)
-        self._record_pi()
-        return self.balancer.loss_weights(global_losses).to(losses.device)
+    def _teacher_signal_of(self, student_inputs: dict[str, Any], teacher_pixels: torch.Tensor | None) -> Any:
+        """The teacher's signal for this micro-batch: the cached logits column, or a live teacher forward."""
+        cached = student_inputs.pop(TEACHER_LOGITS, None)
+        if cached is not None and self.args.teacher_cache:
+            return cached
+        return self._teacher_logits(student_inputs, teacher_pixels)
 
     def _record_pi(self) -> None:
         pi = self.balancer.pi
         for index, name in enumerate(self.objective_names[:-1]):
             self._metrics[f"pi_{name}"].append(pi[index])
 
-    def _open_window(self, model: nn.Module) -> None:
-        if self.balancer.needs_gradients and self._representation_layer is None:
-            if self._window_gradients is None:
-                self._window_gradients = WindowGradients(model.parameters(), len(self.objective_names) - 1)
-                if hasattr(self.balancer, "configure"):
-                    self.balancer.configure(
-                        self._window_gradients,
-                        self._weight_decays(self._window_gradients),
-                        self.args.max_grad_norm,
-                    )
-            self._window_gradients.reset()
-        self._window_losses = torch.zeros(len(self.objective_names), device=self.args.device)
-        self._window_batches = []
-        self._window_model = model
-        self._window_open = True
-
     def _close_window(self, logged: torch.Tensor) -> torch.Tensor:
-        """Once per optimizer step: reduce the window's losses, set pi (gradient methods), record metrics."""
-        self._window_open = False
-        self._window_counts = None
-        window_losses = self._reduce_mean(self._window_losses)
-        self._window_losses = window_losses
+        """Once per optimizer step: reduce the window's losses, the placement's update, metrics."""
+        window = self.window
+        window.close()
+        window_losses = self._reduce_mean(window.losses)
+        window.losses = window_losses
         nonfinite = ~torch.isfinite(window_losses).all()
         self._nonfinite_losses += nonfinite.long()
         # a host sync only when a policy other than the Trainer's default was asked for
         skip = self.args.on_nonfinite_loss != "continue" and bool(nonfinite)
-        if self.balancer.needs_gradients and self._representation_layer is None:
-            gradients = self._window_gradients
-            gradients.all_reduce_mean(self.accelerator)
-            gram = gradients.gram_with_grad()
-            self.balancer.update_from_gram(gram, window_losses)
-            if not skip:
-                weights = self.balancer.combine_gradients(gradients, window_losses)
-                logged = (weights.to(window_losses.device) * window_losses).sum()
-            self._record_gradient_diagnostics(gram)
+        logged = self.placement.close_window(window_losses, logged, skip)
         self.balancer.observe_window(window_losses)
-        if self._representation_layer is None:  # representation mode records pi per micro-batch
+        if not self.placement.pi_per_micro_batch:
             self._record_pi()
         if self.balancer.needs_look_ahead and self.args.look_ahead == "next_batch":
             # the previous window's losses before its step and this window's after it (another batch)
-            if self._previous_window_losses is not None:
-                self.balancer.update(self._previous_window_losses, window_losses)
-            self._previous_window_losses = window_losses
+            if window.previous_losses is not None:
+                self.balancer.update(window.previous_losses, window_losses)
+            window.previous_losses = window_losses
         if skip:
             self._drop_window_gradient()
         for index, name in enumerate(self.objective_names):
@@ -538,7 +472,7 @@ class DTOKDTrainer(Trainer):
 
     def _drop_window_gradient(self) -> None:
         """``on_nonfinite_loss``: zero the non-finite window's gradient (and stop training if asked)."""
-        for param in self._window_model.parameters():
+        for param in self.window.model.parameters():
             if param.grad is not None:
                 param.grad.zero_()
         if self.balancer.handles_clipping:
@@ -577,7 +511,7 @@ class DTOKDTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """DOT computes the whole update itself: its optimizer is momentum-free SGD, ``p <- p - lr .grad``."""
-        if not getattr(self.balancer, "owns_update", False) or self.optimizer is not None:
+        if not self.balancer.owns_update or self.optimizer is not None:
             return super().create_optimizer(model) if model is not None else super().create_optimizer()
         if self.args.optim != TrainingArguments.optim:
             logger.warning(
@@ -602,17 +536,17 @@ class DTOKDTrainer(Trainer):
 
         The re-forward is a measurement: train mode like the training forward it is compared with (batch
         statistics, dropout), but normalisation layers' running statistics are restored afterwards."""
-        if not self._window_batches:
+        if not self.window.batches:
             return
-        model = self._window_model
+        model = self.window.model
         after = torch.zeros(len(self.objective_names), device=self.args.device)
         with torch.no_grad(), self.compute_loss_context_manager(), preserved_running_statistics(model):
-            for student_inputs, teacher_logits, labels, scales in self._window_batches:
+            for student_inputs, teacher_logits, labels, scales in self.window.batches:
                 losses = self.objective_losses(model(**student_inputs), teacher_logits, labels)
                 after += losses if scales is None else losses * scales
-        after = self._reduce_mean(after / len(self._window_batches))
-        self.balancer.update(self._window_losses, after)
-        self._window_batches = []
+        after = self._reduce_mean(after / len(self.window.batches))
+        self.balancer.update(self.window.losses, after)
+        self.window.batches = []
 
     # ------------------------------------------------------------------ evaluation
     def compute_loss(
@@ -672,6 +606,7 @@ class DTOKDTrainer(Trainer):
         section = distillation_section(
             self.args, self._method_name(), self.teacher_name, self.objective_names, self.state.log_history,
             PLOT_NAME if os.path.isfile(plot) else None,
+            fields=self.balancer.config_fields if self._balancer_from_config else ("temperature",),
         )  # fmt: skip
         card = os.path.join(self.args.output_dir, "README.md")
         with open(card, encoding="utf-8") as handle:
@@ -690,8 +625,8 @@ class DTOKDTrainer(Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:
             state = {"balancer": self.balancer.state_dict(), "nonfinite_losses": self._nonfinite_losses.cpu()}
-            if self._previous_window_losses is not None:
-                state["previous_window_losses"] = self._previous_window_losses.cpu()
+            if self.window.previous_losses is not None:
+                state["previous_window_losses"] = self.window.previous_losses.cpu()
             save_tradeoff_state(output_dir, self._method_name(), self.objective_names, state)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -701,7 +636,7 @@ class DTOKDTrainer(Trainer):
             self.balancer.load_state_dict(state["balancer"])
             self._nonfinite_losses = state["nonfinite_losses"].to(self.args.device)
             previous = state.get("previous_window_losses")
-            self._previous_window_losses = None if previous is None else previous.to(self.args.device)
+            self.window.previous_losses = None if previous is None else previous.to(self.args.device)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Restore the student through ``from_pretrained`` (see ``checkpoints.restore_student``)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard
 
-from .plotting import series, tradeoff_keys
+from hf_dtokd.hub.plotting import series, tradeoff_keys
 
 CARD_TAGS = ("knowledge-distillation", "dto-kd")
 METHOD_FIELDS = {

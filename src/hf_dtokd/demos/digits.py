@@ -20,7 +20,7 @@ transfer set):
    ``results.json``, ``results.md`` and ``tradeoff.png`` (the first seed's trade-off over steps). Every
    student is saved with its image processor, ready for ``hf-dtokd-classify --model_name_or_path``.
 
-Run: ``python -m hf_dtokd.demo`` (or ``hf-dtokd-demo``); ``--help`` lists the flags.
+Run: ``python -m hf_dtokd.demos.digits`` (or ``hf-dtokd-demo``); ``--help`` lists the flags.
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .config import DTOKDConfig
-from .data import load_digits_splits, preprocess_images, transfer_set
-from .deit_token import DeiTTokenTrainer
-from .feature_kd import FeatureKDTrainer
-from .metrics import classification_metrics
-from .plotting import plot_tradeoff
-from .trainer import DTOKDTrainer
+from hf_dtokd.data import load_digits_splits, preprocess_images, transfer_set
+from hf_dtokd.hub.plotting import plot_tradeoff
+from hf_dtokd.signals.deit_token import DeiTTokenTrainer
+from hf_dtokd.signals.feature_kd import FeatureKDTrainer
+from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
+from hf_dtokd.trainer.metrics import classification_metrics
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 RUNS = ("no_kd", "fixed", "dto", "dto_amortized")

@@ -1,0 +1,2 @@
+"""The embedded defaults (no download): ``python -m hf_dtokd.demos.digits`` and ``hf_dtokd.demos.shapes``.
+Nothing in the library imports them."""

@@ -1,0 +1,1 @@
+"""Where a run executes: distributed backends (DDP, FSDP, DeepSpeed) and precision (bf16, fp8)."""

@@ -1,0 +1,198 @@
+"""Where the trade-off meets the backward: one object per strategy, one interface.
+
+Every micro-batch ends in exactly one ``accelerator.backward`` (DDP, DeepSpeed and gradient accumulation
+hook into it). What happens around it depends on the method:
+
+* ``ParameterGradients`` (gradient methods: exact DTO-KD, the torchjd weightings, DOT): the gradients of
+  every objective but the task go into window buffers with ``autograd.grad``, the backward is the task
+  loss's; at the window's end the buffers are averaged over processes, the balancer weighs their Gram
+  and writes its update into ``.grad``.
+* ``RepresentationGradients`` (Gram methods with ``gradient_placement="representation"``): the per-loss
+  gradients at a layer every loss shares, this micro-batch's ``pi`` from their Gram, then the backward
+  of the balanced loss.
+* ``WeightedLoss`` (``fixed``, ``dto_amortized`` / ``famo``, ``uncertainty``): raw-loss weights from the
+  current ``pi`` and the process-averaged losses, then the backward of the balanced loss.
+
+The trainer calls ``open_window`` on a window's first micro-batch, ``backward`` on every micro-batch and
+``close_window`` on its last; the maths stays in ``balancing/`` and ``gradients/``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from hf_dtokd.gradients.parameters import WindowGradients, objective_reach
+from hf_dtokd.gradients.representation import (
+    LOGITS,
+    RepresentationCapture,
+    check_shared_coordinates,
+    representation_gradients,
+    representation_gram,
+)
+from hf_dtokd.models.classification import classification_logits
+from hf_dtokd.runtime.backends import backward
+from hf_dtokd.trainer.window_means import WindowCounts
+
+if TYPE_CHECKING:
+    from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
+
+
+@dataclass
+class AccumulationWindow:
+    """The state of one optimizer step's accumulation window (and what carries over to the next)."""
+
+    is_open: bool = False
+    model: nn.Module | None = None
+    #: sum over micro-batches of the (exactly rescaled) losses / steps; process-averaged when closed
+    losses: torch.Tensor | None = None
+    #: examples / labelled examples of the window, counted when the Trainer prefetches it
+    counts: WindowCounts | None = None
+    #: (student inputs, teacher signal, labels, scales) per micro-batch, for the same-batch look-ahead
+    batches: list[tuple[dict[str, Any], Any, torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
+    #: the previous window's losses (``look_ahead="next_batch"``)
+    previous_losses: torch.Tensor | None = None
+
+    def open(self, model: nn.Module, num_objectives: int, device: torch.device) -> None:
+        self.is_open, self.model, self.batches = True, model, []
+        self.losses = torch.zeros(num_objectives, device=device)
+
+    def close(self) -> None:
+        self.is_open, self.counts = False, None
+
+
+class Placement(ABC):
+    """One micro-batch's losses -> one backward; the window's end -> the balancer's update."""
+
+    def __init__(self, trainer: DTOKDTrainer) -> None:
+        self.trainer = trainer
+
+    #: The layer the per-loss gradients are taken at (representation placement only).
+    layer: str | None = None
+    #: The window's per-loss gradient buffers (parameter placement only).
+    gradients: WindowGradients | None = None
+
+    def open_window(self, model: nn.Module) -> None:
+        """The window's first micro-batch is about to run (default: nothing)."""
+        return None
+
+    def capture(self) -> Callable[[bool], None]:
+        """Switch the representation capture on / off around the student's forward (default: no capture)."""
+        return lambda active: None
+
+    def mark_reached(self, losses: torch.Tensor) -> None:
+        """Record which parameters each loss reaches (methods with ``needs_reachability``)."""
+        raise ValueError(
+            f"{type(self.trainer.balancer).__name__} needs the per-loss gradients at the parameters; use "
+            "gradient_placement='parameters'"
+        )
+
+    @abstractmethod
+    def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
+        """Run the micro-batch's backward; return its share of the logged balanced loss."""
+
+    #: True when ``pi`` is set (and recorded) per micro-batch rather than once per window.
+    pi_per_micro_batch: bool = False
+
+    def close_window(self, window_losses: torch.Tensor, logged: torch.Tensor, skip: bool) -> torch.Tensor:
+        """The window's last micro-batch ran: the balancer's window update, if any (default: none)."""
+        return logged
+
+
+class ParameterGradients(Placement):
+    """Per-loss gradients at the student's parameters, weighed once per window (see module)."""
+
+    def open_window(self, model: nn.Module) -> None:
+        trainer = self.trainer
+        if self.gradients is None:
+            self.gradients = WindowGradients(model.parameters(), len(trainer.objective_names) - 1)
+            trainer.balancer.configure(
+                self.gradients, trainer._weight_decays(self.gradients), trainer.args.max_grad_norm
+            )
+        self.gradients.reset()
+
+    def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
+        trainer = self.trainer
+        if trainer.args.batched_gradients:
+            self.gradients.accumulate_batched(losses[:-1] / steps)
+        else:
+            for index in range(len(losses) - 1):
+                self.gradients.accumulate(index, losses[index] / steps)
+        backward(trainer.accelerator, losses[-1] / steps)
+        return torch.zeros((), device=losses.device)
+
+    def mark_reached(self, losses: torch.Tensor) -> None:
+        """Which parameters each loss reaches, from the graph (a zero gradient is not "unreached")."""
+        self.gradients.mark_reached(objective_reach(losses, self.gradients.parameters))
+
+    def close_window(self, window_losses: torch.Tensor, logged: torch.Tensor, skip: bool) -> torch.Tensor:
+        trainer = self.trainer
+        self.gradients.all_reduce_mean(trainer.accelerator)
+        gram = self.gradients.gram_with_grad()
+        trainer.balancer.update_from_gram(gram, window_losses)
+        if not skip:
+            weights = trainer.balancer.combine_gradients(self.gradients, window_losses)
+            logged = (weights.to(window_losses.device) * window_losses).sum()
+        trainer._record_gradient_diagnostics(gram)
+        return logged
+
+
+class RepresentationGradients(Placement):
+    """Per-loss gradients at a shared layer's output, ``pi`` per micro-batch (see module)."""
+
+    pi_per_micro_batch = True
+
+    def __init__(self, trainer: DTOKDTrainer, student: nn.Module, layer: str) -> None:
+        super().__init__(trainer)
+        self.layer = layer
+        self._capture = None if layer == LOGITS else RepresentationCapture(student, layer)
+        self._coordinates_checked = False
+
+    def capture(self) -> Callable[[bool], None]:
+        if self._capture is None:
+            return super().capture()
+
+        def switch(active: bool) -> None:
+            self._capture.active = active
+
+        return switch
+
+    def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
+        trainer = self.trainer
+        representation = classification_logits(outputs) if self._capture is None else self._capture.take()
+        gradients = representation_gradients(losses, representation, trainer.objective_names)
+        if not self._coordinates_checked:  # once: a host sync
+            check_shared_coordinates(gradients, trainer.objective_names, self.layer)
+            self._coordinates_checked = True
+        gram = representation_gram(gradients, trainer.accelerator)
+        global_losses = trainer._reduce_mean(losses.detach())
+        trainer.balancer.update_from_gram(gram, global_losses)
+        trainer._record_gradient_diagnostics(gram)
+        trainer._record_pi()
+        weights = trainer.balancer.loss_weights(global_losses).to(losses.device)
+        backward(trainer.accelerator, (weights * losses).sum() / steps)
+        return (weights * losses.detach()).sum() / steps
+
+
+class WeightedLoss(Placement):
+    """Raw-loss weights from the current ``pi`` and one backward of the weighted sum (see module)."""
+
+    def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
+        trainer = self.trainer
+        weights = trainer.balancer.loss_weights(trainer._reduce_mean(losses.detach()))
+        backward(trainer.accelerator, (weights * losses).sum() / steps)
+        return (weights * losses.detach()).sum() / steps
+
+
+def build_placement(trainer: DTOKDTrainer, student: nn.Module, layer: str | None) -> Placement:
+    """The strategy for the trainer's balancer: representation placement when a layer was resolved."""
+    if layer is not None:
+        return RepresentationGradients(trainer, student, layer)
+    if trainer.balancer.needs_gradients:
+        return ParameterGradients(trainer)
+    return WeightedLoss(trainer)
