@@ -13,7 +13,7 @@ endif
 PIP := $(PYTHON) -m pip
 DEMO_DIR ?= outputs/digits
 
-.PHONY: install demo demo-detection test lint package benchmark
+.PHONY: install demo demo-detection test test-all lint package docs benchmark
 
 # torch first, from the pinned build when none is installed (a plain `pip install torch` would pull
 # another, multi-GB build); then the package with its test extras.
@@ -35,12 +35,21 @@ lint:
 	$(PYTHON) -m ruff check src tests examples benchmarks docs
 	$(PYTHON) -m ruff format --check src tests examples benchmarks docs
 
+# the fast tier, in parallel (one torch thread per worker); test-all adds the slow tier (what CI runs)
+PYTEST := OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2
 test: install lint
-	$(PYTHON) -m pytest -q tests
+	$(PYTEST) -m "not slow" tests
+
+test-all: test
+	$(PYTEST) -m slow tests
 
 # wheel + sdist, twine check, and the wheel in a brand-new environment (silent import, console scripts)
 package: install
 	PYTHON=$(PYTHON) bash .ci/check_package
+
+# the docs site, built as CI builds it: a broken link or docstring fails
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --site-dir site
 
 benchmark: install
 	$(PYTHON) benchmarks/step_cost.py

@@ -273,7 +273,8 @@ def build_trainer(name: str, student: str, teacher: torch.nn.Module, steps: int,
 def state_mib(trainer: Trainer) -> float:
     """Tensors the method keeps between steps: per-loss gradient buffers and the balancer's tensors."""
     total = 0
-    gradients = trainer.placement.gradients
+    placement = getattr(trainer, "placement", None)  # a plain Trainer (no KD) has none
+    gradients = placement.gradients if placement is not None else None
     if gradients is not None:
         total += gradients.buffers.numel() * gradients.buffers.element_size()
     balancer = getattr(trainer, "balancer", None)

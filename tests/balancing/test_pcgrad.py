@@ -1,4 +1,4 @@
-"""PCGrad: torchjd's PCGradWeighting as a mean, and the two-task closed form of METHODS.md."""
+"""PCGrad: torchjd's PCGradWeighting as a mean, and its two-task closed form."""
 
 import pytest
 import torch

@@ -1,7 +1,7 @@
 """What every trade-off method shares: the objectives' order, the log-loss shift and the raw-loss weights.
 
 A balancer sees a vector of ``K`` named losses (the trainer's ``objective_names``; by default
-``OBJECTIVES``: distillation first, task last, as in METHODS.md). It holds ``pi``, a point of the
+``OBJECTIVES``: distillation first, task last). It holds ``pi``, a point of the
 simplex over the objectives (what is logged and plotted), and turns it into the raw-loss weights
 ``w`` that the trainer applies: either to the losses before the single backward (weighted-loss
 methods) or to the per-loss gradients at the end of the accumulation window (gradient methods,
@@ -33,7 +33,7 @@ RESCALE_RULES: tuple[str, ...] = ("famo", "none")
 
 
 def shifted_losses(losses: torch.Tensor, min_loss: float, eps: float) -> torch.Tensor:
-    """``L_i - min_loss + eps`` in float32: the argument of every log-loss (METHODS.md 1.1, edge cases).
+    """``L_i - min_loss + eps`` in float32: the argument of every log-loss (the edge cases of a zero loss).
 
     A distillation loss of exactly 0 (student equals teacher) stays strictly positive, so its log
     and the log-gradient ``g_i / (L_i - min_loss + eps)`` are finite.

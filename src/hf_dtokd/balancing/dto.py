@@ -15,7 +15,7 @@ of the simplex, ``argmin_{pi >= 0, sum pi = 1} pi^T G pi``, solved as a quadrati
 quadprog (through qpsolvers, the solver torchjd's projectors use); ``K = 2`` keeps the closed form,
 which needs no host sync.
 
-Edge cases (METHODS.md 1.1):
+Edge cases:
 
 * ``g11 + g22 - 2 g12 <= tol * (g11 + g22)`` (``a_d ~ a_t``, both zero included): ``pi = (1/2, 1/2)``;
 * ``G`` or the losses not finite: keep the previous ``pi`` and count the event;

@@ -1,7 +1,7 @@
 """PCGrad (Yu et al., NeurIPS 2020), weights from torchjd's ``PCGradWeighting``, as a mean.
 
 Each gradient is projected onto the normal plane of every gradient it conflicts with, and the
-projections are summed. For two objectives (METHODS.md 2): if ``g12 < 0``::
+projections are summed. For two objectives: if ``g12 < 0``::
 
     d = (1 - g12 / g11) a_1 + (1 - g12 / g22) a_2,    else d = a_1 + a_2.
 

@@ -1,7 +1,7 @@
 """Per-loss gradients at a representation every loss shares (MGDA-UB, Sener & Koltun 2018).
 
 With ``gradient_placement="representation"`` the Gram methods take the gradients of the losses
-with respect to the output ``Z`` of one student layer instead of all parameters (METHODS.md 3)::
+with respect to the output ``Z`` of one student layer instead of all parameters::
 
     a_k = dL_k / dZ          (batch x features, one small backward from each loss down to Z)
     G_ij = <a_i, a_j>        (K x K, float64)
@@ -20,7 +20,7 @@ Under data parallelism the micro-batch Gram is exact for the global micro-batch:
 disjoint rows of ``Z``, so ``G = sum_r G_r / P^2`` for ``P`` processes whose local losses are means
 over equal local batches. Every rank then holds the same ``pi``.
 
-Trap (METHODS.md 3): at a layer where the losses touch disjoint coordinates (separate heads, e.g.
+Trap: at a layer where the losses touch disjoint coordinates (separate heads, e.g.
 DeiT's class and distillation tokens), ``G_ij = 0`` and conflict is invisible. The first Gram
 checks it and raises.
 """
@@ -142,7 +142,8 @@ def check_shared_coordinates(gradients: torch.Tensor, names: Sequence[str], laye
                 raise ValueError(
                     f"at representation_layer={layer!r} the {names[i]!r} and {names[j]!r} losses touch disjoint "
                     "coordinates (separate heads), so their gradient inner product is 0 and conflict is invisible "
-                    "(METHODS.md section 3); choose the last layer both losses share (e.g. the final layer norm)"
+                    "(the docs' Gradient placement section explains why); choose the last layer both losses share (e.g. the "
+                    "final layer norm)"
                 )
 
 

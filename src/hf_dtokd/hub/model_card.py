@@ -16,16 +16,6 @@ from huggingface_hub import EvalResult, ModelCard
 from hf_dtokd.hub.plotting import series, tradeoff_keys
 
 CARD_TAGS = ("knowledge-distillation", "dto-kd")
-METHOD_FIELDS = {
-    "dto": ("temperature", "gradient_placement", "rescale", "log_gradients", "min_loss", "eps"),
-    "dto_amortized": ("temperature", "rescale", "tradeoff_learning_rate", "tradeoff_weight_decay"),
-    "famo": ("temperature", "rescale", "tradeoff_learning_rate", "tradeoff_weight_decay"),
-    "fixed": ("temperature", "alpha"),
-    "uncertainty": ("temperature", "tradeoff_learning_rate", "tradeoff_weight_decay"),
-    "dot": ("temperature", "alpha", "dot_momentum", "dot_delta"),
-    "dot_adamw": ("temperature", "alpha", "dot_momentum", "dot_delta"),
-}
-GRAMIAN_FIELDS = ("temperature", "gradient_placement", "log_gradients", "rescale")
 
 
 def _summary(values: list[float]) -> str:
@@ -42,11 +32,10 @@ def distillation_section(
     objective_names: Sequence[str],
     log_history: Sequence[Mapping[str, Any]],
     plot_file: str | None,
+    fields: Sequence[str] = ("temperature",),
 ) -> str:
-    """Markdown for the card: what was distilled from what, how, and how the trade-off moved."""
-    fields = METHOD_FIELDS.get(
-        method, GRAMIAN_FIELDS if not method.startswith("custom:") else ("temperature",)
-    )
+    """Markdown for the card: what was distilled from what, how (``fields``: the config fields that set the
+    method, declared by its balancer class), and how the trade-off moved."""
     hyper = ", ".join(f"`{name}={getattr(config, name)!r}`" for name in fields)
     lines = [
         "## Distillation",

@@ -13,7 +13,7 @@ in the same order):
 * representation placement: the micro-batch Gram is summed over processes (``representation.py``);
 * weighted-loss methods (``fixed``, ``dto_amortized`` / ``famo``, ``uncertainty``): losses are
   all-reduced before any weight is computed, the backward is ``sum_i w_i L_i(local)`` with weights
-  from the global losses, so DDP's gradient average is the single-process gradient (METHODS.md 3).
+  from the global losses, so DDP's gradient average is the single-process gradient.
 
 Teacher placement: DDP / single process -> ``accelerator.prepare_model(evaluation_mode=True)``
 (placed, never wrapped); FSDP2 -> sharded with accelerate's ``fsdp2_prepare_model``; FSDP1 ->

@@ -8,7 +8,7 @@ pushing write the two-head student with ``save_pretrained``; ``AutoModelForImage
 reloads it as ``DeiTForImageClassificationWithTeacher`` (from ``config.architectures``).
 
 The two losses read different tokens, so at the final layer norm (and anywhere after the last
-attention) their gradients touch disjoint coordinates and their inner product is 0 (METHODS.md 3).
+attention) their gradients touch disjoint coordinates and their inner product is 0.
 With ``gradient_placement="representation"`` the "auto" layer is therefore the *input* of the last
 encoder block (the output of the one before it, or of the embeddings for a one-block student): the
 last place where both tokens' losses reach the same coordinates, through the last attention.
@@ -31,7 +31,7 @@ class DeiTTokenTrainer(DTOKDTrainer):
     Args:
         distillation: ``"hard"`` (DeiT's default: CE on the teacher's top class) or ``"soft"`` (KL at
             ``args.temperature``) on the distillation head.
-        Everything else as for [`DTOKDTrainer`].
+        **kwargs: as for [`DTOKDTrainer`].
     """
 
     losses_from_logits = False  # the objectives read the two heads, not the averaged logits

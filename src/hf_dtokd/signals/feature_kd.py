@@ -58,9 +58,11 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
     Args:
         projector: ``"linear"`` (DTO-KD's 1x1 projector), ``"vkd"`` (orthogonal, teacher layer-normed,
             SmoothL1) or ``"mokd"`` (MoKD-style subspace; see ``projectors.py``).
-        student_stages / teacher_stages: stage indices to pair one to one (default: evenly spaced).
+        student_stages: student stage indices, paired one to one with ``teacher_stages`` (default:
+            evenly spaced).
+        teacher_stages: teacher stage indices, one per student stage.
         group_features: sum logit and feature KD into one distillation objective (two objectives).
-        Everything else as for [`DTOKDTrainer`]; ``model`` is the student itself.
+        **kwargs: as for [`DTOKDTrainer`]; ``model`` is the student itself.
     """
 
     supports_teacher_cache = False  # the objectives need the teacher's features / boxes every step

@@ -110,8 +110,8 @@ class DTOKDTrainer(Trainer):
             ``processing_class`` it defines how student pixels are converted for the teacher
             (resize and re-normalise). Loaded from the teacher's folder / Hub id when not given.
             A batch column ``teacher_pixel_values`` overrides the conversion.
-        Everything else is passed to ``transformers.Trainer``; ``compute_metrics`` defaults to top-1
-        (and top-5 with more than five classes) accuracy.
+        compute_metrics: defaults to top-1 (and top-5 with more than five classes) accuracy.
+        **kwargs: passed to ``transformers.Trainer``.
     """
 
     # Every loss is a per-micro-batch mean this class rescales and divides by the accumulation steps itself.

@@ -50,13 +50,14 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
     """A [`DTOKDTrainer`] for object detectors (``AutoModelForObjectDetection``: DETR family, YOLOS).
 
     Args:
-        model: the student detector. ``teacher_model``: a detector instance, Hub id or folder.
+        model: the student detector.
+        teacher_model: a detector instance, Hub id or folder.
         box_threshold: teacher confidence below which a matched box does not enter box KD.
         token_projector: add token KD through this projector (``projectors.PROJECTORS``), or None.
         group_distillation: balance ``(sum of the KD terms, task)`` instead of one objective per term.
-        processing_class: the student's image processor; it turns outputs into boxes for the mAP.
-        Everything else as for [`DTOKDTrainer`]; ``data_collator`` defaults to ``collate_detection``
-        and ``compute_metrics`` to ``DetectionMetrics`` (mAP, mAP50, mAP75, per-class AP).
+        **kwargs: as for [`DTOKDTrainer`]. ``processing_class`` (the student's image processor) turns
+            outputs into boxes for the mAP; ``data_collator`` defaults to ``collate_detection`` and
+            ``compute_metrics`` to ``DetectionMetrics`` (mAP, mAP50, mAP75, per-class AP).
     """
 
     supports_teacher_cache = False  # the objectives need the teacher's features / boxes every step

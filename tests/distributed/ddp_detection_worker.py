@@ -1,0 +1,55 @@
+"""Launched by test_detection_distributed.py: DetectionKDTrainer on 2 CPU processes (DDP, gloo).
+
+Sequential sampling with a per-process batch of 4 gives rank 0 the images 0-3, 8-11 and rank 1 the
+images 4-7, 12-15, which have no targets: the DETR loss all-reduces the box count inside, so a rank
+that skipped it would hang the other. Writes every rank's parameters and pi from rank 0.
+"""
+
+import json
+import sys
+
+import torch
+from torch.utils.data import SequentialSampler
+
+from hf_dtokd import DetectionKDTrainer, DetectionTransform
+from hf_dtokd.data import generate_shapes
+from testing_utils import EMPTY, detection_args, evaluate, processor, tiny_detr
+
+
+class SequentialTrainer(DetectionKDTrainer):
+    def _get_train_sampler(self, train_dataset=None):
+        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+
+def main(output_dir: str) -> None:
+    data = generate_shapes(16, image_size=32, seed=3)
+    data = data.map(lambda row, i: {"objects": EMPTY if (i // 4) % 2 else row["objects"]}, with_indices=True)
+    data = data.with_transform(DetectionTransform(processor(), 3))
+    results = {}
+    # the third run adds token KD: the student and its projector as one DDP-wrapped module
+    for name, method, projector in (("dto", "dto", None), ("dto_amortized", "dto_amortized", None),
+                                    ("dto_token_kd", "dto", "linear")):  # fmt: skip
+        args = detection_args(
+            f"{output_dir}/{name}", method=method, max_steps=2, per_device_train_batch_size=4
+        )
+        trainer = SequentialTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=args, train_dataset=data,
+                                    token_projector=projector)  # fmt: skip
+        trainer.train()
+        params = torch.cat(
+            [p.detach().reshape(-1) for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
+        )
+        task = torch.tensor([row["task_loss"] for row in trainer.state.log_history if "task_loss" in row])
+        results[name] = {
+            "world_size": trainer.accelerator.num_processes,
+            "params": trainer.accelerator.gather(params[None]).tolist(),
+            "pi_every_rank": trainer.accelerator.gather(trainer.balancer.pi.float()[None]).tolist(),
+            "task_loss": task.tolist(),
+        }
+    results["evaluation"] = evaluate(f"{output_dir}/evaluation")
+    if torch.distributed.get_rank() == 0:
+        with open(f"{output_dir}/ddp_detection_results.json", "w") as handle:
+            json.dump(results, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

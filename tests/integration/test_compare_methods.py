@@ -1,0 +1,78 @@
+"""The method-comparison benchmark end to end on a tiny budget: files, rows, paired statistics."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import compare_methods  # noqa: E402
+
+
+def test_smoke_run_writes_the_table_the_json_and_the_plot(tmp_path):
+    rows = ["no_kd", "fixed_0.5", "dto"]
+    argv = ["--rows", *rows, "--folds", "2", "--seeds", "1", "--max_steps", "2", "--eval_steps", "1",
+            "--teacher_steps", "2", "--labelled_per_class", "2", "--workers", "1",
+            "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results")]  # fmt: skip
+    report = compare_methods.main(argv)
+    results = tmp_path / "results"
+    assert (results / "compare_methods.png").stat().st_size > 0
+    table = (results / "compare_methods.md").read_text()
+    for row in rows:
+        assert f"| {row} |" in table
+    saved = json.loads((results / "compare_methods.json").read_text())
+    assert len(saved["runs"]) == len(rows) * 2 and len(saved["teacher_top1_per_fold"]) == 2
+    by_row = {r["row"]: r for r in report["table"]}
+    baseline = [r["top1"] for r in report["runs"] if r["row"] == "fixed_0.5"]
+    dto = [r["top1"] for r in report["runs"] if r["row"] == "dto"]
+    assert by_row["dto"]["diff_to_baseline"] == pytest.approx(sum(d - b for d, b in zip(dto, baseline)) / 2)
+    assert by_row["fixed_0.5"]["first_step_reaching_baseline"] is not None
+    assert by_row["dto"]["mean_pi_distill"] is not None and by_row["no_kd"]["mean_pi_distill"] is None
+
+    # a second call with one more row reuses the finished runs
+    again = compare_methods.main([*argv[:1], *rows, "dot_adamw", *argv[1 + len(rows) :]])
+    assert len(again["runs"]) == (len(rows) + 1) * 2
+    lines = (tmp_path / "out" / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == (len(rows) + 1) * 2
+
+
+def test_bad_rows_are_refused():
+    with pytest.raises(ValueError, match="unknown rows"):
+        compare_methods.CompareArguments(rows=["fixed_0.5", "magic"])
+    with pytest.raises(ValueError, match="baseline"):
+        compare_methods.CompareArguments(rows=["dto"])
+    with pytest.raises(ValueError, match="student_family vit"):
+        compare_methods.CompareArguments(rows=["fixed_0.5", "deit_hard_dto"], student_family="resnet")
+
+
+def test_the_unlabelled_pool_keeps_the_labelled_subset_and_marks_the_rest():
+    from datasets import ClassLabel, Dataset
+
+    labels = [i % 3 for i in range(30)]
+    pool = Dataset.from_dict({"x": list(range(30)), "label": labels}).cast_column(
+        "label", ClassLabel(num_classes=3)
+    )
+    subset = compare_methods.training_set(pool, 2, seed=7, unlabelled_pool=False)
+    whole = compare_methods.training_set(pool, 2, seed=7, unlabelled_pool=True)
+    kept = subset["x"][:]
+    assert len(kept) == 6 and sorted(subset["label"][:]) == [0, 0, 1, 1, 2, 2]
+    assert whole["x"][:].tolist() == list(range(30))  # every image, in order
+    marked = whole["label"][:].tolist()
+    assert [marked[i] for i in kept] == [labels[i] for i in kept]
+    assert all(marked[i] == -100 for i in range(30) if i not in set(kept))
+
+
+def test_signal_rows_run_feature_kd_and_the_deit_token(tmp_path):
+    rows = ["fixed_0.5", "feature_vkd_dto", "deit_hard_fixed_0.5"]
+    argv = ["--rows", *rows, "--student_family", "vit", "--folds", "2", "--seeds", "1", "--max_steps", "2", "--eval_steps", "1",
+            "--teacher_steps", "2", "--labelled_per_class", "2", "--workers", "1",
+            "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results")]  # fmt: skip
+    report = compare_methods.main(argv)
+    by_row = {r["row"]: r for r in report["table"]}
+    assert set(by_row) == set(rows)
+    assert by_row["feature_vkd_dto"]["mean_pi_distill"] is not None  # DTO-KD on (logit + feature KD, task)
+    assert compare_methods.split_row("feature_mokd_fixed_0.5") == ("feature_mokd", "fixed_0.5")
+    assert compare_methods.split_row("dto_amortized") == ("logits", "dto_amortized")
+    assert set(compare_methods.SIGNAL_ROWS) <= set(compare_methods.ALL_ROWS)

@@ -1,0 +1,77 @@
+"""The detection example script (hf-dtokd-detect) and the detection demo, end to end on tiny budgets."""
+
+import json
+import subprocess
+
+import pytest
+from transformers import ResNetConfig, ResNetForImageClassification
+
+from hf_dtokd.cli import main as hf_dtokd_main
+from hf_dtokd.cli.detect import DetectionModelArguments
+from hf_dtokd.demos.shapes import DetectionDemoArguments, run_demo
+from hf_dtokd.signals.detection.models import detection_processor
+from testing_utils import console_script, tiny_detr
+
+
+def test_detect_help_lists_model_data_and_method_flags():
+    completed = subprocess.run([console_script("hf-dtokd-detect"), "--help"], capture_output=True, text=True,
+                               timeout=300)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    for flag in ("--model_name_or_path", "--student_head", "--student_backbone", "--dataset_name", "--box_threshold",
+                 "--group_distillation", "--token_projector", "--teacher_model_name_or_path", "--method",
+                 "--push_to_hub"):  # fmt: skip
+        assert flag in completed.stdout, flag
+
+
+def test_the_student_is_given_one_way():
+    with pytest.raises(ValueError, match="either as --model_name_or_path"):
+        DetectionModelArguments()
+    with pytest.raises(ValueError, match="either as --model_name_or_path"):
+        DetectionModelArguments(model_name_or_path="a", student_head="detr", student_backbone="b")
+    with pytest.raises(ValueError, match="either as --model_name_or_path"):
+        DetectionModelArguments(student_head="detr")
+
+
+@pytest.mark.parametrize("assembled", [False, True])
+def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, assembled):
+    teacher = tmp_path / "teacher"
+    tiny_detr(1).save_pretrained(teacher)
+    if assembled:
+        backbone = tmp_path / "backbone"
+        ResNetForImageClassification(
+            ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16])
+        ).save_pretrained(backbone)
+        student = {"student_head": "detr", "student_backbone": str(backbone), "token_projector": "linear"}
+    else:
+        tiny_detr(0).save_pretrained(tmp_path / "student")
+        detection_processor("detr", 32).save_pretrained(tmp_path / "student")
+        student = {"model_name_or_path": str(tmp_path / "student")}
+    settings = {
+        **student, "teacher_model_name_or_path": str(teacher), "image_size": 32, "output_dir": str(tmp_path / "out"),
+        "do_train": True, "do_eval": True, "max_steps": 2, "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 50, "use_cpu": True, "method": "dto", "group_distillation": True,
+        "logging_steps": 1, "disable_tqdm": True, "remove_unused_columns": False, "report_to": "none",
+    }  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    monkeypatch.chdir(tmp_path)
+    hf_dtokd_main(["detect", "run.json"])
+    metrics = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert {"eval_map", "eval_map_50", "eval_map_75", "eval_map_circle"} <= set(metrics)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "object-detection" in card and "trade-off method: `dto`" in card
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "circle", "1": "square", "2": "triangle"}
+    assert saved["architectures"] == ["DetrForObjectDetection"]  # the student alone, also with a projector
+
+
+def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
+    assert DetectionDemoArguments().runs == ["fixed", "dto"]
+    demo = DetectionDemoArguments(output_dir=str(tmp_path), max_steps=2, teacher_steps=2, train_size=16,
+                                  validation_size=8, logging_steps=1, batch_size=4,
+                                  runs=["no_kd", "fixed", "dto"])  # fmt: skip
+    summary = run_demo(demo)
+    out = capsys.readouterr().out
+    assert "| teacher RT-DETR" in out and "student RT-DETR (d_model 48, 8 queries), dto" in out
+    assert [r["run"] for r in summary["students"]] == ["no_kd", "fixed", "dto"]
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "tradeoff.png").is_file()
+    assert (tmp_path / "teacher" / "config.json").is_file()

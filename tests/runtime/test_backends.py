@@ -1,0 +1,96 @@
+"""Backend rules that cannot run on this CPU-only machine (FSDP, DeepSpeed), tested on their configuration path."""
+
+import pytest
+import torch
+from accelerate.utils import DistributedType
+
+from hf_dtokd import DTOKDTrainer
+from hf_dtokd.runtime.backends import backward, check_backend_support, deepspeed_teacher_config
+from testing_utils import tiny_args, tiny_resnet, tiny_vit
+
+
+@pytest.mark.parametrize(
+    ("method", "placement", "needs_gradients", "owns_update", "backend", "message"),
+    [
+        (
+            "dto",
+            "parameters",
+            True,
+            False,
+            "fsdp",
+            "FSDP shards the gradients.*gradient_placement='representation'",
+        ),
+        ("upgrad", "parameters", True, False, "deepspeed", "DeepSpeed owns the gradients.*'representation'"),
+        (
+            "dot",
+            "parameters",
+            True,
+            True,
+            "deepspeed",
+            r"Use method='dto_amortized' or 'fixed', or plain DDP$",
+        ),
+        ("dot", "parameters", True, True, "fsdp", "FSDP shards"),
+        ("dto", "parameters", True, False, "fp16", "does not support fp16 loss scaling; use bf16=True"),
+    ],
+)
+def test_combinations_that_cannot_be_correct_are_refused_with_the_alternative(
+    method, placement, needs_gradients, owns_update, backend, message
+):
+    flags = {"fsdp": backend == "fsdp", "deepspeed": backend == "deepspeed", "fp16": backend == "fp16"}
+    with pytest.raises(ValueError, match=message):
+        check_backend_support(method, placement, needs_gradients, owns_update, **flags)
+
+
+@pytest.mark.parametrize("backend", ["fsdp", "deepspeed", "fp16"])
+@pytest.mark.parametrize(("method", "placement", "needs_gradients"),
+                         [("dto", "representation", True), ("dto_amortized", "parameters", False),
+                          ("fixed", "parameters", False)])  # fmt: skip
+def test_one_backward_methods_run_on_every_backend(backend, method, placement, needs_gradients):
+    flags = {"fsdp": backend == "fsdp", "deepspeed": backend == "deepspeed", "fp16": backend == "fp16"}
+    check_backend_support(method, placement, needs_gradients, False, **flags)
+
+
+def test_the_trainer_runs_the_check_at_start(tmp_path):
+    with pytest.raises(ValueError, match="fp16 loss scaling"):
+        DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(),
+                     args=tiny_args(tmp_path, method="dot", fp16=True))  # fmt: skip
+
+
+class RecordingAccelerator:
+    def __init__(self, distributed_type):
+        self.distributed_type, self.calls = distributed_type, []
+
+    def backward(self, loss, **kwargs):
+        self.calls.append(kwargs)
+
+
+def test_deepspeed_backward_does_not_divide_by_the_accumulation_steps_again():
+    loss = torch.ones((), requires_grad=True)
+    deepspeed, ddp = (
+        RecordingAccelerator(DistributedType.DEEPSPEED),
+        RecordingAccelerator(DistributedType.MULTI_GPU),
+    )
+    backward(deepspeed, loss)
+    backward(ddp, loss)
+    assert deepspeed.calls == [{"scale_wrt_gas": False}] and ddp.calls == [{}]
+
+
+def test_deepspeed_teacher_config_keeps_zero3_and_disables_other_stages():
+    training = {
+        "train_micro_batch_size_per_gpu": 8, "bf16": {"enabled": True},
+        "optimizer": {"type": "AdamW"}, "scheduler": {"type": "WarmupLR"},
+        "zero_optimization": {"stage": 2, "overlap_comm": True},
+    }  # fmt: skip
+    teacher = deepspeed_teacher_config(training)
+    assert teacher == {
+        "train_micro_batch_size_per_gpu": 8,
+        "bf16": {"enabled": True},
+        "zero_optimization": {"stage": 0},
+    }
+    assert (
+        training["zero_optimization"]["stage"] == 2 and "optimizer" in training
+    )  # the student's is untouched
+    zero3 = deepspeed_teacher_config(
+        {**training, "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}
+    )
+    assert zero3["zero_optimization"] == {"stage": 3, "offload_param": {"device": "cpu"}}

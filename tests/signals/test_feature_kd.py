@@ -1,0 +1,185 @@
+"""FeatureKDTrainer: students and projectors train together, the teacher not; saving, resuming, bad stages."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForImageClassification
+
+from hf_dtokd.signals.feature_kd import PROJECTORS_NAME, FeatureKDTrainer
+from hf_dtokd.signals.features import stage_features
+from testing_utils import (
+    Crash,
+    CrashAtStep,
+    family_students,
+    flat_params,
+    random_images,
+    tiny_args,
+    tiny_resnet,
+    tiny_vit,
+    train_logs,
+    whole_batch,
+)
+
+
+def make(folder, student=tiny_vit, teacher=tiny_resnet, callbacks=(), projector="vkd", **overrides):
+    settings = dict(
+        method="dto", max_steps=2, temperature=2.0, per_device_train_batch_size=8, learning_rate=0.05
+    )
+    settings.update(overrides)
+    return FeatureKDTrainer(model=student(), teacher_model=teacher(), args=tiny_args(folder, **settings),
+                            train_dataset=random_images(16), projector=projector, callbacks=list(callbacks))  # fmt: skip
+
+
+@pytest.mark.parametrize("projector", ["linear", "vkd", "mokd"])
+@pytest.mark.parametrize(("student", "teacher"), [(tiny_vit, tiny_resnet), (tiny_resnet, tiny_vit)],
+                         ids=["cnn_teacher_vit_student", "vit_teacher_cnn_student"])  # fmt: skip
+def test_three_objectives_train_student_and_projectors_not_the_teacher(tmp_path, projector, student, teacher):
+    trainer = make(tmp_path, student, teacher, projector=projector, max_steps=1)
+    wrapper = trainer.model
+    teacher_before = flat_params(trainer.teacher).clone()
+    student_before, projectors_before = (
+        flat_params(wrapper.student).clone(),
+        flat_params(wrapper.projectors).clone(),
+    )
+    trainer.train()
+    assert trainer.objective_names == ("distill", "feature", "task")
+    assert not torch.allclose(flat_params(wrapper.student), student_before)
+    assert not torch.allclose(flat_params(wrapper.projectors), projectors_before)
+    assert torch.equal(flat_params(trainer.teacher), teacher_before)
+    assert 0.0 <= train_logs(trainer, "pi_feature")[0] <= 1.0
+
+
+def test_the_feature_loss_of_a_step_equals_an_independent_computation(tmp_path):
+    trainer = make(tmp_path, max_steps=1, per_device_train_batch_size=16, projector="linear")
+    initial = copy.deepcopy(trainer.model)
+    trainer.train()
+    x, _ = whole_batch(random_images(16))
+    with torch.no_grad():
+        s_maps = stage_features(initial.student(pixel_values=x, output_hidden_states=True), "student")
+        t_maps = stage_features(trainer.teacher(pixel_values=x, output_hidden_states=True), "teacher")
+        (s, t), projector = initial.pairs[0], initial.projectors[0]
+        resized = torch.nn.functional.interpolate(s_maps[s], size=t_maps[t].shape[-2:], mode="bilinear",
+                                                  antialias=s_maps[s].shape[-1] > t_maps[t].shape[-1])  # fmt: skip
+        w, b = projector.proj.weight[:, :, 0, 0], projector.proj.bias
+        expected = (
+            (torch.einsum("oc,bchw->bohw", w, resized) + b[None, :, None, None] - t_maps[t]) ** 2
+        ).mean()
+    assert len(initial.pairs) == 1  # one student block, two teacher stages: the last of each
+    assert train_logs(trainer, "feature_loss")[0] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_grouped_features_make_two_objectives(tmp_path):
+    trainer = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path / "grouped"),
+                               train_dataset=random_images(16), group_features=True)  # fmt: skip
+    trainer.train()
+    assert trainer.objective_names == ("distill", "task") and train_logs(trainer, "pi_distill")
+    # same init and batch, three objectives: the grouped distillation loss is logit KD + feature KD
+    separate = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path / "three"),
+                                train_dataset=random_images(16))  # fmt: skip
+    separate.train()
+    grouped_distill = train_logs(trainer, "distill_loss")[0]
+    assert grouped_distill == pytest.approx(
+        train_logs(separate, "distill_loss")[0] + train_logs(separate, "feature_loss")[0], rel=1e-5
+    )
+    assert train_logs(trainer, "task_loss") == pytest.approx(train_logs(separate, "task_loss"), rel=1e-5)
+
+
+def test_the_saved_student_has_no_projector_or_teacher_keys_and_reloads(tmp_path):
+    trainer = make(tmp_path)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "student"))
+    reloaded = AutoModelForImageClassification.from_pretrained(str(tmp_path / "student"))
+    assert type(reloaded).__name__ == "ViTForImageClassification"
+    keys = list(reloaded.state_dict())
+    assert not any("projector" in k or k.startswith(("student.", "resnet")) for k in keys)
+    assert torch.equal(flat_params(reloaded), flat_params(trainer.model.student))
+    trainer.export_projectors(str(tmp_path / "projectors.safetensors"))
+    assert (tmp_path / "projectors.safetensors").stat().st_size > 0
+    # the wrapper's forward takes no labels, yet evaluation sees them (accuracy of the student)
+    metrics = trainer.evaluate(random_images(8))
+    assert 0.0 <= metrics["eval_top1"] <= 1.0 and "eval_loss" in metrics
+
+
+def test_a_killed_run_resumes_with_its_projectors(tmp_path):
+    straight = make(tmp_path / "straight", max_steps=4, save_strategy="steps", save_steps=2)
+    straight.train()
+    killed = make(
+        tmp_path / "run", max_steps=4, save_strategy="steps", save_steps=2, callbacks=[CrashAtStep(3)]
+    )
+    with pytest.raises(Crash):
+        killed.train()
+    assert (tmp_path / "run" / "checkpoint-2" / PROJECTORS_NAME).is_file()
+    resumed = make(tmp_path / "run", max_steps=4, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=True)
+    assert torch.allclose(
+        flat_params(resumed.model.projectors), flat_params(straight.model.projectors), atol=1e-6
+    )
+    assert torch.allclose(flat_params(resumed.model.student), flat_params(straight.model.student), atol=1e-6)
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"stages \[3\] do not exist: the student ViTForImageClassification exposes 1 stages"
+    ):
+        FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path),
+                         student_stages=[3], teacher_stages=[0])  # fmt: skip
+    with pytest.raises(ValueError, match="valid values: linear, vkd, mokd"):
+        FeatureKDTrainer(
+            model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path), projector="x"
+        )
+    with pytest.raises(ValueError, match="use gradient_placement='parameters' with FeatureKDTrainer"):
+        FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(),
+                         args=tiny_args(tmp_path, gradient_placement="representation"))  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(family_students()))
+def test_every_student_family_distils_features_from_a_cnn_teacher(tmp_path, family):
+    trainer = FeatureKDTrainer(model=family_students()[family](), teacher_model=tiny_resnet(),
+                               train_dataset=random_images(8),
+                               args=tiny_args(tmp_path, max_steps=1, per_device_train_batch_size=8))  # fmt: skip
+    before = flat_params(trainer.model.projectors).clone()
+    trainer.train()
+    assert torch.isfinite(torch.tensor(train_logs(trainer, "feature_loss"))).all()
+    assert not torch.allclose(flat_params(trainer.model.projectors), before)
+
+
+def test_dot_gives_the_projectors_one_buffer_like_the_authors_code(tmp_path):
+    """20 DOT steps of feature KD (grouped into one distillation loss): the projectors, reached by the
+    distillation loss only, take the mean momentum and their weight decay on the distillation buffer, as in
+    the DOT authors' optimizer fed two separate backwards."""
+    from dot_reference import ReferenceDOT
+
+    data = random_images(16)
+    args = tiny_args(tmp_path, method="dot", alpha=0.6, max_steps=20, learning_rate=0.05, weight_decay=0.05,
+                     temperature=2.0, logging_steps=20)  # fmt: skip
+    trainer = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=data,
+                               projector="linear", group_features=True)  # fmt: skip
+    reference = copy.deepcopy(trainer.model)
+    trainer.train()
+    teacher, temperature = trainer.teacher, 2.0
+    x, y = whole_batch(data)
+
+    def losses():
+        out = reference.student(pixel_values=x, output_hidden_states=True)
+        with torch.no_grad():
+            t_out = teacher(pixel_values=x, output_hidden_states=True)
+        (s, t), projector = reference.pairs[0], reference.projectors[0]
+        s_map, t_map = stage_features(out, "student")[s], stage_features(t_out, "teacher")[t].detach()
+        resized = torch.nn.functional.interpolate(s_map, size=t_map.shape[-2:], mode="bilinear",
+                                                  antialias=s_map.shape[-1] > t_map.shape[-1])  # fmt: skip
+        feature = (projector.proj(resized) - t_map).pow(2).mean()
+        log_p_s = torch.log_softmax(out.logits / temperature, -1)
+        p_t = torch.softmax(t_out.logits / temperature, -1)
+        kd = temperature**2 * (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
+        return kd + feature, torch.nn.functional.cross_entropy(out.logits, y)
+
+    decay = set(trainer.get_decay_parameter_names(reference))
+    names, params = zip(*reference.named_parameters())
+    rule = ReferenceDOT(params, 0.05, 0.6, weight_decays=[0.05 if n in decay else 0.0 for n in names])
+    for _ in range(20):
+        rule.step(*rule.separate_gradients(list(params), *losses()))
+    one_loss = [n for n, g in zip(names, rule.task_buffers) if g is None]
+    assert one_loss and all(n.startswith("projectors.") for n in one_loss)
+    for (name, got), expected in zip(trainer.model.named_parameters(), params):
+        assert torch.allclose(got, expected, atol=1e-6), name
