@@ -37,9 +37,23 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 BASELINE = "fixed_0.5"
 ROWS = (
-    "no_kd", "fixed_0.1", "fixed_0.5", "fixed_0.9", "dto", "dto_amortized", "mgda", "pcgrad", "cagrad",
-    "upgrad", "imtl_g", "aligned_mtl", "dualproj", "uncertainty", "dot", "dot_adamw",
-)  # fmt: skip
+    "no_kd",
+    "fixed_0.1",
+    "fixed_0.5",
+    "fixed_0.9",
+    "dto",
+    "dto_amortized",
+    "mgda",
+    "pcgrad",
+    "cagrad",
+    "upgrad",
+    "imtl_g",
+    "aligned_mtl",
+    "dualproj",
+    "uncertainty",
+    "dot",
+    "dot_adamw",
+)
 #: Other distillation signals (opt-in with --rows): feature KD through each projector (FeatureKDTrainer,
 #: grouped into DTO-KD's two objectives) and DeiT's distillation token (DeiTTokenTrainer, a two-head DeiT
 #: student of the same size), each with DTO-KD and with fixed alpha 0.5 (DeiT's own recipe for the token).
@@ -159,15 +173,28 @@ def train_teacher(args: CompareArguments, fold: int) -> float:
         return json.loads(metrics_file.read_text())["top1"]
     _, _, names = fold_data(args.folds, fold)
     training = TrainingArguments(
-        output_dir=str(folder / "run"), use_cpu=True, per_device_train_batch_size=64, max_steps=args.teacher_steps,
-        learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=int(0.05 * args.teacher_steps),
-        weight_decay=0.05, save_strategy="no", report_to="none", disable_tqdm=True, seed=1234, data_seed=1234,
-    )  # fmt: skip
+        output_dir=str(folder / "run"),
+        use_cpu=True,
+        per_device_train_batch_size=64,
+        max_steps=args.teacher_steps,
+        learning_rate=3e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(0.05 * args.teacher_steps),
+        weight_decay=0.05,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=1234,
+        data_seed=1234,
+    )
     trainer = Trainer(
-        model=build_teacher(names), args=training, train_dataset=processed(args.folds, fold, "pool", 24),
-        eval_dataset=processed(args.folds, fold, "test", 24), data_collator=DefaultDataCollator(),
+        model=build_teacher(names),
+        args=training,
+        train_dataset=processed(args.folds, fold, "pool", 24),
+        eval_dataset=processed(args.folds, fold, "test", 24),
+        data_collator=DefaultDataCollator(),
         compute_metrics=classification_metrics,
-    )  # fmt: skip
+    )
     trainer.train()
     top1 = trainer.evaluate()["eval_top1"]
     trainer.model.save_pretrained(folder)
@@ -194,15 +221,28 @@ def build_student(args: CompareArguments, seed: int, names: list[str], two_head:
     )
     if args.student_family == "resnet":
         width = args.student_width
-        config = ResNetConfig(embedding_size=width // 4, hidden_sizes=[width // 4, width // 2, width], depths=[1, 1, 1],
-                              layer_type="basic", downsample_in_first_stage=False, **labels)  # fmt: skip
+        config = ResNetConfig(
+            embedding_size=width // 4,
+            hidden_sizes=[width // 4, width // 2, width],
+            depths=[1, 1, 1],
+            layer_type="basic",
+            downsample_in_first_stage=False,
+            **labels,
+        )
         return ResNetForImageClassification(config)
     config = (DeiTConfig if two_head else ViTConfig)(
-        image_size=32, patch_size=args.student_patch, hidden_size=args.student_width, num_hidden_layers=args.student_layers,
-        num_attention_heads=4, intermediate_size=2 * args.student_width, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, num_labels=len(names), id2label=dict(enumerate(names)),
+        image_size=32,
+        patch_size=args.student_patch,
+        hidden_size=args.student_width,
+        num_hidden_layers=args.student_layers,
+        num_attention_heads=4,
+        intermediate_size=2 * args.student_width,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)},
-    )  # fmt: skip
+    )
     return DeiTForImageClassificationWithTeacher(config) if two_head else ViTForImageClassification(config)
 
 
@@ -227,24 +267,42 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
     hf_logging.set_verbosity_error()
     run_seed = 1000 * fold + seed
     _, _, names = fold_data(args.folds, fold)
-    train = training_set(processed(args.folds, fold, "pool", 32), args.labelled_per_class, run_seed,
-                         args.unlabelled_pool and row != "no_kd")  # fmt: skip
+    train = training_set(
+        processed(args.folds, fold, "pool", 32),
+        args.labelled_per_class,
+        run_seed,
+        args.unlabelled_pool and row != "no_kd",
+    )
     test = processed(args.folds, fold, "test", 32)
     is_dot_sgd = row == "dot"
     common = dict(
-        output_dir=str(Path(args.output_dir) / "runs" / f"{row}_f{fold}_s{seed}"), use_cpu=True,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=512, max_steps=args.max_steps,
-        learning_rate=args.sgd_learning_rate if is_dot_sgd else args.learning_rate, lr_scheduler_type="cosine",
-        warmup_steps=int(0.05 * args.max_steps), weight_decay=5e-4 if is_dot_sgd else 0.05,
-        eval_strategy="steps", eval_steps=args.eval_steps, logging_steps=args.eval_steps, save_strategy="no",
-        report_to="none", disable_tqdm=True, seed=run_seed, data_seed=run_seed,
-    )  # fmt: skip
+        output_dir=str(Path(args.output_dir) / "runs" / f"{row}_f{fold}_s{seed}"),
+        use_cpu=True,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=512,
+        max_steps=args.max_steps,
+        learning_rate=args.sgd_learning_rate if is_dot_sgd else args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(0.05 * args.max_steps),
+        weight_decay=5e-4 if is_dot_sgd else 0.05,
+        eval_strategy="steps",
+        eval_steps=args.eval_steps,
+        logging_steps=args.eval_steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=run_seed,
+        data_seed=run_seed,
+    )
     signal, method_row = split_row(row)
     student = build_student(args, run_seed, names, two_head=signal.startswith("deit_"))
     kwargs = dict(
-        model=student, train_dataset=train, eval_dataset=test, data_collator=DefaultDataCollator(),
+        model=student,
+        train_dataset=train,
+        eval_dataset=test,
+        data_collator=DefaultDataCollator(),
         compute_metrics=classification_metrics,
-    )  # fmt: skip
+    )
     if row == "no_kd":
         trainer: Trainer = Trainer(args=TrainingArguments(**common), **kwargs)
     else:
@@ -254,15 +312,27 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
             else (method_row, 0.5)
         )
         config = DTOKDConfig(
-            **common, method=method, alpha=alpha, temperature=args.temperature,
+            **common,
+            method=method,
+            alpha=alpha,
+            temperature=args.temperature,
             teacher_model_name_or_path=str(teacher_dir(args, fold)),
-        )  # fmt: skip
+        )
         if signal.startswith("feature_"):
-            trainer = FeatureKDTrainer(args=config, processing_class=student_processor(), group_features=True,
-                                       projector=signal.split("_", 1)[1], **kwargs)  # fmt: skip
+            trainer = FeatureKDTrainer(
+                args=config,
+                processing_class=student_processor(),
+                group_features=True,
+                projector=signal.split("_", 1)[1],
+                **kwargs,
+            )
         elif signal.startswith("deit_"):
-            trainer = DeiTTokenTrainer(args=config, processing_class=student_processor(),
-                                       distillation=signal.split("_", 1)[1], **kwargs)  # fmt: skip
+            trainer = DeiTTokenTrainer(
+                args=config,
+                processing_class=student_processor(),
+                distillation=signal.split("_", 1)[1],
+                **kwargs,
+            )
         else:
             trainer = DTOKDTrainer(args=config, processing_class=student_processor(), **kwargs)
     start = time.perf_counter()
@@ -274,11 +344,17 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
     cosines = [row_["grad_cos"] for row_ in history if "grad_cos" in row_]
     evaluations = len(curve)
     return {
-        "row": row, "fold": fold, "seed": seed, "top1": curve[-1][1], "curve": curve, "pi": pis,
+        "row": row,
+        "fold": fold,
+        "seed": seed,
+        "top1": curve[-1][1],
+        "curve": curve,
+        "pi": pis,
         "share_logged_steps_conflicting": (sum(c < 0 for c in cosines) / len(cosines)) if cosines else None,
-        "seconds_per_step": wall / args.max_steps, "evaluations": evaluations,
+        "seconds_per_step": wall / args.max_steps,
+        "evaluations": evaluations,
         "threads": torch.get_num_threads(),
-    }  # fmt: skip
+    }
 
 
 def _init_worker(threads: int) -> None:
@@ -308,18 +384,22 @@ def summarise(args: CompareArguments, runs: list[dict[str, Any]], teachers: list
         conflict = [by_row[row][p]["share_logged_steps_conflicting"] for p in pairs]
         table.append(
             {
-                "row": row, "pairs": len(pairs), "top1_mean": statistics.fmean(top1),
+                "row": row,
+                "pairs": len(pairs),
+                "top1_mean": statistics.fmean(top1),
                 "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
                 "diff_to_baseline": statistics.fmean(diffs),
                 "diff_se": statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0,
                 "first_step_reaching_baseline": reach,
                 "seconds_per_step": statistics.fmean(by_row[row][p]["seconds_per_step"] for p in pairs),
                 "mean_pi_distill": statistics.fmean(pis) if pis else None,
-                "share_logged_steps_conflicting": statistics.fmean(conflict) if None not in conflict else None,
+                "share_logged_steps_conflicting": statistics.fmean(conflict)
+                if None not in conflict
+                else None,
                 "curve": curve,
                 "pi_curve": mean_curve([by_row[row][p]["pi"] for p in pairs]) if pis else [],
             }
-        )  # fmt: skip
+        )
     return {"baseline_final_top1": target, "teacher_top1_per_fold": teachers, "table": table}
 
 
@@ -467,15 +547,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = markdown(args, summary)
     plot(summary, results_dir / "compare_methods.png")
     report = {
-        "arguments": asdict(args), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-        "threads_per_run": threads, "workers": args.workers}, "total_seconds": time.perf_counter() - start,
-        **summary, "runs": runs,
-    }  # fmt: skip
+        "arguments": asdict(args),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads_per_run": threads,
+            "workers": args.workers,
+        },
+        "total_seconds": time.perf_counter() - start,
+        **summary,
+        "runs": runs,
+    }
     (results_dir / "compare_methods.json").write_text(json.dumps(report, indent=1))
     (results_dir / "compare_methods.md").write_text(table + "\n")
     print(table)
-    print(f"\n{len(runs)} runs in {report['total_seconds']:.0f} s on {report['machine']['platform']}; wrote "
-          f"{results_dir / 'compare_methods.json'}, .md and .png")  # fmt: skip
+    print(
+        f"\n{len(runs)} runs in {report['total_seconds']:.0f} s on {report['machine']['platform']}; wrote "
+        f"{results_dir / 'compare_methods.json'}, .md and .png"
+    )
     return report
 
 

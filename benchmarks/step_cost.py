@@ -111,13 +111,23 @@ TARGETS = (
 )
 
 TARGET_VARIANTS = (
-    "fixed", "no_kd", "fixed, teacher_cache", *(variant for _, variant, _ in TARGETS),
-)  # fmt: skip
+    "fixed",
+    "no_kd",
+    "fixed, teacher_cache",
+    *(variant for _, variant, _ in TARGETS),
+)
 
 BIG_VARIANTS = (
-    "fixed", "no_kd", "dto @ parameters", "dto @ representation (logits)", "dto_amortized, same-batch look-ahead",
-    "dto_amortized, next-batch look-ahead", "upgrad @ parameters", "upgrad @ representation (logits)", "dot",
-)  # fmt: skip
+    "fixed",
+    "no_kd",
+    "dto @ parameters",
+    "dto @ representation (logits)",
+    "dto_amortized, same-batch look-ahead",
+    "dto_amortized, next-batch look-ahead",
+    "upgrad @ parameters",
+    "upgrad @ representation (logits)",
+    "dot",
+)
 
 
 def tiny_student() -> ViTForImageClassification:
@@ -127,16 +137,28 @@ def tiny_student() -> ViTForImageClassification:
 def vit_5m() -> ViTForImageClassification:
     torch.manual_seed(0)
     config = ViTConfig(
-        image_size=32, patch_size=4, hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
-        intermediate_size=1024, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=len(LABELS),
-    )  # fmt: skip
+        image_size=32,
+        patch_size=4,
+        hidden_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=len(LABELS),
+    )
     return ViTForImageClassification(config)
 
 
 def resnet18() -> ResNetForImageClassification:
     torch.manual_seed(1234)
-    config = ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
-                          layer_type="basic", num_labels=len(LABELS))  # fmt: skip
+    config = ResNetConfig(
+        embedding_size=64,
+        hidden_sizes=[64, 128, 256, 512],
+        depths=[2, 2, 2, 2],
+        layer_type="basic",
+        num_labels=len(LABELS),
+    )
     return ResNetForImageClassification(config)
 
 
@@ -144,16 +166,28 @@ def deit_tiny_224() -> ViTForImageClassification:
     """DeiT-Tiny's shape (12 x 192, 3 heads, patch 16, 224 px): 5.5 M parameters."""
     torch.manual_seed(0)
     config = ViTConfig(
-        image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
-        intermediate_size=768, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=len(LABELS),
-    )  # fmt: skip
+        image_size=224,
+        patch_size=16,
+        hidden_size=192,
+        num_hidden_layers=12,
+        num_attention_heads=3,
+        intermediate_size=768,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=len(LABELS),
+    )
     return ViTForImageClassification(config)
 
 
 def resnet50() -> ResNetForImageClassification:
     torch.manual_seed(1234)
-    config = ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-                          layer_type="bottleneck", num_labels=len(LABELS))  # fmt: skip
+    config = ResNetConfig(
+        embedding_size=64,
+        hidden_sizes=[256, 512, 1024, 2048],
+        depths=[3, 4, 6, 3],
+        layer_type="bottleneck",
+        num_labels=len(LABELS),
+    )
     return ResNetForImageClassification(config)
 
 
@@ -162,9 +196,13 @@ TEACHERS = {"resnet_demo": lambda: build_teacher(LABELS), "resnet18": resnet18, 
 IMAGE_SIZES = {"vit_tiny": 32, "vit_5m": 32, "deit_tiny_224": 224}
 STUDENT_VARIANTS = {"vit_tiny": None, "vit_5m": BIG_VARIANTS, "deit_tiny_224": TARGET_VARIANTS}  # None: all
 SETUPS = (
-    "vit_tiny+resnet_demo", "vit_tiny+resnet18", "vit_5m+resnet_demo", "vit_5m+resnet18",
-    "deit_tiny_224+resnet18", "deit_tiny_224+resnet50",
-)  # fmt: skip
+    "vit_tiny+resnet_demo",
+    "vit_tiny+resnet18",
+    "vit_5m+resnet_demo",
+    "vit_5m+resnet18",
+    "deit_tiny_224+resnet18",
+    "deit_tiny_224+resnet50",
+)
 
 
 @dataclass
@@ -244,9 +282,16 @@ def build_trainer(name: str, student: str, teacher: torch.nn.Module, steps: int,
     """The trainer of one variant, ready to ``train()``; the teacher forward is timed into ``teacher_times``."""
     settings = dict(variants()[name])
     common = dict(
-        output_dir="/tmp/hf_dtokd_step_cost", use_cpu=not torch.cuda.is_available(), per_device_train_batch_size=batch,
-        max_steps=steps, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10_000, seed=0,
-    )  # fmt: skip
+        output_dir="/tmp/hf_dtokd_step_cost",
+        use_cpu=not torch.cuda.is_available(),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=10_000,
+        seed=0,
+    )
     model, data = STUDENTS[student](), random_pixels(batch * steps, IMAGE_SIZES[student])
     if settings.pop("no_kd", False):
         return Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=callbacks)
@@ -344,8 +389,14 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def time_setup(
@@ -373,12 +424,22 @@ def time_setup(
     rows = []
     for name in names:
         median = medians[name]
-        rows.append({
-            "student": student, "teacher": teacher_name, "batch": batch, "variant": name,
-            "image_size": IMAGE_SIZES[student], "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup,
-            "median_step_ms": 1000 * median, "ratio_to_plain_kd": median / floor, "steps_measured": sum(map(len, times[name])),
-            "teacher_share": statistics.median(teacher_share[name]) if teacher_share[name] else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "student": student,
+                "teacher": teacher_name,
+                "batch": batch,
+                "variant": name,
+                "image_size": IMAGE_SIZES[student],
+                "repeats": args.repeats,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "median_step_ms": 1000 * median,
+                "ratio_to_plain_kd": median / floor,
+                "steps_measured": sum(map(len, times[name])),
+                "teacher_share": statistics.median(teacher_share[name]) if teacher_share[name] else None,
+            }
+        )
     return rows
 
 
@@ -421,10 +482,13 @@ def markdown(
         names = list(dict.fromkeys(r["variant"] for r in rows if r["student"] == student))
         first = next(r for r in rows if r["student"] == student)
         header = " | ".join(f"{t}: ms, ratio, teacher share" for t in own)
-        lines += [f"**{student}** (batch {first['batch']}, {first['image_size']} px; {first['repeats']} repeats x "
-                  f"{first['steps'] - first['warmup']} steps after {first['warmup']} warm-up)", "",
-                  f"| variant | {header} | extra memory MiB | state MiB |",
-                  "|---|" + "---|" * len(own) + "---|---|"]  # fmt: skip
+        lines += [
+            f"**{student}** (batch {first['batch']}, {first['image_size']} px; {first['repeats']} repeats x "
+            f"{first['steps'] - first['warmup']} steps after {first['warmup']} warm-up)",
+            "",
+            f"| variant | {header} | extra memory MiB | state MiB |",
+            "|---|" + "---|" * len(own) + "---|---|",
+        ]
         for name in names:
             cells = []
             for teacher in own:

@@ -172,7 +172,7 @@ def family_students(num_labels: int = NUM_LABELS) -> dict:
                 num_heads=[1, 1],
                 window_size=2,
                 num_labels=num_labels,
-            )  # fmt: skip
+            )
         ),
         "resnet": lambda: tiny_resnet(num_labels=num_labels),
         "convnext": lambda: ConvNextForImageClassification(
@@ -279,10 +279,23 @@ def free_port() -> int:
 def launch_two_processes(script: str, output_dir: Path) -> None:
     """``accelerate launch --multi_gpu --num_processes 2`` of a worker in this folder (gloo on CPU)."""
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(HERE / "distributed" / script), str(output_dir),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(HERE / "distributed" / script),
+        str(output_dir),
+    ]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
@@ -303,9 +316,19 @@ def tiny_detr(seed: int, queries: int = 6, id2label: dict[int, str] = ID2LABEL) 
     torch.manual_seed(seed)
     backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1] * 4, layer_type="basic")
     return build_detector(
-        "detr", backbone, id2label, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=queries, dropout=0.0,
-    )  # fmt: skip
+        "detr",
+        backbone,
+        id2label,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_queries=queries,
+        dropout=0.0,
+    )
 
 
 def processor() -> DetrImageProcessor:
@@ -366,8 +389,13 @@ def evaluation_set():
 
 def evaluate(output_dir: str) -> dict:
     args = detection_args(output_dir, per_device_eval_batch_size=2)
-    trainer = DetectionKDTrainer(model=oracle_detr(), teacher_model=tiny_detr(1), args=args,
-                                 eval_dataset=evaluation_set(), processing_class=processor())  # fmt: skip
+    trainer = DetectionKDTrainer(
+        model=oracle_detr(),
+        teacher_model=tiny_detr(1),
+        args=args,
+        eval_dataset=evaluation_set(),
+        processing_class=processor(),
+    )
     return trainer.evaluate()
 
 

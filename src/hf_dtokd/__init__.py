@@ -24,6 +24,7 @@ from hf_dtokd.signals.detection.metrics import DetectionMetrics
 from hf_dtokd.signals.detection.models import build_detector, load_object_detector
 from hf_dtokd.signals.detection.trainer import DetectionKDTrainer
 from hf_dtokd.signals.feature_kd import FeatureKDTrainer, StudentWithProjectors
+from hf_dtokd.signals.signal_config import DeiTTokenConfig, DetectionKDConfig, FeatureKDConfig
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
 from hf_dtokd.trainer.metrics import classification_metrics
@@ -46,13 +47,16 @@ __all__ = [
     "UncertaintyWeighting",
     "DTOKDConfig",
     "DTOKDTrainer",
+    "DeiTTokenConfig",
     "DeiTTokenTrainer",
+    "DetectionKDConfig",
     "DetectionKDTrainer",
     "DetectionMetrics",
     "DetectionTransform",
     "build_detector",
     "collate_detection",
     "load_object_detector",
+    "FeatureKDConfig",
     "FeatureKDTrainer",
     "StudentWithProjectors",
     "FixedWeights",

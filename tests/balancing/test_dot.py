@@ -86,8 +86,12 @@ def test_two_adamw_steps_equal_the_hand_written_extension():
     torch.manual_seed(2)
     batches = [torch.randn(4, 3), torch.randn(4, 3)]
     model, reference = TwoHeads(), TwoHeads()
-    run_steps(DOT(alpha=alpha, momentum=beta1, delta=delta, form="adamw", beta2=beta2, adam_eps=eps),
-              model, batches, [wd] * 4)  # fmt: skip
+    run_steps(
+        DOT(alpha=alpha, momentum=beta1, delta=delta, form="adamw", beta2=beta2, adam_eps=eps),
+        model,
+        batches,
+        [wd] * 4,
+    )
 
     params = list(reference.parameters())
     m_t = [torch.zeros_like(p) for p in params]

@@ -26,9 +26,15 @@ def test_k_weights_apply_as_given_and_pi_is_their_normalisation():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"weights": [1.0]}, {"weights": [0.5, -0.1]}, {"weights": [0.0, 0.0]}, {"weights": [1.0, float("nan")]},
-     {}, {"alpha": 0.5, "weights": [0.5, 0.5]}],
-)  # fmt: skip
+    [
+        {"weights": [1.0]},
+        {"weights": [0.5, -0.1]},
+        {"weights": [0.0, 0.0]},
+        {"weights": [1.0, float("nan")]},
+        {},
+        {"alpha": 0.5, "weights": [0.5, 0.5]},
+    ],
+)
 def test_bad_weights_are_refused(kwargs):
     with pytest.raises(ValueError, match="FixedWeights takes|fixed weights must be"):
         FixedWeights(**kwargs)

@@ -27,13 +27,21 @@ def main(output_dir: str) -> None:
     data = data.with_transform(DetectionTransform(processor(), 3))
     results = {}
     # the third run adds token KD: the student and its projector as one DDP-wrapped module
-    for name, method, projector in (("dto", "dto", None), ("dto_amortized", "dto_amortized", None),
-                                    ("dto_token_kd", "dto", "linear")):  # fmt: skip
+    for name, method, projector in (
+        ("dto", "dto", None),
+        ("dto_amortized", "dto_amortized", None),
+        ("dto_token_kd", "dto", "linear"),
+    ):
         args = detection_args(
             f"{output_dir}/{name}", method=method, max_steps=2, per_device_train_batch_size=4
         )
-        trainer = SequentialTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=args, train_dataset=data,
-                                    token_projector=projector)  # fmt: skip
+        trainer = SequentialTrainer(
+            model=tiny_detr(0),
+            teacher_model=tiny_detr(1),
+            args=args,
+            train_dataset=data,
+            token_projector=projector,
+        )
         trainer.train()
         params = torch.cat(
             [p.detach().reshape(-1) for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]

@@ -59,8 +59,9 @@ def make_trainer(output_dir: str, overrides: dict, batch: int) -> DTOKDTrainer:
     args = tiny_args(output_dir, temperature=2.0, max_steps=3, per_device_train_batch_size=batch, **overrides)
     if kind == "features":
         torch.manual_seed(5)  # the projector's initialisation
-        return FeatureKDTrainer(model=student, teacher_model=teacher, args=args, projector="vkd",
-                                train_dataset=data)  # fmt: skip
+        return FeatureKDTrainer(
+            model=student, teacher_model=teacher, args=args, projector="vkd", train_dataset=data
+        )
     return DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
 
 

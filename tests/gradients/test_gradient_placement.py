@@ -31,16 +31,18 @@ def train(tmp_path, trainer_class=DTOKDTrainer, data=None, callbacks=(), **overr
     student, teacher = conflicting_pair()
     reference = copy.deepcopy(student)
     args = tiny_args(tmp_path, temperature=2.0, **overrides)
-    trainer = trainer_class(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                            callbacks=list(callbacks))  # fmt: skip
+    trainer = trainer_class(
+        model=student, teacher_model=teacher, args=args, train_dataset=data, callbacks=list(callbacks)
+    )
     trainer.train()
     return trainer, reference, teacher, data
 
 
 def test_representation_at_the_logits_pi_from_the_logit_gram_and_the_exact_parameter_combination(tmp_path):
     recorder = GradRecorder()
-    trainer, reference, teacher, data = train(tmp_path, method="dto", gradient_placement="representation",
-                                              callbacks=[recorder])  # fmt: skip
+    trainer, reference, teacher, data = train(
+        tmp_path, method="dto", gradient_placement="representation", callbacks=[recorder]
+    )
     assert trainer.placement.layer == "logits"
     x, y = whole_batch(data)
     z_s = reference(pixel_values=x).logits
@@ -62,8 +64,9 @@ def test_representation_at_the_logits_pi_from_the_logit_gram_and_the_exact_param
     expected = w[0] * flat_grads(distill, params) + w[1] * flat_grads(task, params)
     assert torch.allclose(recorder.grads[0], expected, rtol=1e-4, atol=1e-7)
     # and it is not the parameter placement's pi (the Jacobian below the logits is not orthogonal)
-    parameter_pi, _ = dto_weights(flat_grads(distill, params), flat_grads(task, params), distill.item() + EPS,
-                                  task.item() + EPS)  # fmt: skip
+    parameter_pi, _ = dto_weights(
+        flat_grads(distill, params), flat_grads(task, params), distill.item() + EPS, task.item() + EPS
+    )
     assert abs(parameter_pi - pi) > 1e-3
 
 
@@ -86,8 +89,14 @@ def layernorm_gradients(reference, teacher, x, y):
 def test_representation_at_a_module_uses_the_gram_at_that_module(tmp_path, layer):
     recorder = GradRecorder()
     trainer_class = FromTheLayerNorm if layer == "auto" else DTOKDTrainer
-    trainer, reference, teacher, data = train(tmp_path, trainer_class, method="dto", callbacks=[recorder],
-                                              gradient_placement="representation", representation_layer=layer)  # fmt: skip
+    trainer, reference, teacher, data = train(
+        tmp_path,
+        trainer_class,
+        method="dto",
+        callbacks=[recorder],
+        gradient_placement="representation",
+        representation_layer=layer,
+    )
     assert trainer.placement.layer == "vit.layernorm"
     x, y = whole_batch(data)
     distill, task, a_d, a_t = layernorm_gradients(reference, teacher, x, y)
@@ -100,8 +109,9 @@ def test_representation_at_a_module_uses_the_gram_at_that_module(tmp_path, layer
 
 def test_a_torchjd_method_at_the_representation_applies_torchjds_weights(tmp_path):
     recorder = GradRecorder()
-    trainer, reference, teacher, data = train(tmp_path, method="upgrad", gradient_placement="representation",
-                                              callbacks=[recorder])  # fmt: skip
+    trainer, reference, teacher, data = train(
+        tmp_path, method="upgrad", gradient_placement="representation", callbacks=[recorder]
+    )
     x, y = whole_batch(data)
     z_s = reference(pixel_values=x).logits
     distill, task = (
@@ -132,9 +142,14 @@ class MicroBatches(TrainerCallback):
 def test_representation_with_accumulation_sets_pi_per_micro_batch(tmp_path):
     seen = MicroBatches()
     trainer, reference, teacher, data = train(
-        tmp_path, method="dto", gradient_placement="representation", per_device_train_batch_size=8,
-        gradient_accumulation_steps=2, learning_rate=0.1, callbacks=[seen],
-    )  # fmt: skip
+        tmp_path,
+        method="dto",
+        gradient_placement="representation",
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        learning_rate=0.1,
+        callbacks=[seen],
+    )
     x, y = whole_batch(data)
     params = list(reference.parameters())
     total, pis = torch.zeros_like(flat_params(reference)), []
@@ -182,8 +197,13 @@ def test_bad_representation_layers_are_named(tmp_path):
             super().__init__(model=model, **kwargs)
 
     with pytest.raises(ValueError, match="produced no tensor that requires grad"):
-        train(tmp_path, FrozenPatches, method="dto", gradient_placement="representation",
-              representation_layer="vit.embeddings.patch_embeddings")  # fmt: skip
+        train(
+            tmp_path,
+            FrozenPatches,
+            method="dto",
+            gradient_placement="representation",
+            representation_layer="vit.embeddings.patch_embeddings",
+        )
 
 
 def test_representation_placement_refuses_a_custom_non_gram_balancer(tmp_path):
@@ -191,15 +211,26 @@ def test_representation_placement_refuses_a_custom_non_gram_balancer(tmp_path):
 
     student, teacher = conflicting_pair()
     with pytest.raises(ValueError, match="needs a Gram method"):
-        DTOKDTrainer(model=student, teacher_model=teacher, balancer=DOT(),
-                     args=tiny_args(tmp_path, gradient_placement="representation"))  # fmt: skip
+        DTOKDTrainer(
+            model=student,
+            teacher_model=teacher,
+            balancer=DOT(),
+            args=tiny_args(tmp_path, gradient_placement="representation"),
+        )
 
 
 def test_batched_gradients_give_the_same_three_objective_steps_with_accumulation(tmp_path):
     runs = {}
     for batched in (False, True):
-        trainer, *_ = train(tmp_path / str(batched), ThreeObjectives, method="dto", batched_gradients=batched,
-                            max_steps=2, per_device_train_batch_size=8, gradient_accumulation_steps=2)  # fmt: skip
+        trainer, *_ = train(
+            tmp_path / str(batched),
+            ThreeObjectives,
+            method="dto",
+            batched_gradients=batched,
+            max_steps=2,
+            per_device_train_batch_size=8,
+            gradient_accumulation_steps=2,
+        )
         runs[batched] = (train_logs(trainer, "pi_distill"), flat_params(trainer.model))
         if batched:
             assert not trainer.placement.gradients.batched_unsupported
@@ -222,8 +253,14 @@ class CountForwards:
 def test_next_batch_look_ahead_updates_from_the_next_windows_losses_without_a_forward(tmp_path):
     student, teacher = conflicting_pair()
     counter = CountForwards(student)
-    args = tiny_args(tmp_path, method="dto_amortized", look_ahead="next_batch", max_steps=3,
-                     per_device_train_batch_size=8, temperature=2.0)  # fmt: skip
+    args = tiny_args(
+        tmp_path,
+        method="dto_amortized",
+        look_ahead="next_batch",
+        max_steps=3,
+        per_device_train_batch_size=8,
+        temperature=2.0,
+    )
     trainer = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(16))
     trainer.train()
     assert counter.calls == 3  # one training forward per step, no look-ahead forward

@@ -52,11 +52,24 @@ def processor():
 
 def test_push_uploads_the_student_alone_with_a_model_card(tmp_path, hub):
     tiny_resnet().save_pretrained(tmp_path / "teacher")
-    args = tiny_args(tmp_path / "out", max_steps=4, save_strategy="steps", save_steps=2, logging_steps=1,
-                     teacher_model_name_or_path=str(tmp_path / "teacher"), hub_strategy="end",
-                     eval_strategy="steps", eval_steps=4)  # fmt: skip
-    trainer = DTOKDTrainer(model=tiny_vit(), args=args, train_dataset=random_images(16),
-                           eval_dataset=random_images(8, seed=3), processing_class=processor())  # fmt: skip
+    args = tiny_args(
+        tmp_path / "out",
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        teacher_model_name_or_path=str(tmp_path / "teacher"),
+        hub_strategy="end",
+        eval_strategy="steps",
+        eval_steps=4,
+    )
+    trainer = DTOKDTrainer(
+        model=tiny_vit(),
+        args=args,
+        train_dataset=random_images(16),
+        eval_dataset=random_images(8, seed=3),
+        processing_class=processor(),
+    )
     trainer.train()
     trainer.push_to_hub(finetuned_from="tiny/vit-base", dataset="random-images", tasks="image-classification")
 
@@ -83,9 +96,17 @@ def test_push_uploads_the_student_alone_with_a_model_card(tmp_path, hub):
     front = yaml.safe_load(card.split("---")[1])
     assert {"knowledge-distillation", "dto-kd"} <= set(front["tags"])
     assert front["base_model"] == "tiny/vit-base"
-    for text in ("## Distillation", f"teacher: `{tmp_path / 'teacher'}`", "trade-off method: `dto`",
-                 "`temperature=4.0`", "`gradient_placement='parameters'`", "`pi_distill`", "`grad_cos`",
-                 "Final evaluation:", "![pi, gradient conflict and dominance over training](tradeoff.png)"):  # fmt: skip
+    for text in (
+        "## Distillation",
+        f"teacher: `{tmp_path / 'teacher'}`",
+        "trade-off method: `dto`",
+        "`temperature=4.0`",
+        "`gradient_placement='parameters'`",
+        "`pi_distill`",
+        "`grad_cos`",
+        "Final evaluation:",
+        "![pi, gradient conflict and dominance over training](tradeoff.png)",
+    ):
         assert text in card, text
 
     reloaded = AutoModelForImageClassification.from_pretrained(str(tmp_path / "out")).eval()
@@ -138,10 +159,19 @@ def test_the_plot_is_written_at_each_save_and_at_the_end(tmp_path):
 
 def test_plot_covers_every_objective_and_refuses_an_empty_history(tmp_path):
     history = [
-        {"step": s, "pi_distill": 0.5, "pi_distill_t1": 0.2, "grad_cos": -0.1, "grad_cos_distill_t1": 0.3,
-         "grad_norm_ratio": 2.0, "task_loss": 1.0, "distill_loss": 0.5, "distill_t1_loss": 0.4}
+        {
+            "step": s,
+            "pi_distill": 0.5,
+            "pi_distill_t1": 0.2,
+            "grad_cos": -0.1,
+            "grad_cos_distill_t1": 0.3,
+            "grad_norm_ratio": 2.0,
+            "task_loss": 1.0,
+            "distill_loss": 0.5,
+            "distill_t1_loss": 0.4,
+        }
         for s in (1, 2, 3)
-    ]  # fmt: skip
+    ]
     path = plot_tradeoff({"run": history}, tmp_path / "plots" / "p.png")
     assert path.is_file()
     with pytest.raises(ValueError, match="no trade-off scalar was logged"):

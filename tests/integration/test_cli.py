@@ -21,8 +21,18 @@ def test_classify_help_lists_model_data_and_method_flags(command):
     assert completed.returncode == 0, completed.stderr[-2000:]
     out = completed.stdout
     assert out.startswith("usage: hf-dtokd-classify")
-    for flag in ("--model_name_or_path", "--dataset_name", "--teacher_model_name_or_path", "--method", "--alpha",
-                 "--temperature", "--log_gradients", "--on_nonfinite_loss", "--push_to_hub", "--learning_rate"):  # fmt: skip
+    for flag in (
+        "--model_name_or_path",
+        "--dataset_name",
+        "--teacher_model_name_or_path",
+        "--method",
+        "--alpha",
+        "--temperature",
+        "--log_gradients",
+        "--on_nonfinite_loss",
+        "--push_to_hub",
+        "--learning_rate",
+    ):
         assert flag in out, flag
     assert "Distil an image classifier" in out and "{dto,dto_amortized,fixed,famo," in out
 
@@ -44,11 +54,19 @@ def test_a_json_file_is_the_single_argument(tmp_path, monkeypatch):
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(student_dir)
     tiny_resnet(num_labels=10).save_pretrained(teacher_dir)
     settings = {
-        "model_name_or_path": str(student_dir), "teacher_model_name_or_path": str(teacher_dir),
-        "output_dir": str(tmp_path / "out"), "do_train": True, "max_steps": 2, "per_device_train_batch_size": 8,
-        "use_cpu": True, "method": "upgrad", "log_gradients": True, "logging_steps": 1, "disable_tqdm": True,
+        "model_name_or_path": str(student_dir),
+        "teacher_model_name_or_path": str(teacher_dir),
+        "output_dir": str(tmp_path / "out"),
+        "do_train": True,
+        "max_steps": 2,
+        "per_device_train_batch_size": 8,
+        "use_cpu": True,
+        "method": "upgrad",
+        "log_gradients": True,
+        "logging_steps": 1,
+        "disable_tqdm": True,
         "teacher_cache": True,  # the script's datasets are preprocessed with map: cacheable
-    }  # fmt: skip
+    }
     (tmp_path / "run.json").write_text(json.dumps(settings))
     monkeypatch.chdir(tmp_path)
     hf_dtokd_main(["classify", "run.json"])
@@ -58,18 +76,30 @@ def test_a_json_file_is_the_single_argument(tmp_path, monkeypatch):
 
 
 def test_a_bad_flag_value_is_refused_with_the_valid_choices(tmp_path):
-    completed = run(sys.executable, "-m", "hf_dtokd.cli", "classify", "--model_name_or_path", "x", "--output_dir",
-                    str(tmp_path), "--method", "magic")  # fmt: skip
+    completed = run(
+        sys.executable,
+        "-m",
+        "hf_dtokd.cli",
+        "classify",
+        "--model_name_or_path",
+        "x",
+        "--output_dir",
+        str(tmp_path),
+        "--method",
+        "magic",
+    )
     assert completed.returncode != 0 and "invalid choice: 'magic'" in completed.stderr
 
 
 @pytest.mark.parametrize(
     ("signal", "extra", "objective"),
-    [("features", {"projector": "vkd", "student_stages": [0], "teacher_stages": [1]}, "pi_feature"),
-     ("deit_token", {"deit_distillation": "soft"}, "pi_distill")],
-)  # fmt: skip
+    [
+        ("features", {"projector": "vkd", "student_stages": [0], "teacher_stages": [1]}, "pi_feature"),
+        ("deit_token", {"deit_distillation": "soft"}, "pi_distill"),
+    ],
+)
 def test_the_script_runs_the_feature_and_token_trainers(tmp_path, monkeypatch, signal, extra, objective):
-    from hf_dtokd.cli.classify import ModelArguments, build_trainer
+    from hf_dtokd.cli.classify import ClassifyConfig, ModelArguments, build_trainer, check_signal_flags
     from testing_utils import two_head_deit
 
     student_dir, teacher_dir = tmp_path / "student", tmp_path / "teacher"
@@ -80,11 +110,20 @@ def test_the_script_runs_the_feature_and_token_trainers(tmp_path, monkeypatch, s
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(student_dir)
     tiny_resnet(num_labels=10).save_pretrained(teacher_dir)
     settings = {
-        "model_name_or_path": str(student_dir), "teacher_model_name_or_path": str(teacher_dir), "signal": signal,
-        **extra, "output_dir": str(tmp_path / "out"), "do_train": True, "max_steps": 2, "use_cpu": True,
-        "per_device_train_batch_size": 8, "method": "dto", "logging_steps": 1, "disable_tqdm": True,
+        "model_name_or_path": str(student_dir),
+        "teacher_model_name_or_path": str(teacher_dir),
+        "signal": signal,
+        **extra,
+        "output_dir": str(tmp_path / "out"),
+        "do_train": True,
+        "max_steps": 2,
+        "use_cpu": True,
+        "per_device_train_batch_size": 8,
+        "method": "dto",
+        "logging_steps": 1,
+        "disable_tqdm": True,
         "report_to": "none",
-    }  # fmt: skip
+    }
     (tmp_path / "run.json").write_text(json.dumps(settings))
     monkeypatch.chdir(tmp_path)
     hf_dtokd_main(["classify", "run.json"])
@@ -93,7 +132,7 @@ def test_the_script_runs_the_feature_and_token_trainers(tmp_path, monkeypatch, s
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["architectures"] == [type(student).__name__]  # the student alone, no projector keys
     with pytest.raises(ValueError, match="apply to --signal features"):
-        ModelArguments(model_name_or_path="x", projector="vkd")
+        check_signal_flags("logits", ClassifyConfig(output_dir=str(tmp_path / "c"), projector="vkd"))
     with pytest.raises(ValueError, match="valid values: logits, features, deit_token"):
         ModelArguments(model_name_or_path="x", signal="tokens")
     assert callable(build_trainer)
@@ -121,9 +160,23 @@ def saved_pair(tmp_path):
     tiny_vit(num_labels=10).save_pretrained(student_dir)
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(student_dir)
     tiny_resnet(num_labels=10).save_pretrained(teacher_dir)
-    return ["--model_name_or_path", str(student_dir), "--teacher_model_name_or_path", str(teacher_dir),
-            "--max_steps", "2", "--per_device_train_batch_size", "8", "--use_cpu", "--disable_tqdm", "true",
-            "--report_to", "none", "--do_train", "--do_eval"]  # fmt: skip
+    return [
+        "--model_name_or_path",
+        str(student_dir),
+        "--teacher_model_name_or_path",
+        str(teacher_dir),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--use_cpu",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        "--do_train",
+        "--do_eval",
+    ]
 
 
 def test_upstream_data_flags_train_and_validation_folders_and_the_card_index(tmp_path):
@@ -135,8 +188,17 @@ def test_upstream_data_flags_train_and_validation_folders_and_the_card_index(tmp
 
     train_dir, validation_dir = image_folders(tmp_path / "folders")
     out = tmp_path / "out"
-    metrics = classify([*saved_pair(tmp_path), "--train_dir", str(train_dir), "--validation_dir",
-                        str(validation_dir), "--output_dir", str(out)])  # fmt: skip
+    metrics = classify(
+        [
+            *saved_pair(tmp_path),
+            "--train_dir",
+            str(train_dir),
+            "--validation_dir",
+            str(validation_dir),
+            "--output_dir",
+            str(out),
+        ]
+    )
     results = ModelCard.load(out / "README.md").data.eval_results
     by_type = {result.metric_type: result for result in results}
     assert by_type["top1"].metric_value == pytest.approx(metrics["eval_top1"])
@@ -186,8 +248,9 @@ def test_metric_takes_local_evaluate_modules_combined_offline(tmp_path):
         (folder / f"{key}.py").write_text(MY_METRIC.format(name=name, key=key, formula=formula))
         modules.append(str(folder / f"{key}.py"))
     out = tmp_path / "out"
-    metrics = classify([*saved_pair(tmp_path), "--max_eval_samples", "50", "--output_dir", str(out),
-                        "--metric", *modules])  # fmt: skip
+    metrics = classify(
+        [*saved_pair(tmp_path), "--max_eval_samples", "50", "--output_dir", str(out), "--metric", *modules]
+    )
     assert metrics["eval_hits"] + metrics["eval_misses"] == 50 and "eval_top1" not in metrics
     with pytest.raises(ValueError, match="could not load the evaluate metric"):
         classify([*saved_pair(tmp_path), "--output_dir", str(out), "--metric", str(tmp_path / "nowhere.py")])

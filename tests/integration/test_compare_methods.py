@@ -13,9 +13,28 @@ import compare_methods  # noqa: E402
 
 def test_smoke_run_writes_the_table_the_json_and_the_plot(tmp_path):
     rows = ["no_kd", "fixed_0.5", "dto"]
-    argv = ["--rows", *rows, "--folds", "2", "--seeds", "1", "--max_steps", "2", "--eval_steps", "1",
-            "--teacher_steps", "2", "--labelled_per_class", "2", "--workers", "1",
-            "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results")]  # fmt: skip
+    argv = [
+        "--rows",
+        *rows,
+        "--folds",
+        "2",
+        "--seeds",
+        "1",
+        "--max_steps",
+        "2",
+        "--eval_steps",
+        "1",
+        "--teacher_steps",
+        "2",
+        "--labelled_per_class",
+        "2",
+        "--workers",
+        "1",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--results_dir",
+        str(tmp_path / "results"),
+    ]
     report = compare_methods.main(argv)
     results = tmp_path / "results"
     assert (results / "compare_methods.png").stat().st_size > 0
@@ -66,9 +85,30 @@ def test_the_unlabelled_pool_keeps_the_labelled_subset_and_marks_the_rest():
 
 def test_signal_rows_run_feature_kd_and_the_deit_token(tmp_path):
     rows = ["fixed_0.5", "feature_vkd_dto", "deit_hard_fixed_0.5"]
-    argv = ["--rows", *rows, "--student_family", "vit", "--folds", "2", "--seeds", "1", "--max_steps", "2", "--eval_steps", "1",
-            "--teacher_steps", "2", "--labelled_per_class", "2", "--workers", "1",
-            "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results")]  # fmt: skip
+    argv = [
+        "--rows",
+        *rows,
+        "--student_family",
+        "vit",
+        "--folds",
+        "2",
+        "--seeds",
+        "1",
+        "--max_steps",
+        "2",
+        "--eval_steps",
+        "1",
+        "--teacher_steps",
+        "2",
+        "--labelled_per_class",
+        "2",
+        "--workers",
+        "1",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--results_dir",
+        str(tmp_path / "results"),
+    ]
     report = compare_methods.main(argv)
     by_row = {r["row"]: r for r in report["table"]}
     assert set(by_row) == set(rows)

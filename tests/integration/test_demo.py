@@ -59,8 +59,17 @@ def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
     assert summary["teacher"]["top1"] > 0.0
     # the opt-in signal runs: feature KD through a projector and the DeiT token, with DTO-KD and fixed alpha
     runs = ["feature_vkd_dto", "deit_token_fixed"]
-    signals = run_demo(DemoArguments(output_dir=str(tmp_path), runs=runs, max_steps=2, teacher_steps=3,
-                                     batch_size=16, logging_steps=1, seeds=1))  # fmt: skip
+    signals = run_demo(
+        DemoArguments(
+            output_dir=str(tmp_path),
+            runs=runs,
+            max_steps=2,
+            teacher_steps=3,
+            batch_size=16,
+            logging_steps=1,
+            seeds=1,
+        )
+    )
     assert [r["run"] for r in signals["students"]] == runs
     assert signals["students"][0]["final_pi_distill"] is not None
     assert "student DeiT (2 heads), deit_token_fixed" in capsys.readouterr().out
@@ -70,16 +79,39 @@ def test_every_saved_demo_student_carries_its_processor_and_the_command_line_con
     from hf_dtokd.cli.classify import main as classify
     from hf_dtokd.models.classification import load_image_processor
 
-    run_demo(DemoArguments(output_dir=str(tmp_path), runs=["no_kd", "dto"], max_steps=2, teacher_steps=2,
-                           batch_size=16, seeds=1))  # fmt: skip
+    run_demo(
+        DemoArguments(
+            output_dir=str(tmp_path),
+            runs=["no_kd", "dto"],
+            max_steps=2,
+            teacher_steps=2,
+            batch_size=16,
+            seeds=1,
+        )
+    )
     for run in ("no_kd", "dto"):
         assert load_image_processor(str(tmp_path / f"{run}_seed0" / "student")) is not None, run
-    metrics = classify([
-        "--model_name_or_path", str(tmp_path / "dto_seed0" / "student"), "--teacher_model_name_or_path",
-        str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "continued"), "--do_train", "--do_eval",
-        "--max_steps", "1", "--per_device_train_batch_size", "16", "--use_cpu", "--disable_tqdm", "true",
-        "--report_to", "none",
-    ])  # fmt: skip
+    metrics = classify(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "dto_seed0" / "student"),
+            "--teacher_model_name_or_path",
+            str(tmp_path / "teacher"),
+            "--output_dir",
+            str(tmp_path / "continued"),
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "16",
+            "--use_cpu",
+            "--disable_tqdm",
+            "true",
+            "--report_to",
+            "none",
+        ]
+    )
     assert 0.0 <= metrics["eval_top1"] <= 1.0
 
 
@@ -96,11 +128,25 @@ def test_example_script_trains_evaluates_and_writes_a_model_card(tmp_path):
     output_dir = tmp_path / "out"
     metrics = train_classification.main(
         [
-            "--model_name_or_path", str(student_dir), "--teacher_model_name_or_path", str(teacher_dir),
-            "--output_dir", str(output_dir), "--do_train", "--do_eval", "--max_steps", "2",
-            "--per_device_train_batch_size", "16", "--use_cpu", "--method", "dto", "--disable_tqdm", "true",
+            "--model_name_or_path",
+            str(student_dir),
+            "--teacher_model_name_or_path",
+            str(teacher_dir),
+            "--output_dir",
+            str(output_dir),
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "16",
+            "--use_cpu",
+            "--method",
+            "dto",
+            "--disable_tqdm",
+            "true",
         ]
-    )  # fmt: skip
+    )
     assert 0.0 <= metrics["eval_top1"] <= 1.0 and "eval_top5" in metrics
     card = (output_dir / "README.md").read_text()
     assert "knowledge-distillation" in card and "dto-kd" in card

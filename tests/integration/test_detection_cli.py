@@ -14,12 +14,22 @@ from testing_utils import console_script, tiny_detr
 
 
 def test_detect_help_lists_model_data_and_method_flags():
-    completed = subprocess.run([console_script("hf-dtokd-detect"), "--help"], capture_output=True, text=True,
-                               timeout=300)  # fmt: skip
+    completed = subprocess.run(
+        [console_script("hf-dtokd-detect"), "--help"], capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    for flag in ("--model_name_or_path", "--student_head", "--student_backbone", "--dataset_name", "--box_threshold",
-                 "--group_distillation", "--token_projector", "--teacher_model_name_or_path", "--method",
-                 "--push_to_hub"):  # fmt: skip
+    for flag in (
+        "--model_name_or_path",
+        "--student_head",
+        "--student_backbone",
+        "--dataset_name",
+        "--box_threshold",
+        "--group_distillation",
+        "--token_projector",
+        "--teacher_model_name_or_path",
+        "--method",
+        "--push_to_hub",
+    ):
         assert flag in completed.stdout, flag
 
 
@@ -47,11 +57,23 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
         detection_processor("detr", 32).save_pretrained(tmp_path / "student")
         student = {"model_name_or_path": str(tmp_path / "student")}
     settings = {
-        **student, "teacher_model_name_or_path": str(teacher), "image_size": 32, "output_dir": str(tmp_path / "out"),
-        "do_train": True, "do_eval": True, "max_steps": 2, "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 50, "use_cpu": True, "method": "dto", "group_distillation": True,
-        "logging_steps": 1, "disable_tqdm": True, "remove_unused_columns": False, "report_to": "none",
-    }  # fmt: skip
+        **student,
+        "teacher_model_name_or_path": str(teacher),
+        "image_size": 32,
+        "output_dir": str(tmp_path / "out"),
+        "do_train": True,
+        "do_eval": True,
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 50,
+        "use_cpu": True,
+        "method": "dto",
+        "group_distillation": True,
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+        "report_to": "none",
+    }
     (tmp_path / "run.json").write_text(json.dumps(settings))
     monkeypatch.chdir(tmp_path)
     hf_dtokd_main(["detect", "run.json"])
@@ -66,9 +88,16 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
 
 def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
     assert DetectionDemoArguments().runs == ["fixed", "dto"]
-    demo = DetectionDemoArguments(output_dir=str(tmp_path), max_steps=2, teacher_steps=2, train_size=16,
-                                  validation_size=8, logging_steps=1, batch_size=4,
-                                  runs=["no_kd", "fixed", "dto"])  # fmt: skip
+    demo = DetectionDemoArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        teacher_steps=2,
+        train_size=16,
+        validation_size=8,
+        logging_steps=1,
+        batch_size=4,
+        runs=["no_kd", "fixed", "dto"],
+    )
     summary = run_demo(demo)
     out = capsys.readouterr().out
     assert "| teacher RT-DETR" in out and "student RT-DETR (d_model 48, 8 queries), dto" in out

@@ -19,11 +19,23 @@ def flat(model):
 
 
 def make(folder, method="dto", student=tiny_vit, callbacks=(), **overrides):
-    settings = dict(method=method, max_steps=4, per_device_train_batch_size=8, learning_rate=0.05,
-                    save_strategy="steps", save_steps=2, temperature=2.0)  # fmt: skip
+    settings = dict(
+        method=method,
+        max_steps=4,
+        per_device_train_batch_size=8,
+        learning_rate=0.05,
+        save_strategy="steps",
+        save_steps=2,
+        temperature=2.0,
+    )
     settings.update(overrides)
-    return DTOKDTrainer(model=student(), teacher_model=tiny_resnet(), args=tiny_args(folder, **settings),
-                        train_dataset=DATA, callbacks=list(callbacks))  # fmt: skip
+    return DTOKDTrainer(
+        model=student(),
+        teacher_model=tiny_resnet(),
+        args=tiny_args(folder, **settings),
+        train_dataset=DATA,
+        callbacks=list(callbacks),
+    )
 
 
 @pytest.mark.parametrize(
@@ -134,8 +146,9 @@ class NaNTeacherCalls:
 def test_several_nonfinite_steps_freeze_pi_count_the_events_and_training_goes_on(tmp_path, method):
     teacher = tiny_resnet()
     NaNTeacherCalls(teacher, bad_calls={2, 3, 4})
-    args = tiny_args(tmp_path, method=method, max_steps=5, per_device_train_batch_size=16,
-                     on_nonfinite_loss="skip_step")  # fmt: skip
+    args = tiny_args(
+        tmp_path, method=method, max_steps=5, per_device_train_batch_size=16, on_nonfinite_loss="skip_step"
+    )
     trainer = DTOKDTrainer(
         model=tiny_vit(), teacher_model=teacher, args=args, train_dataset=random_images(16)
     )

@@ -11,8 +11,15 @@ LAUNCH_FLAGS = {action.dest for action in launch_command_parser()._actions}
 
 
 def test_every_backend_has_a_config():
-    assert {c.stem for c in CONFIGS} >= {"multi_gpu", "multi_node", "fsdp2", "deepspeed_zero2", "deepspeed_zero3",
-                                          "fp8_ao", "fp8_te"}  # fmt: skip
+    assert {c.stem for c in CONFIGS} >= {
+        "multi_gpu",
+        "multi_node",
+        "fsdp2",
+        "deepspeed_zero2",
+        "deepspeed_zero3",
+        "fp8_ao",
+        "fp8_te",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -42,9 +42,10 @@ def test_combinations_that_cannot_be_correct_are_refused_with_the_alternative(
 
 
 @pytest.mark.parametrize("backend", ["fsdp", "deepspeed", "fp16"])
-@pytest.mark.parametrize(("method", "placement", "needs_gradients"),
-                         [("dto", "representation", True), ("dto_amortized", "parameters", False),
-                          ("fixed", "parameters", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "placement", "needs_gradients"),
+    [("dto", "representation", True), ("dto_amortized", "parameters", False), ("fixed", "parameters", False)],
+)
 def test_one_backward_methods_run_on_every_backend(backend, method, placement, needs_gradients):
     flags = {"fsdp": backend == "fsdp", "deepspeed": backend == "deepspeed", "fp16": backend == "fp16"}
     check_backend_support(method, placement, needs_gradients, False, **flags)
@@ -52,8 +53,9 @@ def test_one_backward_methods_run_on_every_backend(backend, method, placement, n
 
 def test_the_trainer_runs_the_check_at_start(tmp_path):
     with pytest.raises(ValueError, match="fp16 loss scaling"):
-        DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(),
-                     args=tiny_args(tmp_path, method="dot", fp16=True))  # fmt: skip
+        DTOKDTrainer(
+            model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path, method="dot", fp16=True)
+        )
 
 
 class RecordingAccelerator:
@@ -77,10 +79,12 @@ def test_deepspeed_backward_does_not_divide_by_the_accumulation_steps_again():
 
 def test_deepspeed_teacher_config_keeps_zero3_and_disables_other_stages():
     training = {
-        "train_micro_batch_size_per_gpu": 8, "bf16": {"enabled": True},
-        "optimizer": {"type": "AdamW"}, "scheduler": {"type": "WarmupLR"},
+        "train_micro_batch_size_per_gpu": 8,
+        "bf16": {"enabled": True},
+        "optimizer": {"type": "AdamW"},
+        "scheduler": {"type": "WarmupLR"},
         "zero_optimization": {"stage": 2, "overlap_comm": True},
-    }  # fmt: skip
+    }
     teacher = deepspeed_teacher_config(training)
     assert teacher == {
         "train_micro_batch_size_per_gpu": 8,

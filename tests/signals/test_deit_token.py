@@ -49,8 +49,14 @@ def test_exact_dto_on_the_two_heads_equals_an_independent_computation(tmp_path, 
     reference, before = copy.deepcopy(student), flat_params(student).clone()
     recorder = GradRecorder()
     data = random_images(16)
-    trainer = DeiTTokenTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, temperature=2.0),
-                               train_dataset=data, callbacks=[recorder], distillation=distillation)  # fmt: skip
+    trainer = DeiTTokenTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=tiny_args(tmp_path, temperature=2.0),
+        train_dataset=data,
+        callbacks=[recorder],
+        distillation=distillation,
+    )
     trainer.train()
     x, y = whole_batch(data)
     distill, task = head_losses(reference, teacher, x, y, distillation)
@@ -63,8 +69,12 @@ def test_exact_dto_on_the_two_heads_equals_an_independent_computation(tmp_path, 
 
 
 def test_the_saved_student_reloads_with_the_auto_class_and_predicts_the_mean_of_its_heads(tmp_path):
-    trainer = DeiTTokenTrainer(model=two_head_deit(), teacher_model=tiny_resnet(), train_dataset=random_images(16),
-                               args=tiny_args(tmp_path, method="fixed"))  # fmt: skip
+    trainer = DeiTTokenTrainer(
+        model=two_head_deit(),
+        teacher_model=tiny_resnet(),
+        train_dataset=random_images(16),
+        args=tiny_args(tmp_path, method="fixed"),
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "student"))
     reloaded = AutoModelForImageClassification.from_pretrained(str(tmp_path / "student"))
@@ -85,8 +95,12 @@ def test_representation_auto_is_the_last_blocks_input_and_the_final_norm_is_refu
     data = random_images(16)
     student, teacher = two_head_deit(layers=2), tiny_resnet()
     reference = copy.deepcopy(student)
-    trainer = DeiTTokenTrainer(model=student, teacher_model=teacher, train_dataset=data,
-                               args=tiny_args(tmp_path, gradient_placement="representation"))  # fmt: skip
+    trainer = DeiTTokenTrainer(
+        model=student,
+        teacher_model=teacher,
+        train_dataset=data,
+        args=tiny_args(tmp_path, gradient_placement="representation"),
+    )
     assert trainer.placement.layer == "deit.layers.0"
     trainer.train()
     captured = {}
@@ -103,17 +117,23 @@ def test_representation_auto_is_the_last_blocks_input_and_the_final_norm_is_refu
 
     # after the last attention the two heads read different tokens: no shared coordinate, refused
     with pytest.raises(ValueError, match="touch disjoint coordinates"):
-        DeiTTokenTrainer(model=two_head_deit(), teacher_model=tiny_resnet(), train_dataset=data,
-                         args=tiny_args(tmp_path / "norm", gradient_placement="representation",
-                                        representation_layer="deit.layernorm")).train()  # fmt: skip
+        DeiTTokenTrainer(
+            model=two_head_deit(),
+            teacher_model=tiny_resnet(),
+            train_dataset=data,
+            args=tiny_args(
+                tmp_path / "norm", gradient_placement="representation", representation_layer="deit.layernorm"
+            ),
+        ).train()
 
 
 def test_a_one_head_student_and_an_unknown_mode_are_refused(tmp_path):
     with pytest.raises(ValueError, match="needs a two-head DeiT student .* got ViTForImageClassification"):
         DeiTTokenTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path))
     with pytest.raises(ValueError, match="valid values: soft, hard"):
-        DeiTTokenTrainer(model=two_head_deit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path),
-                         distillation="both")  # fmt: skip
+        DeiTTokenTrainer(
+            model=two_head_deit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path), distillation="both"
+        )
 
 
 def test_dot_treats_each_head_as_a_one_loss_parameter_like_the_authors_code(tmp_path):
@@ -123,10 +143,18 @@ def test_dot_treats_each_head_as_a_one_loss_parameter_like_the_authors_code(tmp_
 
     student, teacher, data = two_head_deit(), tiny_resnet(), random_images(16)
     reference = copy.deepcopy(student)
-    args = tiny_args(tmp_path, method="dot", alpha=0.6, max_steps=20, learning_rate=0.05, weight_decay=0.05,
-                     logging_steps=20)  # fmt: skip
-    trainer = DeiTTokenTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                               distillation="hard")  # fmt: skip
+    args = tiny_args(
+        tmp_path,
+        method="dot",
+        alpha=0.6,
+        max_steps=20,
+        learning_rate=0.05,
+        weight_decay=0.05,
+        logging_steps=20,
+    )
+    trainer = DeiTTokenTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=data, distillation="hard"
+    )
     trainer.train()
     decay = set(trainer.get_decay_parameter_names(reference))
     names, params = zip(*reference.named_parameters())

@@ -27,13 +27,22 @@ def make(folder, student=tiny_vit, teacher=tiny_resnet, callbacks=(), projector=
         method="dto", max_steps=2, temperature=2.0, per_device_train_batch_size=8, learning_rate=0.05
     )
     settings.update(overrides)
-    return FeatureKDTrainer(model=student(), teacher_model=teacher(), args=tiny_args(folder, **settings),
-                            train_dataset=random_images(16), projector=projector, callbacks=list(callbacks))  # fmt: skip
+    return FeatureKDTrainer(
+        model=student(),
+        teacher_model=teacher(),
+        args=tiny_args(folder, **settings),
+        train_dataset=random_images(16),
+        projector=projector,
+        callbacks=list(callbacks),
+    )
 
 
 @pytest.mark.parametrize("projector", ["linear", "vkd", "mokd"])
-@pytest.mark.parametrize(("student", "teacher"), [(tiny_vit, tiny_resnet), (tiny_resnet, tiny_vit)],
-                         ids=["cnn_teacher_vit_student", "vit_teacher_cnn_student"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("student", "teacher"),
+    [(tiny_vit, tiny_resnet), (tiny_resnet, tiny_vit)],
+    ids=["cnn_teacher_vit_student", "vit_teacher_cnn_student"],
+)
 def test_three_objectives_train_student_and_projectors_not_the_teacher(tmp_path, projector, student, teacher):
     trainer = make(tmp_path, student, teacher, projector=projector, max_steps=1)
     wrapper = trainer.model
@@ -59,8 +68,12 @@ def test_the_feature_loss_of_a_step_equals_an_independent_computation(tmp_path):
         s_maps = stage_features(initial.student(pixel_values=x, output_hidden_states=True), "student")
         t_maps = stage_features(trainer.teacher(pixel_values=x, output_hidden_states=True), "teacher")
         (s, t), projector = initial.pairs[0], initial.projectors[0]
-        resized = torch.nn.functional.interpolate(s_maps[s], size=t_maps[t].shape[-2:], mode="bilinear",
-                                                  antialias=s_maps[s].shape[-1] > t_maps[t].shape[-1])  # fmt: skip
+        resized = torch.nn.functional.interpolate(
+            s_maps[s],
+            size=t_maps[t].shape[-2:],
+            mode="bilinear",
+            antialias=s_maps[s].shape[-1] > t_maps[t].shape[-1],
+        )
         w, b = projector.proj.weight[:, :, 0, 0], projector.proj.bias
         expected = (
             (torch.einsum("oc,bchw->bohw", w, resized) + b[None, :, None, None] - t_maps[t]) ** 2
@@ -70,13 +83,22 @@ def test_the_feature_loss_of_a_step_equals_an_independent_computation(tmp_path):
 
 
 def test_grouped_features_make_two_objectives(tmp_path):
-    trainer = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path / "grouped"),
-                               train_dataset=random_images(16), group_features=True)  # fmt: skip
+    trainer = FeatureKDTrainer(
+        model=tiny_vit(),
+        teacher_model=tiny_resnet(),
+        args=tiny_args(tmp_path / "grouped"),
+        train_dataset=random_images(16),
+        group_features=True,
+    )
     trainer.train()
     assert trainer.objective_names == ("distill", "task") and train_logs(trainer, "pi_distill")
     # same init and batch, three objectives: the grouped distillation loss is logit KD + feature KD
-    separate = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path / "three"),
-                                train_dataset=random_images(16))  # fmt: skip
+    separate = FeatureKDTrainer(
+        model=tiny_vit(),
+        teacher_model=tiny_resnet(),
+        args=tiny_args(tmp_path / "three"),
+        train_dataset=random_images(16),
+    )
     separate.train()
     grouped_distill = train_logs(trainer, "distill_loss")[0]
     assert grouped_distill == pytest.approx(
@@ -122,22 +144,33 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(
         ValueError, match=r"stages \[3\] do not exist: the student ViTForImageClassification exposes 1 stages"
     ):
-        FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path),
-                         student_stages=[3], teacher_stages=[0])  # fmt: skip
+        FeatureKDTrainer(
+            model=tiny_vit(),
+            teacher_model=tiny_resnet(),
+            args=tiny_args(tmp_path),
+            student_stages=[3],
+            teacher_stages=[0],
+        )
     with pytest.raises(ValueError, match="valid values: linear, vkd, mokd"):
         FeatureKDTrainer(
             model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path), projector="x"
         )
     with pytest.raises(ValueError, match="use gradient_placement='parameters' with FeatureKDTrainer"):
-        FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(),
-                         args=tiny_args(tmp_path, gradient_placement="representation"))  # fmt: skip
+        FeatureKDTrainer(
+            model=tiny_vit(),
+            teacher_model=tiny_resnet(),
+            args=tiny_args(tmp_path, gradient_placement="representation"),
+        )
 
 
 @pytest.mark.parametrize("family", list(family_students()))
 def test_every_student_family_distils_features_from_a_cnn_teacher(tmp_path, family):
-    trainer = FeatureKDTrainer(model=family_students()[family](), teacher_model=tiny_resnet(),
-                               train_dataset=random_images(8),
-                               args=tiny_args(tmp_path, max_steps=1, per_device_train_batch_size=8))  # fmt: skip
+    trainer = FeatureKDTrainer(
+        model=family_students()[family](),
+        teacher_model=tiny_resnet(),
+        train_dataset=random_images(8),
+        args=tiny_args(tmp_path, max_steps=1, per_device_train_batch_size=8),
+    )
     before = flat_params(trainer.model.projectors).clone()
     trainer.train()
     assert torch.isfinite(torch.tensor(train_logs(trainer, "feature_loss"))).all()
@@ -151,10 +184,24 @@ def test_dot_gives_the_projectors_one_buffer_like_the_authors_code(tmp_path):
     from dot_reference import ReferenceDOT
 
     data = random_images(16)
-    args = tiny_args(tmp_path, method="dot", alpha=0.6, max_steps=20, learning_rate=0.05, weight_decay=0.05,
-                     temperature=2.0, logging_steps=20)  # fmt: skip
-    trainer = FeatureKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=data,
-                               projector="linear", group_features=True)  # fmt: skip
+    args = tiny_args(
+        tmp_path,
+        method="dot",
+        alpha=0.6,
+        max_steps=20,
+        learning_rate=0.05,
+        weight_decay=0.05,
+        temperature=2.0,
+        logging_steps=20,
+    )
+    trainer = FeatureKDTrainer(
+        model=tiny_vit(),
+        teacher_model=tiny_resnet(),
+        args=args,
+        train_dataset=data,
+        projector="linear",
+        group_features=True,
+    )
     reference = copy.deepcopy(trainer.model)
     trainer.train()
     teacher, temperature = trainer.teacher, 2.0
@@ -166,8 +213,9 @@ def test_dot_gives_the_projectors_one_buffer_like_the_authors_code(tmp_path):
             t_out = teacher(pixel_values=x, output_hidden_states=True)
         (s, t), projector = reference.pairs[0], reference.projectors[0]
         s_map, t_map = stage_features(out, "student")[s], stage_features(t_out, "teacher")[t].detach()
-        resized = torch.nn.functional.interpolate(s_map, size=t_map.shape[-2:], mode="bilinear",
-                                                  antialias=s_map.shape[-1] > t_map.shape[-1])  # fmt: skip
+        resized = torch.nn.functional.interpolate(
+            s_map, size=t_map.shape[-2:], mode="bilinear", antialias=s_map.shape[-1] > t_map.shape[-1]
+        )
         feature = (projector.proj(resized) - t_map).pow(2).mean()
         log_p_s = torch.log_softmax(out.logits / temperature, -1)
         p_t = torch.softmax(t_out.logits / temperature, -1)

@@ -48,7 +48,7 @@ def test_defaults(tmp_path):
         ({"teacher_label_indices": [0, -1]}, "teacher_label_indices"),
     ],
 )
-def test_bad_values_are_refused_at_config_time(tmp_path, overrides, message):  # fmt: skip
+def test_bad_values_are_refused_at_config_time(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         DTOKDConfig(output_dir=str(tmp_path), **overrides)
 
@@ -57,20 +57,37 @@ def test_every_field_is_a_flag_with_help(tmp_path):
     parser = HfArgumentParser((DTOKDConfig,))
     (config,) = parser.parse_args_into_dataclasses(
         [
-            "--output_dir", str(tmp_path),
-            "--method", "dto_amortized",
-            "--temperature", "2",
-            "--teacher_model_name_or_path", "some/teacher",
-            "--teacher_model_init_kwargs", '{"revision": "v1"}',
-            "--teacher_label_indices", "3", "1",
+            "--output_dir",
+            str(tmp_path),
+            "--method",
+            "dto_amortized",
+            "--temperature",
+            "2",
+            "--teacher_model_name_or_path",
+            "some/teacher",
+            "--teacher_model_init_kwargs",
+            '{"revision": "v1"}',
+            "--teacher_label_indices",
+            "3",
+            "1",
         ]
-    )  # fmt: skip
+    )
     assert config.method == "dto_amortized" and config.temperature == 2.0
     assert config.teacher_model_init_kwargs == {"revision": "v1"}
     assert config.teacher_label_indices == [3, 1]
     help_text = parser.format_help()
-    for name in ("teacher_model_name_or_path", "temperature", "method", "alpha", "rescale", "min_loss", "eps",
-                 "tradeoff_learning_rate", "tradeoff_weight_decay", "gradient_placement"):  # fmt: skip
+    for name in (
+        "teacher_model_name_or_path",
+        "temperature",
+        "method",
+        "alpha",
+        "rescale",
+        "min_loss",
+        "eps",
+        "tradeoff_learning_rate",
+        "tradeoff_weight_decay",
+        "gradient_placement",
+    ):
         assert f"--{name}" in help_text
     with pytest.raises(SystemExit):
         parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--method", "nope"])

@@ -27,8 +27,12 @@ def test_a_same_batch_look_ahead_step_leaves_batchnorm_as_the_training_forward_d
         alone(pixel_values=whole_batch(data)[0])  # the training forward, once
     expected = norm_buffers(alone)
     assert expected  # a BatchNorm student
-    trainer = DTOKDTrainer(model=student, teacher_model=tiny_resnet(), train_dataset=data,
-                           args=tiny_args(tmp_path, method=method, look_ahead="same_batch"))  # fmt: skip
+    trainer = DTOKDTrainer(
+        model=student,
+        teacher_model=tiny_resnet(),
+        train_dataset=data,
+        args=tiny_args(tmp_path, method=method, look_ahead="same_batch"),
+    )
     trainer.train()
     assert trainer.balancer.xi.abs().sum() > 0  # the look-ahead ran and moved the trade-off
     got = norm_buffers(trainer.model)

@@ -31,10 +31,17 @@ class CountCalls:
 def test_cached_logits_train_like_the_live_teacher_and_the_teacher_is_not_run(tmp_path, method):
     runs = {}
     for cache in (False, True):
-        args = tiny_args(tmp_path / str(cache), method=method, teacher_cache=cache, max_steps=3,
-                         per_device_train_batch_size=4, gradient_accumulation_steps=2)  # fmt: skip
-        trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args,
-                               train_dataset=random_images(16))  # fmt: skip
+        args = tiny_args(
+            tmp_path / str(cache),
+            method=method,
+            teacher_cache=cache,
+            max_steps=3,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+        )
+        trainer = DTOKDTrainer(
+            model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(16)
+        )
         calls = CountCalls(trainer.teacher)
         trainer.train()
         runs[cache] = (flat_params(trainer.model), train_logs(trainer, "pi_distill"), calls.calls)
@@ -64,15 +71,25 @@ def test_per_epoch_pixels_and_other_signals_are_refused(tmp_path):
     args = tiny_args(tmp_path, teacher_cache=True)
 
     def augment(batch):
-        return {"pixel_values": [torch.as_tensor(p) + torch.randn(1) for p in batch["pixel_values"]],
-                "labels": batch["labels"]}  # fmt: skip
+        return {
+            "pixel_values": [torch.as_tensor(p) + torch.randn(1) for p in batch["pixel_values"]],
+            "labels": batch["labels"],
+        }
 
     with pytest.raises(ValueError, match="on-the-fly transform"):
-        DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args,
-                     train_dataset=random_images(8).with_transform(augment))  # fmt: skip
+        DTOKDTrainer(
+            model=tiny_vit(),
+            teacher_model=tiny_resnet(),
+            args=args,
+            train_dataset=random_images(8).with_transform(augment),
+        )
     with pytest.raises(TypeError, match="datasets.Dataset"):
-        DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args,
-                     train_dataset=torch.utils.data.TensorDataset(torch.zeros(2)))  # fmt: skip
+        DTOKDTrainer(
+            model=tiny_vit(),
+            teacher_model=tiny_resnet(),
+            args=args,
+            train_dataset=torch.utils.data.TensorDataset(torch.zeros(2)),
+        )
     with pytest.raises(ValueError, match="needs more of the teacher"):
         FeatureKDTrainer(
             model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(8)

@@ -33,9 +33,12 @@ def test_exact_pi_and_applied_gradient_equal_an_independent_computation(tmp_path
     reference_student = copy.deepcopy(student)
     recorder = GradRecorder()
     trainer = DTOKDTrainer(
-        model=student, teacher_model=teacher, args=tiny_args(tmp_path, method="dto", temperature=2.0),
-        train_dataset=data, callbacks=[recorder],
-    )  # fmt: skip
+        model=student,
+        teacher_model=teacher,
+        args=tiny_args(tmp_path, method="dto", temperature=2.0),
+        train_dataset=data,
+        callbacks=[recorder],
+    )
     trainer.train()
 
     x, y = whole_batch(data)
@@ -120,9 +123,13 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, method):
     for steps, batch in [(1, 16), (2, 8)]:
         student, teacher = conflicting_pair()
         args = tiny_args(
-            tmp_path / f"ga{steps}", method=method, temperature=2.0, max_steps=3, per_device_train_batch_size=batch,
+            tmp_path / f"ga{steps}",
+            method=method,
+            temperature=2.0,
+            max_steps=3,
+            per_device_train_batch_size=batch,
             gradient_accumulation_steps=steps,
-        )  # fmt: skip
+        )
         trainer = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
         trainer.train()
         runs[steps] = (
@@ -142,8 +149,14 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, method):
 def test_student_moves_teacher_does_not_and_the_saved_student_reloads(tmp_path, method):
     student, teacher = tiny_vit(), tiny_resnet()
     student_before, teacher_before = flat_params(student).clone(), flat_params(teacher).clone()
-    args = tiny_args(tmp_path, method=method, max_steps=3, per_device_train_batch_size=8, optim="adamw_torch",
-                     learning_rate=1e-2)  # fmt: skip
+    args = tiny_args(
+        tmp_path,
+        method=method,
+        max_steps=3,
+        per_device_train_batch_size=8,
+        optim="adamw_torch",
+        learning_rate=1e-2,
+    )
     trainer = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(32))
     trainer.train()
     assert not torch.allclose(flat_params(trainer.model), student_before)
@@ -169,8 +182,13 @@ def test_every_student_family_trains_with_exact_dto(tmp_path, family):
     before = flat_params(student).clone()
     teacher = family_students()["timm_vit" if family != "timm_vit" else "resnet"]()
     args = tiny_args(tmp_path, method="dto", max_steps=2, per_device_train_batch_size=8, learning_rate=0.05)
-    trainer = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=random_images(16),
-                           eval_dataset=random_images(8, seed=5))  # fmt: skip
+    trainer = DTOKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=random_images(16),
+        eval_dataset=random_images(8, seed=5),
+    )
     trainer.train()
     assert not torch.allclose(flat_params(trainer.model), before)
     assert all(math.isfinite(v) for v in train_logs(trainer, "pi_distill"))
@@ -180,8 +198,11 @@ def test_every_student_family_trains_with_exact_dto(tmp_path, family):
 
 def test_teacher_from_a_local_folder_and_config_init_kwargs(tmp_path):
     tiny_resnet().save_pretrained(tmp_path / "teacher")
-    args = tiny_args(tmp_path, teacher_model_name_or_path=str(tmp_path / "teacher"),
-                     teacher_model_init_kwargs={"dtype": "float32"})  # fmt: skip
+    args = tiny_args(
+        tmp_path,
+        teacher_model_name_or_path=str(tmp_path / "teacher"),
+        teacher_model_init_kwargs={"dtype": "float32"},
+    )
     trainer = DTOKDTrainer(model=tiny_vit(), args=args, train_dataset=random_images(16))
     trainer.train()
     assert torch.equal(flat_params(trainer.teacher), flat_params(tiny_resnet()))
@@ -190,8 +211,9 @@ def test_teacher_from_a_local_folder_and_config_init_kwargs(tmp_path):
 def test_teacher_receives_resized_renormalised_pixels_or_its_own_column(tmp_path):
     seen = []
     teacher = tiny_resnet()
-    teacher.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["pixel_values"].clone()),
-                                      with_kwargs=True)  # fmt: skip
+    teacher.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["pixel_values"].clone()), with_kwargs=True
+    )
     student_processor = ViTImageProcessor(
         size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
@@ -199,8 +221,14 @@ def test_teacher_receives_resized_renormalised_pixels_or_its_own_column(tmp_path
         size={"height": 24, "width": 24}, image_mean=[0.2] * 3, image_std=[0.3] * 3
     )
     data = random_images(16)
-    trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=teacher, args=tiny_args(tmp_path), train_dataset=data,
-                           processing_class=student_processor, teacher_processing_class=teacher_processor)  # fmt: skip
+    trainer = DTOKDTrainer(
+        model=tiny_vit(),
+        teacher_model=teacher,
+        args=tiny_args(tmp_path),
+        train_dataset=data,
+        processing_class=student_processor,
+        teacher_processing_class=teacher_processor,
+    )
     trainer.train()
     x, _ = whole_batch(data)
     expected = (F.interpolate(x * 0.5 + 0.5, size=(24, 24), mode="bilinear", antialias=True) - 0.2) / 0.3
@@ -213,16 +241,23 @@ def test_teacher_receives_resized_renormalised_pixels_or_its_own_column(tmp_path
     seen.clear()
     own = torch.randn(16, 3, 24, 24)
     with_column = data.add_column("teacher_pixel_values", own.tolist()).with_format("torch")
-    DTOKDTrainer(model=tiny_vit(), teacher_model=teacher, args=tiny_args(tmp_path), train_dataset=with_column,
-                 processing_class=student_processor, teacher_processing_class=teacher_processor).train()  # fmt: skip
+    DTOKDTrainer(
+        model=tiny_vit(),
+        teacher_model=teacher,
+        args=tiny_args(tmp_path),
+        train_dataset=with_column,
+        processing_class=student_processor,
+        teacher_processing_class=teacher_processor,
+    ).train()
     order = torch.cdist(seen[0].reshape(16, -1), own.reshape(16, -1)).argmin(dim=1)
     assert torch.allclose(seen[0], own[order], atol=1e-6)
 
 
 def test_label_mapping_gathers_teacher_logits(tmp_path):
     args = tiny_args(tmp_path, teacher_label_indices=[5, 0, 3, 1], max_steps=2)
-    trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(num_labels=6), args=args,
-                           train_dataset=random_images(16))  # fmt: skip
+    trainer = DTOKDTrainer(
+        model=tiny_vit(), teacher_model=tiny_resnet(num_labels=6), args=args, train_dataset=random_images(16)
+    )
     trainer.train()
     assert trainer.teacher_label_index.tolist() == [5, 0, 3, 1]
 
@@ -260,8 +295,12 @@ def test_nonfinite_loss_keeps_pi_counts_the_event_and_training_goes_on(tmp_path,
 def test_zero_distillation_loss_gives_no_nan(tmp_path):
     student = tiny_vit()
     teacher = copy.deepcopy(student)
-    trainer = DTOKDTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, max_steps=2),
-                           train_dataset=random_images(16))  # fmt: skip
+    trainer = DTOKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=tiny_args(tmp_path, max_steps=2),
+        train_dataset=random_images(16),
+    )
     trainer.train()
     assert train_logs(trainer, "distill_loss")[0] == 0.0
     assert all(math.isfinite(v) for key in ("pi_distill", "loss") for v in train_logs(trainer, key))
@@ -270,13 +309,15 @@ def test_zero_distillation_loss_gives_no_nan(tmp_path):
 
 def test_balancer_state_is_saved_in_checkpoints_and_restored(tmp_path):
     args = tiny_args(tmp_path, method="dto_amortized", max_steps=2, save_strategy="steps", save_steps=2)
-    trainer = DTOKDTrainer(model=tiny_resnet(seed=3), teacher_model=tiny_resnet(), args=args,
-                           train_dataset=random_images(16))  # fmt: skip
+    trainer = DTOKDTrainer(
+        model=tiny_resnet(seed=3), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(16)
+    )
     trainer.train()
     checkpoint = tmp_path / "checkpoint-2"
     assert (checkpoint / "dtokd_state.pt").is_file()
-    fresh = DTOKDTrainer(model=tiny_resnet(seed=3), teacher_model=tiny_resnet(), args=args,
-                         train_dataset=random_images(16))  # fmt: skip
+    fresh = DTOKDTrainer(
+        model=tiny_resnet(seed=3), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(16)
+    )
     fresh.create_optimizer_and_scheduler(num_training_steps=2)
     fresh._load_optimizer_and_scheduler(str(checkpoint))
     assert torch.equal(fresh.balancer.xi.detach(), trainer.balancer.xi.detach())
@@ -292,8 +333,9 @@ def test_unlabelled_examples_are_distilled_only(tmp_path):
     data = data.map(lambda row, i: {"labels": row["labels"] if i == 5 else -100}, with_indices=True)
     recorder = GradRecorder()
     args = tiny_args(tmp_path, max_steps=2, per_device_train_batch_size=8)
-    trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=data,
-                           callbacks=[recorder])  # fmt: skip
+    trainer = DTOKDTrainer(
+        model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=data, callbacks=[recorder]
+    )
     trainer.train()
     task, distill = train_logs(trainer, "task_loss"), train_logs(trainer, "distill_loss")
     empty = task.index(0.0)  # one batch of 8 holds the only labelled row, the other none
@@ -309,8 +351,12 @@ def test_unlabelled_examples_are_distilled_only(tmp_path):
 # ---------------------------------------------------------------- bad input
 def test_label_space_mismatch_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="label spaces differ"):
-        DTOKDTrainer(model=tiny_vit(num_labels=4), teacher_model=tiny_resnet(num_labels=7), args=tiny_args(tmp_path),
-                     train_dataset=random_images(16))  # fmt: skip
+        DTOKDTrainer(
+            model=tiny_vit(num_labels=4),
+            teacher_model=tiny_resnet(num_labels=7),
+            args=tiny_args(tmp_path),
+            train_dataset=random_images(16),
+        )
 
 
 def test_missing_labels_column_is_named(tmp_path):
@@ -329,8 +375,9 @@ def test_missing_labels_in_a_batch_is_named(tmp_path):
         def __getitem__(self, i):
             return {"pixel_values": torch.randn(3, 16, 16)}
 
-    trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path),
-                           train_dataset=NoLabels())  # fmt: skip
+    trainer = DTOKDTrainer(
+        model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path), train_dataset=NoLabels()
+    )
     with pytest.raises(ValueError, match="the batch has no 'labels'"):
         trainer.train()
 
@@ -361,11 +408,17 @@ def test_other_construction_errors(tmp_path):
     with pytest.raises(ValueError, match="no teacher"):
         DTOKDTrainer(model=tiny_vit(), args=tiny_args(tmp_path))
     with pytest.raises(ValueError, match="would be ignored"):
-        DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(),
-                     args=tiny_args(tmp_path, teacher_model_init_kwargs={"revision": "x"}))  # fmt: skip
+        DTOKDTrainer(
+            model=tiny_vit(),
+            teacher_model=tiny_resnet(),
+            args=tiny_args(tmp_path, teacher_model_init_kwargs={"revision": "x"}),
+        )
     with pytest.raises(ValueError, match="use bf16=True"):
-        DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=DTOKDConfig(output_dir=str(tmp_path),
-                     use_cpu=True, fp16=True, method="dto"))  # fmt: skip
+        DTOKDTrainer(
+            model=tiny_vit(),
+            teacher_model=tiny_resnet(),
+            args=DTOKDConfig(output_dir=str(tmp_path), use_cpu=True, fp16=True, method="dto"),
+        )
 
 
 def test_bf16_runs_with_float32_losses(tmp_path):

@@ -99,8 +99,13 @@ def test_three_objectives_exact_dto_is_the_min_norm_point_and_applies_its_gradie
     student, teacher = conflicting_pair()
     reference = copy.deepcopy(student)
     recorder = GradRecorder()
-    trainer = ThreeObjectives(model=student, teacher_model=teacher, train_dataset=data, callbacks=[recorder],
-                              args=tiny_args(tmp_path, method="dto", temperature=2.0))  # fmt: skip
+    trainer = ThreeObjectives(
+        model=student,
+        teacher_model=teacher,
+        train_dataset=data,
+        callbacks=[recorder],
+        args=tiny_args(tmp_path, method="dto", temperature=2.0),
+    )
     trainer.train()
     x, y = whole_batch(data)
     params = list(reference.parameters())
@@ -139,8 +144,13 @@ def test_three_objectives_with_famo_and_fixed_weights(tmp_path):
     )
     trainer.train()
     assert trainer.balancer.xi.shape == (3,) and not torch.equal(trainer.balancer.xi.detach(), torch.zeros(3))
-    fixed = ThreeObjectives(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path, method="fixed"),
-                            train_dataset=random_images(16), balancer=FixedWeights(weights=[0.3, 0.2, 0.5]))  # fmt: skip
+    fixed = ThreeObjectives(
+        model=tiny_vit(),
+        teacher_model=tiny_resnet(),
+        args=tiny_args(tmp_path, method="fixed"),
+        train_dataset=random_images(16),
+        balancer=FixedWeights(weights=[0.3, 0.2, 0.5]),
+    )
     fixed.train()
     assert train_logs(fixed, "pi_distill_t1") == [pytest.approx(0.2)]
 
@@ -149,12 +159,15 @@ def test_dot_two_steps_in_the_trainer_equal_the_reference_rule(tmp_path):
     data = random_images(16)
     student, teacher = conflicting_pair()
     reference = copy.deepcopy(student)
-    args = tiny_args(tmp_path, method="dot", temperature=2.0, max_steps=2, alpha=0.9, weight_decay=0.01,
-                     learning_rate=0.05)  # fmt: skip
+    args = tiny_args(
+        tmp_path, method="dot", temperature=2.0, max_steps=2, alpha=0.9, weight_decay=0.01, learning_rate=0.05
+    )
     trainer = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
     trainer.train()
-    assert isinstance(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer,
-                      torch.optim.SGD)  # fmt: skip
+    assert isinstance(
+        trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer,
+        torch.optim.SGD,
+    )
 
     x, y = whole_batch(data)
     decay = set(trainer.get_decay_parameter_names(reference))
@@ -182,8 +195,14 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, method):
     runs = []
     for steps, batch in [(1, 16), (2, 8)]:
         student, teacher = conflicting_pair()
-        args = tiny_args(tmp_path / f"ga{steps}", method=method, temperature=2.0, max_steps=3,
-                         per_device_train_batch_size=batch, gradient_accumulation_steps=steps)  # fmt: skip
+        args = tiny_args(
+            tmp_path / f"ga{steps}",
+            method=method,
+            temperature=2.0,
+            max_steps=3,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=steps,
+        )
         trainer = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
         trainer.train()
         runs.append((train_logs(trainer, "loss"), flat_params(trainer.model)))
@@ -196,8 +215,16 @@ def test_resume_from_a_checkpoint_continues_with_the_same_method_state(tmp_path,
     data = random_images(32)
 
     def trainer_for(folder, **overrides):
-        args = tiny_args(folder, method=method, max_steps=4, per_device_train_batch_size=8, learning_rate=0.05,
-                         save_strategy="steps", save_steps=2, **overrides)  # fmt: skip
+        args = tiny_args(
+            folder,
+            method=method,
+            max_steps=4,
+            per_device_train_batch_size=8,
+            learning_rate=0.05,
+            save_strategy="steps",
+            save_steps=2,
+            **overrides,
+        )
         return DTOKDTrainer(
             model=tiny_resnet(seed=3), teacher_model=tiny_resnet(), args=args, train_dataset=data
         )
@@ -221,12 +248,20 @@ def test_method_errors_name_the_fix(tmp_path):
             model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path, method="fixed")
         )
     with pytest.raises(ValueError, match="build it with num_objectives=3"):
-        ThreeObjectives(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path),
-                        balancer=UncertaintyWeighting(num_objectives=2))  # fmt: skip
+        ThreeObjectives(
+            model=tiny_vit(),
+            teacher_model=tiny_resnet(),
+            args=tiny_args(tmp_path),
+            balancer=UncertaintyWeighting(num_objectives=2),
+        )
     student = tiny_vit()
     with pytest.raises(ValueError, match="do not pass an optimizer"):
-        DTOKDTrainer(model=student, teacher_model=tiny_resnet(), args=tiny_args(tmp_path, method="dot"),
-                     optimizers=(torch.optim.SGD(student.parameters(), lr=0.1), None))  # fmt: skip
+        DTOKDTrainer(
+            model=student,
+            teacher_model=tiny_resnet(),
+            args=tiny_args(tmp_path, method="dot"),
+            optimizers=(torch.optim.SGD(student.parameters(), lr=0.1), None),
+        )
 
     class BadNames(DTOKDTrainer):
         objective_names = ("task", "distill")
@@ -241,5 +276,8 @@ def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch):
     real = torchjd._mixins.find_spec
     monkeypatch.setattr(torchjd._mixins, "find_spec", lambda name: None if name == "cvxpy" else real(name))
     with pytest.raises(ImportError, match=r'pip install "hf-dtokd\[cagrad\]"'):
-        DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=DTOKDConfig(output_dir=str(tmp_path),
-                     use_cpu=True, method="cagrad"))  # fmt: skip
+        DTOKDTrainer(
+            model=tiny_vit(),
+            teacher_model=tiny_resnet(),
+            args=DTOKDConfig(output_dir=str(tmp_path), use_cpu=True, method="cagrad"),
+        )

@@ -49,8 +49,15 @@ def test_batches_without_a_labels_tensor_are_not_counted():
 
 def train(tmp_path, data, method, batch, steps, **overrides):
     student, teacher = conflicting_pair()
-    args = tiny_args(tmp_path, method=method, temperature=2.0, max_steps=3, per_device_train_batch_size=batch,
-                     gradient_accumulation_steps=steps, **overrides)  # fmt: skip
+    args = tiny_args(
+        tmp_path,
+        method=method,
+        temperature=2.0,
+        max_steps=3,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=steps,
+        **overrides,
+    )
     trainer = DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
     trainer.train()
     params = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])

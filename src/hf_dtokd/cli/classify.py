@@ -32,12 +32,10 @@ from transformers import DefaultDataCollator, HfArgumentParser
 
 from hf_dtokd.cli.common import parse_script_args, train_evaluate_publish
 from hf_dtokd.data import load_digits_splits, preprocess_images
-from hf_dtokd.losses import DEIT_DISTILLATION
 from hf_dtokd.models.classification import load_image_classifier, load_image_processor
 from hf_dtokd.signals.deit_token import DeiTTokenTrainer
 from hf_dtokd.signals.feature_kd import FeatureKDTrainer
-from hf_dtokd.signals.projectors import PROJECTORS
-from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+from hf_dtokd.signals.signal_config import DeiTTokenConfig, FeatureKDConfig
 from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
 from hf_dtokd.trainer.metrics import evaluate_metrics
 
@@ -62,38 +60,36 @@ class ModelArguments:
             "choices": SIGNALS,
         },
     )
-    projector: str = field(
-        default="linear", metadata={"help": "signal=features: the projector.", "choices": PROJECTORS}
-    )
-    student_stages: list[int] | None = field(
-        default=None, metadata={"help": "signal=features: student stage indices (default: evenly spaced)."}
-    )
-    teacher_stages: list[int] | None = field(
-        default=None, metadata={"help": "signal=features: teacher stage indices, one per student stage."}
-    )
-    group_features: bool = field(
-        default=False, metadata={"help": "signal=features: fold feature KD into the distillation objective."}
-    )
-    deit_distillation: str = field(
-        default="hard",
-        metadata={
-            "help": "signal=deit_token: hard or soft distillation head loss.",
-            "choices": DEIT_DISTILLATION,
-        },
-    )
 
     def __post_init__(self) -> None:
         if self.signal not in SIGNALS:
             raise ValueError(f"unknown signal {self.signal!r}; valid values: {', '.join(SIGNALS)}")
-        if self.signal != "features" and (
-            self.student_stages or self.teacher_stages or self.group_features or self.projector != "linear"
-        ):
-            raise ValueError(
-                "--projector, --student_stages, --teacher_stages and --group_features apply to --signal features; "
-                f"drop them or set --signal features (got --signal {self.signal})"
-            )
-        if self.signal != "deit_token" and self.deit_distillation != "hard":
-            raise ValueError("--deit_distillation applies to --signal deit_token")
+
+
+@dataclass
+class ClassifyConfig(FeatureKDConfig, DeiTTokenConfig):
+    """The script's config: ``DTOKDConfig`` with every signal's options (each declared once, in its config)."""
+
+    def check_signal_options(self) -> None:
+        FeatureKDConfig.check_signal_options(self)
+        DeiTTokenConfig.check_signal_options(self)
+
+
+def check_signal_flags(signal: str, config: ClassifyConfig) -> None:
+    """A signal's options given with another ``--signal`` are refused, not silently dropped."""
+    features = (
+        config.student_stages,
+        config.teacher_stages,
+        config.group_features,
+        config.projector != "linear",
+    )
+    if signal != "features" and any(features):
+        raise ValueError(
+            "--projector, --student_stages, --teacher_stages and --group_features apply to --signal features; "
+            f"drop them or set --signal features (got --signal {signal})"
+        )
+    if signal != "deit_token" and config.deit_distillation != "hard":
+        raise ValueError("--deit_distillation applies to --signal deit_token")
 
 
 @dataclass
@@ -218,34 +214,36 @@ def load_splits(data: DataArguments, seed: int = 0) -> DatasetDict:
 
 
 def build_trainer(model_args: ModelArguments, **kwargs: Any) -> DTOKDTrainer:
-    """The trainer of the chosen signal: logit KD, feature KD through projectors, or DeiT's token."""
+    """The trainer of the chosen signal (its options come from the config): logit KD, feature KD through
+    projectors, or DeiT's token."""
     if model_args.signal == "features":
-        return FeatureKDTrainer(
-            projector=model_args.projector, student_stages=model_args.student_stages,
-            teacher_stages=model_args.teacher_stages, group_features=model_args.group_features, **kwargs,
-        )  # fmt: skip
+        return FeatureKDTrainer(**kwargs)
     if model_args.signal == "deit_token":
-        return DeiTTokenTrainer(distillation=model_args.deit_distillation, **kwargs)
+        return DeiTTokenTrainer(**kwargs)
     return DTOKDTrainer(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = HfArgumentParser(
-        (ModelArguments, DataArguments, DTOKDConfig),
+        (ModelArguments, DataArguments, ClassifyConfig),
         prog="hf-dtokd-classify",
         description="Distil an image classifier (student) from a teacher with DTO-KD or a baseline trade-off. "
         "Model and data flags first, then every DTOKDConfig / TrainingArguments field. A single JSON file with "
         "the same keys may replace all flags.",
     )
     model_args, data_args, config = parse_script_args(parser, argv)
+    check_signal_flags(model_args.signal, config)
 
     splits = load_splits(data_args, seed=config.seed)
     labels = splits[data_args.train_split].features["label"].names
     student = load_image_classifier(
-        model_args.model_name_or_path, "student", num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+        model_args.model_name_or_path,
+        "student",
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-    )  # fmt: skip
+    )
     processor = load_image_processor(model_args.model_name_or_path)
     if processor is None:
         raise ValueError(
@@ -255,11 +253,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     evaluation = preprocess_images(splits[data_args.eval_split], processor)
 
     trainer = build_trainer(
-        model_args, model=student, args=config, train_dataset=train if config.do_train else None,
-        eval_dataset=evaluation if config.do_eval else None, processing_class=processor,
+        model_args,
+        model=student,
+        args=config,
+        train_dataset=train if config.do_train else None,
+        eval_dataset=evaluation if config.do_eval else None,
+        processing_class=processor,
         data_collator=DefaultDataCollator(),
         compute_metrics=evaluate_metrics(data_args.metric) if data_args.metric else None,
-    )  # fmt: skip
+    )
     card = {
         "finetuned_from": model_args.model_name_or_path,
         "tasks": "image-classification",

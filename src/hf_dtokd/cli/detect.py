@@ -37,7 +37,7 @@ from hf_dtokd.signals.detection.models import (
     load_object_detector,
 )
 from hf_dtokd.signals.detection.trainer import DetectionKDTrainer
-from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+from hf_dtokd.signals.signal_config import DetectionKDConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +61,6 @@ class DetectionModelArguments:
             "help": "Square size the processors resize to. Default: a Hub / folder student's processor keeps its "
             "own size; an assembled student uses 640, or 64 on the generated shapes (their image size)."
         },
-    )
-    token_projector: str | None = field(
-        default=None,
-        metadata={
-            "help": "Add token KD (matched decoder queries) through this projector: linear, vkd, mokd."
-        },
-    )
-    box_threshold: float = field(default=0.3, metadata={"help": "Teacher confidence needed for box KD."})
-    group_distillation: bool = field(
-        default=False, metadata={"help": "Balance (class KD + box KD, task) instead of three objectives."}
     )
 
     def __post_init__(self) -> None:
@@ -113,7 +103,7 @@ def load_detection_splits(data: DetectionDataArguments, image_size: int) -> Data
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = HfArgumentParser(
-        (DetectionModelArguments, DetectionDataArguments, DTOKDConfig),
+        (DetectionModelArguments, DetectionDataArguments, DetectionKDConfig),
         prog="hf-dtokd-detect",
         description="Distil an object detector (DETR family) from a teacher detector with DTO-KD or a baseline.",
     )
@@ -125,9 +115,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     id2label = dict(enumerate(names))
     if model_args.model_name_or_path is not None:
         student = load_object_detector(
-            model_args.model_name_or_path, "student", id2label=id2label,
-            label2id={n: i for i, n in id2label.items()}, ignore_mismatched_sizes=True,
-        )  # fmt: skip
+            model_args.model_name_or_path,
+            "student",
+            id2label=id2label,
+            label2id={n: i for i, n in id2label.items()},
+            ignore_mismatched_sizes=True,
+        )
         processor = load_image_processor(model_args.model_name_or_path)
         if processor is None:
             raise ValueError(
@@ -142,12 +135,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         processor = detection_processor(model_args.student_head, side)
     transform = DetectionTransform(processor, len(names))
     trainer = DetectionKDTrainer(
-        model=student, args=config, box_threshold=model_args.box_threshold,
-        group_distillation=model_args.group_distillation, token_projector=model_args.token_projector,
+        model=student,
+        args=config,
         train_dataset=splits[data_args.train_split].with_transform(transform) if config.do_train else None,
         eval_dataset=splits[data_args.eval_split].with_transform(transform) if config.do_eval else None,
         processing_class=processor,
-    )  # fmt: skip
+    )
     card = {
         "finetuned_from": model_args.model_name_or_path or model_args.student_backbone,
         "tasks": "object-detection",

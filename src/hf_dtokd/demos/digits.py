@@ -65,9 +65,10 @@ RUNS = ("no_kd", "fixed", "dto", "dto_amortized")
 #: objectives) and DeiT's distillation token (a two-head DeiT student of the ViT's shape), each with exact
 #: DTO-KD and with fixed alpha.
 SIGNAL_RUNS = tuple(
-    f"{signal}_{method}" for signal in ("feature_linear", "feature_vkd", "feature_mokd", "deit_token")
+    f"{signal}_{method}"
+    for signal in ("feature_linear", "feature_vkd", "feature_mokd", "deit_token")
     for method in ("fixed", "dto")
-)  # fmt: skip
+)
 
 
 STUDENTS = ("resnet", "vit")
@@ -93,9 +94,11 @@ class DemoArguments:
     )
     student: str = field(
         default="resnet",
-        metadata={"help": "The student: a ResNet 8-16-32 or a 4-layer ViT (the DeiT-token runs: always a DeiT).",
-                  "choices": STUDENTS},
-    )  # fmt: skip
+        metadata={
+            "help": "The student: a ResNet 8-16-32 or a 4-layer ViT (the DeiT-token runs: always a DeiT).",
+            "choices": STUDENTS,
+        },
+    )
     max_steps: int = field(default=600, metadata={"help": "Optimizer steps of every student run."})
     teacher_steps: int = field(
         default=300, metadata={"help": "Optimizer steps of the teacher (trained once, cached)."}
@@ -134,10 +137,15 @@ def build_resnet_student(seed: int, labels: list[str], width: int = 32) -> ResNe
     """The default student: a ResNet of stage widths width/4, width/2, width (one basic block each)."""
     torch.manual_seed(seed)
     config = ResNetConfig(
-        embedding_size=width // 4, hidden_sizes=[width // 4, width // 2, width], depths=[1, 1, 1],
-        layer_type="basic", downsample_in_first_stage=False,
-        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-    )  # fmt: skip
+        embedding_size=width // 4,
+        hidden_sizes=[width // 4, width // 2, width],
+        depths=[1, 1, 1],
+        layer_type="basic",
+        downsample_in_first_stage=False,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
     return ResNetForImageClassification(config)
 
 
@@ -146,20 +154,33 @@ def build_student(seed: int, labels: list[str], two_head: bool = False) -> ViTFo
     and head."""
     torch.manual_seed(seed)
     config = (DeiTConfig if two_head else ViTConfig)(
-        image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-    )  # fmt: skip
+        image_size=32,
+        patch_size=4,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
     return DeiTForImageClassificationWithTeacher(config) if two_head else ViTForImageClassification(config)
 
 
 def build_teacher(labels: list[str]) -> ResNetForImageClassification:
     torch.manual_seed(1234)
     config = ResNetConfig(
-        embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1], layer_type="basic",
+        embedding_size=32,
+        hidden_sizes=[32, 64, 128],
+        depths=[1, 1, 1],
+        layer_type="basic",
         downsample_in_first_stage=False,
-        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-    )  # fmt: skip
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
     return ResNetForImageClassification(config)
 
 
@@ -168,12 +189,23 @@ def common_args(
 ) -> dict[str, Any]:
     seed = demo.seed if seed is None else seed
     args = dict(
-        output_dir=str(output_dir), use_cpu=True, per_device_train_batch_size=demo.batch_size,
-        per_device_eval_batch_size=256, max_steps=demo.max_steps, learning_rate=demo.learning_rate,
-        warmup_steps=int(0.05 * demo.max_steps), lr_scheduler_type="cosine", weight_decay=0.05,
-        logging_steps=demo.logging_steps, save_strategy="no", report_to="none", disable_tqdm=True,
-        seed=seed, data_seed=seed, dataloader_num_workers=0,
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        use_cpu=True,
+        per_device_train_batch_size=demo.batch_size,
+        per_device_eval_batch_size=256,
+        max_steps=demo.max_steps,
+        learning_rate=demo.learning_rate,
+        warmup_steps=int(0.05 * demo.max_steps),
+        lr_scheduler_type="cosine",
+        weight_decay=0.05,
+        logging_steps=demo.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+    )
     args.update(overrides)
     return args
 
@@ -188,13 +220,23 @@ def train_teacher(demo: DemoArguments, splits: dict[str, Any], labels: list[str]
     train = preprocess_images(splits["train"], processor)
     test = preprocess_images(splits["test"], processor)
     args = TrainingArguments(
-        **common_args(folder / "run", demo, seed=0, max_steps=demo.teacher_steps, learning_rate=3e-3,
-                      per_device_train_batch_size=64)
-    )  # fmt: skip
+        **common_args(
+            folder / "run",
+            demo,
+            seed=0,
+            max_steps=demo.teacher_steps,
+            learning_rate=3e-3,
+            per_device_train_batch_size=64,
+        )
+    )
     trainer = Trainer(
-        model=build_teacher(labels), args=args, train_dataset=train, eval_dataset=test,
-        data_collator=DefaultDataCollator(), compute_metrics=classification_metrics,
-    )  # fmt: skip
+        model=build_teacher(labels),
+        args=args,
+        train_dataset=train,
+        eval_dataset=test,
+        data_collator=DefaultDataCollator(),
+        compute_metrics=classification_metrics,
+    )
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     trainer.train()
@@ -222,18 +264,24 @@ def train_student(
     else:
         student = build_resnet_student(seed, labels)
     kwargs = dict(
-        model=student, train_dataset=train, eval_dataset=test, data_collator=DefaultDataCollator(),
+        model=student,
+        train_dataset=train,
+        eval_dataset=test,
+        data_collator=DefaultDataCollator(),
         processing_class=processor,  # saved beside the student
-    )  # fmt: skip
+    )
     start = time.perf_counter()
     if run == "no_kd":
         args = TrainingArguments(**common_args(output_dir, demo, seed))
         trainer: Trainer = Trainer(args=args, compute_metrics=classification_metrics, **kwargs)
     else:
         config = DTOKDConfig(
-            **common_args(output_dir, demo, seed), method=method, alpha=demo.alpha, temperature=demo.temperature,
+            **common_args(output_dir, demo, seed),
+            method=method,
+            alpha=demo.alpha,
+            temperature=demo.temperature,
             teacher_model_name_or_path=str(Path(demo.output_dir) / "teacher"),
-        )  # fmt: skip
+        )
         if signal.startswith("feature_"):
             trainer = FeatureKDTrainer(
                 args=config, projector=signal.split("_", 1)[1], group_features=True, **kwargs
@@ -272,11 +320,16 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for run, seeds in by_run.items():
         top1 = [seeds[s]["top1"] for s in sorted(seeds)]
         row: dict[str, Any] = {
-            "run": run, "seeds": sorted(seeds), "top1": top1, "top1_mean": statistics.fmean(top1),
+            "run": run,
+            "seeds": sorted(seeds),
+            "top1": top1,
+            "top1_mean": statistics.fmean(top1),
             "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
             "seconds_per_step": statistics.fmean(seeds[s]["seconds_per_step"] for s in seeds),
-            "mean_pi_distill": None, "diff_to_no_kd": None, "diff_se": None,
-        }  # fmt: skip
+            "mean_pi_distill": None,
+            "diff_to_no_kd": None,
+            "diff_se": None,
+        }
         pis = [seeds[s]["mean_pi_distill"] for s in seeds if seeds[s]["mean_pi_distill"] is not None]
         if pis:
             row["mean_pi_distill"] = statistics.fmean(pis)
@@ -338,8 +391,10 @@ def write_summary(
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
     (output_dir / "results.md").write_text(table + "\n")
     print(table)
-    print(f"\nwrote {output_dir / 'results.json'}, {output_dir / 'results.md'} and {plot} "
-          f"({summary['total_wall_seconds']:.0f} s in all)")  # fmt: skip
+    print(
+        f"\nwrote {output_dir / 'results.json'}, {output_dir / 'results.md'} and {plot} "
+        f"({summary['total_wall_seconds']:.0f} s in all)"
+    )
     return summary
 
 

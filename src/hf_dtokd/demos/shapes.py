@@ -89,26 +89,52 @@ def build_model(role: str, seed: int, width: int = 16, d_model: int = 64) -> Any
     """The teacher (widths 16-32, d_model 64, 10 queries) or a student (given widths, 8 queries)."""
     queries = 10 if role == "teacher" else 8
     backbone = ResNetConfig(
-        embedding_size=width, hidden_sizes=[width, width, 2 * width, 2 * width], depths=[1, 1, 1, 1],
+        embedding_size=width,
+        hidden_sizes=[width, width, 2 * width, 2 * width],
+        depths=[1, 1, 1, 1],
         layer_type="basic",
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     return build_detector(
-        "rt_detr", backbone, ID2LABEL, d_model=d_model, encoder_hidden_dim=d_model, num_queries=queries,
-        encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, num_denoising=20, decoder_n_points=2,
-    )  # fmt: skip
+        "rt_detr",
+        backbone,
+        ID2LABEL,
+        d_model=d_model,
+        encoder_hidden_dim=d_model,
+        num_queries=queries,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=2 * d_model,
+        decoder_ffn_dim=2 * d_model,
+        num_denoising=20,
+        decoder_n_points=2,
+    )
 
 
 def common_args(output_dir: Path, demo: DetectionDemoArguments, steps: int) -> dict[str, Any]:
     return dict(
-        output_dir=str(output_dir), use_cpu=True, per_device_train_batch_size=demo.batch_size,
-        per_device_eval_batch_size=50, max_steps=steps, learning_rate=demo.learning_rate,
-        warmup_steps=int(0.05 * steps), lr_scheduler_type="cosine", weight_decay=1e-4, max_grad_norm=1.0,
-        logging_steps=demo.logging_steps, save_strategy="no", report_to="none", disable_tqdm=True,
-        seed=demo.seed, data_seed=demo.seed, dataloader_num_workers=0, remove_unused_columns=False,
+        output_dir=str(output_dir),
+        use_cpu=True,
+        per_device_train_batch_size=demo.batch_size,
+        per_device_eval_batch_size=50,
+        max_steps=steps,
+        learning_rate=demo.learning_rate,
+        warmup_steps=int(0.05 * steps),
+        lr_scheduler_type="cosine",
+        weight_decay=1e-4,
+        max_grad_norm=1.0,
+        logging_steps=demo.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=demo.seed,
+        data_seed=demo.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
         eval_do_concat_batches=False,
-    )  # fmt: skip
+    )
 
 
 def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[str, Any]:
@@ -118,10 +144,13 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
     cached = (folder / "config.json").is_file() and not demo.retrain_teacher
     model = build_model("teacher", 1234)
     trainer = Trainer(
-        model=model, args=TrainingArguments(**common_args(folder / "run", demo, demo.teacher_steps)),
-        train_dataset=splits["train"], eval_dataset=splits["validation"], data_collator=collate_detection,
+        model=model,
+        args=TrainingArguments(**common_args(folder / "run", demo, demo.teacher_steps)),
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=collate_detection,
         compute_metrics=DetectionMetrics(processor(), ID2LABEL),
-    )  # fmt: skip
+    )
     if cached:
         trainer.model = type(model).from_pretrained(folder)
     else:
@@ -149,25 +178,36 @@ def train_student(
         ("fixed", 0.0) if run == "no_kd" else ("fixed", demo.alpha) if run == "fixed" else ("dto", 0.5)
     )
     config = DTOKDConfig(
-        **common_args(Path(demo.output_dir) / run, demo, demo.max_steps), method=method, alpha=alpha,
-        temperature=demo.temperature, teacher_model_name_or_path=teacher, plot_tradeoff=False,
-    )  # fmt: skip
+        **common_args(Path(demo.output_dir) / run, demo, demo.max_steps),
+        method=method,
+        alpha=alpha,
+        temperature=demo.temperature,
+        teacher_model_name_or_path=teacher,
+        plot_tradeoff=False,
+    )
     start = time.perf_counter()
     trainer = DetectionKDTrainer(
-        model=build_model("student", demo.seed, demo.student_width, demo.student_d_model), args=config,
-        group_distillation=True, train_dataset=splits["train"], eval_dataset=splits["validation"],
+        model=build_model("student", demo.seed, demo.student_width, demo.student_d_model),
+        args=config,
+        group_distillation=True,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
         processing_class=processor(),
-    )  # fmt: skip
+    )
     trainer.train()
     wall = time.perf_counter() - start
     metrics = trainer.evaluate()
     pis = [row["pi_distill"] for row in trainer.state.log_history if "pi_distill" in row]
     return {
-        "run": run, "method": method, "alpha": alpha if method == "fixed" else None, "wall_seconds": wall,
-        **_maps(metrics), "final_pi_distill": pis[-1] if pis and method == "dto" else None,
+        "run": run,
+        "method": method,
+        "alpha": alpha if method == "fixed" else None,
+        "wall_seconds": wall,
+        **_maps(metrics),
+        "final_pi_distill": pis[-1] if pis and method == "dto" else None,
         "mean_pi_distill": sum(pis) / len(pis) if pis and method == "dto" else None,
         "log_history": trainer.state.log_history,
-    }  # fmt: skip
+    }
 
 
 def format_table(teacher: dict[str, Any], results: list[dict[str, Any]], demo: DetectionDemoArguments) -> str:

@@ -93,9 +93,13 @@ class WindowGradients:
             basis = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
             try:
                 grads = torch.autograd.grad(
-                    losses, self.parameters, grad_outputs=basis, retain_graph=True, allow_unused=True,
+                    losses,
+                    self.parameters,
+                    grad_outputs=basis,
+                    retain_graph=True,
+                    allow_unused=True,
                     is_grads_batched=True,
-                )  # fmt: skip
+                )
             except RuntimeError as error:  # an operation without a vmap batching rule in the backward
                 self.batched_unsupported = True
                 logger.warning(

@@ -33,19 +33,29 @@ def distillation_section(
     log_history: Sequence[Mapping[str, Any]],
     plot_file: str | None,
     fields: Sequence[str] = ("temperature",),
+    trainer: str = "DTOKDTrainer",
+    objectives: Mapping[str, str] | None = None,
+    signal_fields: Sequence[str] = (),
 ) -> str:
-    """Markdown for the card: what was distilled from what, how (``fields``: the config fields that set the
-    method, declared by its balancer class), and how the trade-off moved."""
+    """Markdown for the card: what was distilled from what, by which trainer and losses (``objectives``: a
+    description per objective name), how (``fields``: the config fields that set the method, declared by its
+    balancer class; ``signal_fields``: the signal's options), and how the trade-off moved."""
     hyper = ", ".join(f"`{name}={getattr(config, name)!r}`" for name in fields)
+    described = objectives or {}
     lines = [
         "## Distillation",
         "",
-        "Distilled with [hf-dtokd](https://pypi.org/project/hf-dtokd/) (`DTOKDTrainer`).",
+        f"Distilled with [hf-dtokd](https://pypi.org/project/hf-dtokd/) (`{trainer}`).",
         "",
         f"- teacher: `{teacher}`",
-        f"- objectives: {', '.join(f'`{n}`' for n in objective_names)} (the task loss is the student's cross-entropy)",
+        "- objectives: "
+        + ", ".join(f"`{n}`" + (f" ({described[n]})" if n in described else "") for n in objective_names),
         f"- trade-off method: `{method}`; {hyper}",
     ]
+    if signal_fields:
+        lines.append(
+            "- signal options: " + ", ".join(f"`{name}={getattr(config, name)!r}`" for name in signal_fields)
+        )
     keys = tradeoff_keys(log_history)
     if keys["pi"]:
         lines += ["", "### The trade-off over training", ""]
@@ -110,10 +120,16 @@ def add_eval_results(
     if not results or not task or not dataset or card.data.eval_results:
         return
     card.data.eval_results = [
-        EvalResult(task_type=task, dataset_type=dataset, dataset_name=dataset, metric_type=name,
-                   metric_name=METRIC_NAMES.get(name, name), metric_value=value)
+        EvalResult(
+            task_type=task,
+            dataset_type=dataset,
+            dataset_name=dataset,
+            metric_type=name,
+            metric_name=METRIC_NAMES.get(name, name),
+            metric_value=value,
+        )
         for name, value in results.items()
-    ]  # fmt: skip
+    ]
     if card.data.model_name is None:
         card.data.model_name = card.data.to_dict().get("model-index", [{}])[0].get("name") or "student"
     card.save(card_path)

@@ -60,8 +60,14 @@ def plot_tradeoff(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: st
                 steps, values = series(history, key)
                 if steps:
                     label = name if len(grouped[panel]) == 1 else f"{name}: {key}"
-                    axis.plot(steps, values, styles[index % len(styles)], label=label, color=colours[name],
-                              linewidth=1.2)  # fmt: skip
+                    axis.plot(
+                        steps,
+                        values,
+                        styles[index % len(styles)],
+                        label=label,
+                        color=colours[name],
+                        linewidth=1.2,
+                    )
         axis.set_title(PANEL_TITLES[panel], fontsize=9)
         axis.set_xlabel("step")
         if panel in ("grad_norm_ratio", "losses"):

@@ -55,8 +55,9 @@ def fp8_recipe(backend: str, emulate: bool = False) -> KwargsHandler:
     from torchao.float8 import Float8LinearConfig
 
     # accelerate's default torchao config (pad_inner_dim, fp8 all-gather under FSDP2) plus `emulate`
-    return AORecipeKwargs(config=Float8LinearConfig(pad_inner_dim=True, enable_fsdp_float8_all_gather=True,
-                                                    emulate=emulate))  # fmt: skip
+    return AORecipeKwargs(
+        config=Float8LinearConfig(pad_inner_dim=True, enable_fsdp_float8_all_gather=True, emulate=emulate)
+    )
 
 
 def fp8_convertible_layers(model: nn.Module) -> list[str]:

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from hf_dtokd.losses import DEIT_DISTILLATION, deit_token_losses
+from hf_dtokd.signals.signal_config import DeiTTokenConfig, as_signal_config
+from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
 
 
@@ -36,28 +38,50 @@ class DeiTTokenTrainer(DTOKDTrainer):
 
     losses_from_logits = False  # the objectives read the two heads, not the averaged logits
 
-    def __init__(self, *args: Any, distillation: str = "hard", **kwargs: Any) -> None:
-        if distillation not in DEIT_DISTILLATION:
+    signal_fields = ("deit_distillation",)
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: DTOKDConfig | None = None,
+        *rest: Any,
+        distillation: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if distillation is not None and distillation not in DEIT_DISTILLATION:
             raise ValueError(
                 f"unknown DeiT distillation {distillation!r}; valid values: {', '.join(DEIT_DISTILLATION)}"
             )
-        self.deit_distillation = distillation
-        model = kwargs.get("model", args[0] if args else None)
+        args = as_signal_config(args, DeiTTokenConfig, deit_distillation=distillation)
+        self.deit_distillation = args.deit_distillation
         if model is not None and not hasattr(model, "distillation_classifier"):
             raise ValueError(
                 f"DeiTTokenTrainer needs a two-head DeiT student (DeiTForImageClassificationWithTeacher, e.g. "
                 f"AutoModelForImageClassification.from_pretrained('facebook/deit-tiny-distilled-patch16-224')); got "
                 f"{type(model).__name__}. For a one-head student use DTOKDTrainer"
             )
-        super().__init__(*args, **kwargs)
+        super().__init__(model, args, *rest, **kwargs)
+
+    def objective_descriptions(self) -> dict[str, str]:
+        head = (
+            "cross-entropy of the distillation head with the teacher's top class"
+            if self.deit_distillation == "hard"
+            else f"T^2 KL(teacher || distillation head) at T = {self.args.temperature}"
+        )
+        return {"distill": head, "task": "cross-entropy of the class head with the labels"}
 
     def objective_losses(
         self, outputs: Any, teacher_logits: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         return deit_token_losses(
-            outputs["cls_logits"], outputs["distillation_logits"], teacher_logits, labels, self.deit_distillation,
-            self.args.temperature, self.args.label_smoothing_factor,
-        )  # fmt: skip
+            outputs["cls_logits"],
+            outputs["distillation_logits"],
+            teacher_logits,
+            labels,
+            self.deit_distillation,
+            self.args.temperature,
+            self.args.label_smoothing_factor,
+        )
 
     def default_representation_layer(self, student: nn.Module) -> str | None:
         blocks = [name for name, _ in student.named_modules() if name.rsplit(".", 1)[0] == "deit.layers"]

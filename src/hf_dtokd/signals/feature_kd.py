@@ -27,6 +27,7 @@ from hf_dtokd.losses import logit_kd_loss, task_cross_entropy
 from hf_dtokd.models.classification import classification_logits
 from hf_dtokd.signals.features import pair_stages, resample_to, stage_features
 from hf_dtokd.signals.projectors import PROJECTORS, build_projector
+from hf_dtokd.signals.signal_config import FeatureKDConfig, as_signal_config
 from hf_dtokd.signals.student_with_projectors import (
     PROJECTORS_NAME,
     ProjectorCheckpointsMixin,
@@ -66,6 +67,7 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
     """
 
     supports_teacher_cache = False  # the objectives need the teacher's features / boxes every step
+    signal_fields = ("projector", "student_stages", "teacher_stages", "group_features")
 
     losses_from_logits = False
     teacher_forward_kwargs = {"output_hidden_states": True}
@@ -75,17 +77,27 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         model: nn.Module | None = None,
         args: DTOKDConfig | None = None,
         teacher_model: nn.Module | str | None = None,
-        projector: str = "linear",
+        projector: str | None = None,
         student_stages: Sequence[int] | None = None,
         teacher_stages: Sequence[int] | None = None,
-        group_features: bool = False,
+        group_features: bool | None = None,
         teacher_processing_class: Any | None = None,
         **kwargs: Any,
     ) -> None:
-        if projector not in PROJECTORS:
+        if projector is not None and projector not in PROJECTORS:
             raise ValueError(f"unknown projector {projector!r}; valid values: {', '.join(PROJECTORS)}")
         if model is None or args is None:
             raise ValueError("FeatureKDTrainer needs the student (model=...) and a DTOKDConfig (args=...)")
+        args = as_signal_config(
+            args,
+            FeatureKDConfig,
+            projector=projector,
+            group_features=group_features,
+            student_stages=None if student_stages is None else list(student_stages),
+            teacher_stages=None if teacher_stages is None else list(teacher_stages),
+        )
+        projector, student_stages, teacher_stages = args.projector, args.student_stages, args.teacher_stages
+        group_features = args.group_features
         if args.gradient_placement == "representation":
             raise ValueError(
                 "feature losses reach the student only below the stages they read, so no layer after them is "
@@ -101,9 +113,12 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         self.projector_kind, self.group_features = projector, group_features
         self.objective_names = ("distill", "task") if group_features else ("distill", "feature", "task")
         super().__init__(
-            model=StudentWithProjectors(model, projectors, pairs), args=args, teacher_model=teacher,
-            teacher_processing_class=teacher_processing_class, **kwargs,
-        )  # fmt: skip
+            model=StudentWithProjectors(model, projectors, pairs),
+            args=args,
+            teacher_model=teacher,
+            teacher_processing_class=teacher_processing_class,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ losses
     def teacher_signal(self, outputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -118,6 +133,15 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
             target = teacher_maps[t]
             losses.append(projector.loss(resample_to(student_maps[s], tuple(target.shape[-2:])), target))
         return torch.stack(losses).mean()
+
+    def objective_descriptions(self) -> dict[str, str]:
+        descriptions = super().objective_descriptions()
+        feature = f"mean over stage pairs of the {self.projector_kind} projector's loss"
+        if self.group_features:
+            descriptions["distill"] += f" + {feature}"
+        else:
+            descriptions["feature"] = feature
+        return descriptions
 
     def objective_losses(self, outputs: Any, teacher_signal: Any, labels: torch.Tensor) -> torch.Tensor:
         teacher_logits, teacher_maps = teacher_signal

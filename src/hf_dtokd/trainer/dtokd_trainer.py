@@ -129,6 +129,9 @@ class DTOKDTrainer(Trainer):
     #: Whether ``teacher_cache=True`` applies: the objectives need only ``teacher_signal``'s logits.
     supports_teacher_cache: bool = True
 
+    #: The config fields of this trainer's signal, reported in the model card (``signals/signal_config.py``).
+    signal_fields: tuple[str, ...] = ()
+
     #: Extra keyword arguments of the teacher's forward (feature distillation asks for hidden states).
     teacher_forward_kwargs: dict[str, Any] = {}
 
@@ -207,8 +210,10 @@ class DTOKDTrainer(Trainer):
         args = super()._build_accelerator_args(**kwargs)
         if self.args.fp8_backend is not None:
             args["mixed_precision"] = "fp8"
-            args["kwargs_handlers"] = [*args.get("kwargs_handlers", []), fp8_recipe(self.args.fp8_backend,
-                                                                                    self.args.fp8_emulate)]  # fmt: skip
+            args["kwargs_handlers"] = [
+                *args.get("kwargs_handlers", []),
+                fp8_recipe(self.args.fp8_backend, self.args.fp8_emulate),
+            ]
         return args
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
@@ -258,10 +263,14 @@ class DTOKDTrainer(Trainer):
 
     def _check_gradient_method_supported(self) -> None:
         check_backend_support(
-            self._method_name(), self.args.gradient_placement, self.balancer.needs_gradients,
-            self.balancer.owns_update, fsdp=self.is_fsdp_enabled,
-            deepspeed=self.is_deepspeed_enabled, fp16=self.args.fp16,
-        )  # fmt: skip
+            self._method_name(),
+            self.args.gradient_placement,
+            self.balancer.needs_gradients,
+            self.balancer.owns_update,
+            fsdp=self.is_fsdp_enabled,
+            deepspeed=self.is_deepspeed_enabled,
+            fp16=self.args.fp16,
+        )
 
     def _representation_layer_to_use(self) -> str | None:
         """``gradient_placement="representation"``: the layer the per-loss gradients are taken at (checked)."""
@@ -365,6 +374,18 @@ class DTOKDTrainer(Trainer):
         """The objectives from the student's whole output and the teacher's signal; by default
         ``compute_objective_losses`` of the logits."""
         return self.compute_objective_losses(classification_logits(outputs), teacher_logits, labels)
+
+    def objective_descriptions(self) -> dict[str, str]:
+        """What each objective is, for the model card."""
+        return {
+            "distill": f"T^2 KL(teacher || student) on the logits at T = {self.args.temperature}",
+            "task": "cross-entropy with the labels"
+            + (
+                f", label smoothing {self.args.label_smoothing_factor}"
+                if self.args.label_smoothing_factor
+                else ""
+            ),
+        }
 
     def default_representation_layer(self, student: nn.Module) -> str | None:
         """``representation_layer="auto"`` for objectives not all computed from the logits: the layer every loss
@@ -599,15 +620,29 @@ class DTOKDTrainer(Trainer):
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         tags += [tag for tag in CARD_TAGS if tag not in tags]
         super().create_model_card(
-            language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
-            tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
-        )  # fmt: skip
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+        )
         plot = os.path.join(self.args.output_dir, PLOT_NAME)
         section = distillation_section(
-            self.args, self._method_name(), self.teacher_name, self.objective_names, self.state.log_history,
+            self.args,
+            self._method_name(),
+            self.teacher_name,
+            self.objective_names,
+            self.state.log_history,
             PLOT_NAME if os.path.isfile(plot) else None,
             fields=self.balancer.config_fields if self._balancer_from_config else ("temperature",),
-        )  # fmt: skip
+            trainer=type(self).__name__,
+            objectives=self.objective_descriptions(),
+            signal_fields=self.signal_fields,
+        )
         card = os.path.join(self.args.output_dir, "README.md")
         with open(card, encoding="utf-8") as handle:
             text = handle.read()

@@ -29,16 +29,27 @@ def test_training_moves_the_student_not_the_teacher_and_logs_each_objective(tmp_
     before_student = {k: v.clone() for k, v in student.state_dict().items()}
     before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
     trainer = DetectionKDTrainer(
-        model=student, teacher_model=teacher, args=detection_args(tmp_path, method="dto", max_steps=2),
+        model=student,
+        teacher_model=teacher,
+        args=detection_args(tmp_path, method="dto", max_steps=2),
         train_dataset=shapes,
-    )  # fmt: skip
+    )
     trainer.train()
     moved = [k for k, v in student.state_dict().items() if not torch.equal(v, before_student[k])]
     assert any("class_labels_classifier" in k for k in moved) and any("bbox_predictor" in k for k in moved)
     assert all(torch.equal(v, before_teacher[k]) for k, v in teacher.state_dict().items())
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    for key in ("pi_class_kd", "pi_box_kd", "class_kd_loss", "box_kd_loss", "task_loss", "grad_cos_box_kd",
-                "task_loss_ce", "task_loss_bbox", "task_loss_giou"):  # fmt: skip
+    for key in (
+        "pi_class_kd",
+        "pi_box_kd",
+        "class_kd_loss",
+        "box_kd_loss",
+        "task_loss",
+        "grad_cos_box_kd",
+        "task_loss_ce",
+        "task_loss_bbox",
+        "task_loss_giou",
+    ):
         assert len(train_logs(trainer, key)) == 2, key
     pis = train_logs(trainer, "pi_class_kd")[-1] + train_logs(trainer, "pi_box_kd")[-1]
     assert 0.0 <= pis <= 1.0 + 1e-6
@@ -47,9 +58,12 @@ def test_training_moves_the_student_not_the_teacher_and_logs_each_objective(tmp_
 def test_the_objectives_are_the_kd_terms_and_the_student_detection_loss(tmp_path, shapes) -> None:
     student, teacher = tiny_detr(0), tiny_detr(1)
     trainer = DetectionKDTrainer(
-        model=student, teacher_model=teacher, args=detection_args(tmp_path, method="dto"), box_threshold=0.2,
+        model=student,
+        teacher_model=teacher,
+        args=detection_args(tmp_path, method="dto"),
+        box_threshold=0.2,
         train_dataset=shapes,
-    )  # fmt: skip
+    )
     batch = collate_detection([shapes[i] for i in range(6)])
     student.train()
     with torch.no_grad():
@@ -59,16 +73,21 @@ def test_the_objectives_are_the_kd_terms_and_the_student_detection_loss(tmp_path
     sl, sb, tl, tb = outputs.logits, outputs.pred_boxes, teacher_outputs.logits, teacher_outputs.pred_boxes
     matches = match_to_teacher(sl, sb, tl, tb, softmax_head=True)
     confidence, _ = detection_scores(tl, softmax_head=True)
-    expected = torch.stack([
-        class_kd_loss(sl, tl, matches, 2.0, softmax_head=True),
-        box_kd_loss(sb, tb, confidence, matches, 0.2),
-        outputs.loss,
-    ])  # fmt: skip
+    expected = torch.stack(
+        [
+            class_kd_loss(sl, tl, matches, 2.0, softmax_head=True),
+            box_kd_loss(sb, tb, confidence, matches, 0.2),
+            outputs.loss,
+        ]
+    )
     assert torch.allclose(losses, expected, rtol=1e-6)
     grouped = DetectionKDTrainer(
-        model=student, teacher_model=teacher, group_distillation=True, box_threshold=0.2,
+        model=student,
+        teacher_model=teacher,
+        group_distillation=True,
+        box_threshold=0.2,
         args=detection_args(tmp_path / "grouped", method="dto"),
-    )  # fmt: skip
+    )
     assert grouped.objective_names == ("distill", "task")
     with torch.no_grad():
         two = grouped.objective_losses(outputs, grouped.teacher_signal(teacher_outputs), batch["labels"])
@@ -81,9 +100,12 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(tmp_path, shap
     reference = {k: v.clone() for k, v in student.state_dict().items()}
     args = detection_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=1)
     trainer = SequentialTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=shapes,
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=shapes,
         balancer=FixedWeights(weights=[1.0, 1.0, 1.0]),
-    )  # fmt: skip
+    )
     # the expected update, computed here from the same micro-batches
     manual = tiny_detr(0)
     manual.load_state_dict(reference)
@@ -118,10 +140,21 @@ def test_the_detection_loss_runs_the_same_number_of_times_whatever_the_data(
     counts = []
     for name, data, threshold in (("shapes", shapes, 0.0), ("no_targets", empty, 0.99)):
         calls.clear()
-        args = detection_args(tmp_path / name, method=method, max_steps=2, per_device_train_batch_size=4,
-                              gradient_accumulation_steps=2)  # fmt: skip
-        trainer = DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=args, train_dataset=data,
-                                     box_threshold=threshold, group_distillation=method == "dot")  # fmt: skip
+        args = detection_args(
+            tmp_path / name,
+            method=method,
+            max_steps=2,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+        )
+        trainer = DetectionKDTrainer(
+            model=tiny_detr(0),
+            teacher_model=tiny_detr(1),
+            args=args,
+            train_dataset=data,
+            box_threshold=threshold,
+            group_distillation=method == "dot",
+        )
         trainer.train()
         counts.append(len(calls))
         assert all(torch.isfinite(torch.tensor(train_logs(trainer, "task_loss"))))
@@ -130,9 +163,12 @@ def test_the_detection_loss_runs_the_same_number_of_times_whatever_the_data(
 
 def test_evaluate_reports_coco_map_and_per_class_ap(tmp_path, shapes) -> None:
     trainer = DetectionKDTrainer(
-        model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path, per_device_eval_batch_size=8),
-        eval_dataset=shapes, processing_class=processor(),
-    )  # fmt: skip
+        model=tiny_detr(0),
+        teacher_model=tiny_detr(1),
+        args=detection_args(tmp_path, per_device_eval_batch_size=8),
+        eval_dataset=shapes,
+        processing_class=processor(),
+    )
     metrics = trainer.evaluate()
     for key in ("eval_loss", "eval_map", "eval_map_50", "eval_map_75", "eval_mar_100"):
         assert key in metrics
@@ -147,34 +183,50 @@ def test_bad_input_is_refused_with_the_fix(tmp_path, shapes) -> None:
     with pytest.raises(ValueError, match="AutoModelForObjectDetection"):
         DetectionKDTrainer(model=tiny_vit(), teacher_model=tiny_detr(1), args=detection_args(tmp_path))
     with pytest.raises(ValueError, match="label spaces differ"):
-        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1, id2label={0: "a", 1: "b"}),
-                           args=detection_args(tmp_path))  # fmt: skip
+        DetectionKDTrainer(
+            model=tiny_detr(0),
+            teacher_model=tiny_detr(1, id2label={0: "a", 1: "b"}),
+            args=detection_args(tmp_path),
+        )
     # a mapping makes differing label spaces usable: student class i <- teacher class indices[i]
-    mapped = DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1, id2label={0: "x", 1: "y", 2: "z", 3: "w"}),
-                                args=detection_args(tmp_path, teacher_label_indices=[3, 0, 1]))  # fmt: skip
+    mapped = DetectionKDTrainer(
+        model=tiny_detr(0),
+        teacher_model=tiny_detr(1, id2label={0: "x", 1: "y", 2: "z", 3: "w"}),
+        args=detection_args(tmp_path, teacher_label_indices=[3, 0, 1]),
+    )
     with torch.no_grad():
         outputs = mapped.teacher(pixel_values=torch.randn(1, 3, SIZE, SIZE))
     logits, _, _ = mapped.teacher_signal(outputs)
     assert torch.equal(logits, outputs.logits[..., [3, 0, 1, 4]])  # "no object" stays last
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
-        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), train_dataset=shapes,
-                           args=tiny_args(tmp_path))  # fmt: skip
+        DetectionKDTrainer(
+            model=tiny_detr(0), teacher_model=tiny_detr(1), train_dataset=shapes, args=tiny_args(tmp_path)
+        )
     two = {
         0: "circle",
         1: "square",
     }  # the shapes hold class 2 (triangle): found in the dataset's Arrow column
     with pytest.raises(ValueError, match=r"train_dataset objects: class id 2 is outside \[0, 2\)"):
-        DetectionKDTrainer(model=tiny_detr(0, id2label=two), teacher_model=tiny_detr(1, id2label=two),
-                           train_dataset=shapes, args=detection_args(tmp_path))  # fmt: skip
+        DetectionKDTrainer(
+            model=tiny_detr(0, id2label=two),
+            teacher_model=tiny_detr(1, id2label=two),
+            train_dataset=shapes,
+            args=detection_args(tmp_path),
+        )
     with pytest.raises(ValueError, match="box_threshold"):
-        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path),
-                           box_threshold=1.5)  # fmt: skip
+        DetectionKDTrainer(
+            model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path), box_threshold=1.5
+        )
     with pytest.raises(ValueError, match="processing_class"):
-        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path),
-                           eval_dataset=shapes)  # fmt: skip
+        DetectionKDTrainer(
+            model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path), eval_dataset=shapes
+        )
     with pytest.raises(ValueError, match="representation_layer"):
-        DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1),
-                           args=detection_args(tmp_path, gradient_placement="representation"))  # fmt: skip
+        DetectionKDTrainer(
+            model=tiny_detr(0),
+            teacher_model=tiny_detr(1),
+            args=detection_args(tmp_path, gradient_placement="representation"),
+        )
     bad = generate_shapes(4, image_size=SIZE, seed=1).with_transform(DetectionTransform(processor(), 3))
     trainer = DetectionKDTrainer(
         model=tiny_detr(0), teacher_model=tiny_detr(1), args=detection_args(tmp_path)
@@ -197,13 +249,27 @@ def test_a_short_run_raises_the_students_map_on_generated_shapes(tmp_path) -> No
     data = generate_shapes(16, image_size=64, max_objects=2, seed=7).with_transform(
         DetectionTransform(rt_processor, 3)
     )
-    args = detection_args(tmp_path, method="fixed", alpha=0.1, max_steps=150, learning_rate=3e-3, optim="adamw_torch",
-                          per_device_train_batch_size=16, per_device_eval_batch_size=16, max_grad_norm=1.0,
-                          logging_steps=50)  # fmt: skip
+    args = detection_args(
+        tmp_path,
+        method="fixed",
+        alpha=0.1,
+        max_steps=150,
+        learning_rate=3e-3,
+        optim="adamw_torch",
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=16,
+        max_grad_norm=1.0,
+        logging_steps=50,
+    )
     trainer = DetectionKDTrainer(
-        model=build_model("student", 0, 8, 32), teacher_model=build_model("teacher", 1), args=args,
-        group_distillation=True, train_dataset=data, eval_dataset=data, processing_class=rt_processor,
-    )  # fmt: skip
+        model=build_model("student", 0, 8, 32),
+        teacher_model=build_model("teacher", 1),
+        args=args,
+        group_distillation=True,
+        train_dataset=data,
+        eval_dataset=data,
+        processing_class=rt_processor,
+    )
     untrained = trainer.evaluate()["eval_map_50"]
     trainer.train()
     trained = trainer.evaluate()["eval_map_50"]
@@ -215,16 +281,34 @@ def family_detector(head: str, seed: int) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     if head == "yolos":
-        config = YolosConfig(image_size=[SIZE, SIZE], patch_size=8, hidden_size=16, num_hidden_layers=1,
-                             num_attention_heads=2, intermediate_size=32, num_detection_tokens=5, id2label=ID2LABEL,
-                             label2id={v: k for k, v in ID2LABEL.items()})  # fmt: skip
+        config = YolosConfig(
+            image_size=[SIZE, SIZE],
+            patch_size=8,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_detection_tokens=5,
+            id2label=ID2LABEL,
+            label2id={v: k for k, v in ID2LABEL.items()},
+        )
         return AutoModelForObjectDetection.from_config(config)
     backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1] * 4, layer_type="basic")
     extra = {"encoder_hidden_dim": 32, "num_denoising": 4} if head in ("rt_detr", "d_fine") else {}
     return build_detector(
-        head, backbone, ID2LABEL, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, **extra,
-    )  # fmt: skip
+        head,
+        backbone,
+        ID2LABEL,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_queries=5,
+        **extra,
+    )
 
 
 @pytest.mark.parametrize(
@@ -234,9 +318,14 @@ def test_every_family_distils_with_token_kd(tmp_path, shapes, head: str) -> None
     student, teacher = family_detector(head, 0), family_detector(head, 1)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     trainer = DetectionKDTrainer(
-        model=student, teacher_model=teacher, token_projector="linear", train_dataset=shapes,
-        args=detection_args(tmp_path, method="dto", max_steps=1, learning_rate=1e-2, per_device_train_batch_size=4),
-    )  # fmt: skip
+        model=student,
+        teacher_model=teacher,
+        token_projector="linear",
+        train_dataset=shapes,
+        args=detection_args(
+            tmp_path, method="dto", max_steps=1, learning_rate=1e-2, per_device_train_batch_size=4
+        ),
+    )
     assert trainer.objective_names == ("class_kd", "box_kd", "token_kd", "task")
     projector = {k: v.clone() for k, v in trainer.model.projectors.state_dict().items()}
     trainer.train()
@@ -255,10 +344,23 @@ def test_token_kd_saves_the_student_alone_and_checkpoints_the_projector(tmp_path
 
     from hf_dtokd.signals.student_with_projectors import PROJECTORS_NAME
 
-    args = detection_args(tmp_path / "run", method="dto", max_steps=2, save_strategy="steps", save_steps=2,
-                          per_device_train_batch_size=4)  # fmt: skip
-    trainer = DetectionKDTrainer(model=tiny_detr(0), teacher_model=tiny_detr(1), token_projector="vkd", args=args,
-                                 train_dataset=shapes, eval_dataset=shapes, processing_class=processor())  # fmt: skip
+    args = detection_args(
+        tmp_path / "run",
+        method="dto",
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        per_device_train_batch_size=4,
+    )
+    trainer = DetectionKDTrainer(
+        model=tiny_detr(0),
+        teacher_model=tiny_detr(1),
+        token_projector="vkd",
+        args=args,
+        train_dataset=shapes,
+        eval_dataset=shapes,
+        processing_class=processor(),
+    )
     trainer.train()
     assert (
         "eval_map" in trainer.evaluate()
@@ -274,16 +376,22 @@ def test_token_kd_saves_the_student_alone_and_checkpoints_the_projector(tmp_path
 
 
 def test_a_teacher_at_another_image_size_gets_its_own_pixels(tmp_path) -> None:
-    teacher_processor = DetrImageProcessor(size={"height": 48, "width": 48}, do_pad=False, image_mean=[0.5] * 3,
-                                           image_std=[0.5] * 3)  # fmt: skip
+    teacher_processor = DetrImageProcessor(
+        size={"height": 48, "width": 48}, do_pad=False, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
     data = generate_shapes(8, image_size=SIZE, seed=3).with_transform(
         DetectionTransform(processor(), 3, teacher_processor=teacher_processor)
     )
     teacher, seen = tiny_detr(1), []
-    teacher.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["pixel_values"].shape),
-                                      with_kwargs=True)  # fmt: skip
-    trainer = DetectionKDTrainer(model=tiny_detr(0), teacher_model=teacher, train_dataset=data,
-                                 args=detection_args(tmp_path, method="dto", max_steps=1))  # fmt: skip
+    teacher.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["pixel_values"].shape), with_kwargs=True
+    )
+    trainer = DetectionKDTrainer(
+        model=tiny_detr(0),
+        teacher_model=teacher,
+        train_dataset=data,
+        args=detection_args(tmp_path, method="dto", max_steps=1),
+    )
     trainer.train()
     assert seen and all(shape[-2:] == (48, 48) for shape in seen)
     assert all(torch.isfinite(torch.tensor(train_logs(trainer, "class_kd_loss"))))
@@ -297,8 +405,13 @@ def test_a_short_last_evaluation_batch_keeps_every_target_whole(tmp_path):
 
     def evaluate(batch):
         args = detection_args(tmp_path / str(batch), per_device_eval_batch_size=batch)
-        trainer = DetectionKDTrainer(model=oracle_detr(), teacher_model=tiny_detr(1), args=args,
-                                     eval_dataset=images(), processing_class=processor())  # fmt: skip
+        trainer = DetectionKDTrainer(
+            model=oracle_detr(),
+            teacher_model=tiny_detr(1),
+            args=args,
+            eval_dataset=images(),
+            processing_class=processor(),
+        )
         return trainer.evaluate()
 
     whole, short_last = evaluate(1), evaluate(2)

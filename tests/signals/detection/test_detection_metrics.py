@@ -72,17 +72,34 @@ def coco_reference(processor, predictions, targets):
             for (cx, cy, w, h), label in zip(target["boxes"], target["class_labels"]):
                 w, h = w * WIDTH, h * HEIGHT
                 box = [cx * WIDTH - w / 2, cy * HEIGHT - h / 2, w, h]
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
-                                    "bbox": box, "area": w * h, "iscrowd": 0})  # fmt: skip
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": int(label),
+                        "bbox": box,
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
             for (x0, y0, x1, y1), score, label in zip(
                 result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist()
             ):
-                detections.append({"image_id": image_id, "category_id": int(label),
-                                   "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})  # fmt: skip
+                detections.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": int(label),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": score,
+                    }
+                )
             image_id += 1
     ground_truth = COCO()
-    ground_truth.dataset = {"images": images, "annotations": annotations,
-                            "categories": [{"id": c} for c in range(CLASSES)]}  # fmt: skip
+    ground_truth.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": c} for c in range(CLASSES)],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         ground_truth.createIndex()
         evaluation = COCOeval(ground_truth, ground_truth.loadRes(detections), "bbox")

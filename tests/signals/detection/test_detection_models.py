@@ -20,9 +20,15 @@ from hf_dtokd.signals.detection.models import DETECTION_HEADS, detection_predict
 
 ID2LABEL = {0: "circle", 1: "square", 2: "triangle"}
 SMALL_HEAD = dict(
-    d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-    encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=6,
-)  # fmt: skip
+    d_model=32,
+    encoder_layers=1,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    num_queries=6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +100,12 @@ def test_backbone_weights_that_do_not_fit_are_refused(backbones, tmp_path) -> No
 
 
 def test_a_detector_saved_locally_loads_by_path_and_a_missing_one_names_the_offline_fix(tmp_path) -> None:
-    model = build_detector("conditional_detr", ResNetConfig(hidden_sizes=[8, 8, 16, 16], embedding_size=8), ID2LABEL,
-                           **SMALL_HEAD)  # fmt: skip
+    model = build_detector(
+        "conditional_detr",
+        ResNetConfig(hidden_sizes=[8, 8, 16, 16], embedding_size=8),
+        ID2LABEL,
+        **SMALL_HEAD,
+    )
     model.save_pretrained(tmp_path / "detector")
     loaded = load_object_detector(str(tmp_path / "detector"), "teacher")
     assert type(loaded) is type(model)
@@ -116,13 +126,19 @@ def test_head_kinds_and_denoising_queries() -> None:
             intermediate_size=32,
             num_detection_tokens=5,
             num_labels=3,
-        )  # fmt: skip
+        )
     )
     yolos.eval()
     logits, _ = detection_predictions(yolos(pixel_values=torch.randn(1, 3, 32, 32)))
     assert is_softmax_head(logits, 3)  # C + 1 outputs
-    rt = build_detector("rt_detr", ResNetConfig(hidden_sizes=[8, 8, 16, 16], embedding_size=8), ID2LABEL,
-                        **SMALL_HEAD, encoder_hidden_dim=32, num_denoising=10)  # fmt: skip
+    rt = build_detector(
+        "rt_detr",
+        ResNetConfig(hidden_sizes=[8, 8, 16, 16], embedding_size=8),
+        ID2LABEL,
+        **SMALL_HEAD,
+        encoder_hidden_dim=32,
+        num_denoising=10,
+    )
     rt.train()
     labels = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]])}]
     outputs = rt(pixel_values=torch.randn(1, 3, 64, 64), labels=labels)

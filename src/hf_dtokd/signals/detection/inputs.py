@@ -71,9 +71,15 @@ def check_detection_labels(labels: Sequence[dict[str, torch.Tensor]], num_labels
         cx, cy, w, h = boxes.unbind(-1)
         low, high = -_TOLERANCE, 1 + _TOLERANCE
         bad = (
-            (boxes < low).any(-1) | (boxes > high).any(-1) | (w <= 0) | (h <= 0)
-            | (cx - w / 2 < low) | (cx + w / 2 > high) | (cy - h / 2 < low) | (cy + h / 2 > high)
-        )  # fmt: skip
+            (boxes < low).any(-1)
+            | (boxes > high).any(-1)
+            | (w <= 0)
+            | (h <= 0)
+            | (cx - w / 2 < low)
+            | (cx + w / 2 > high)
+            | (cy - h / 2 < low)
+            | (cy + h / 2 > high)
+        )
         if bad.any():
             box = boxes[int(bad.to(torch.uint8).argmax())].tolist()
             raise ValueError(

@@ -82,9 +82,12 @@ class DetectionMetrics:
                 "(DetectionKDTrainer does)"
             )
         metric = MeanAveragePrecision(
-            box_format="xyxy", class_metrics=True, backend="faster_coco_eval",
-            iou_thresholds=COCO_IOU_THRESHOLDS, rec_thresholds=COCO_RECALL_THRESHOLDS,
-        )  # fmt: skip
+            box_format="xyxy",
+            class_metrics=True,
+            backend="faster_coco_eval",
+            iou_thresholds=COCO_IOU_THRESHOLDS,
+            rec_thresholds=COCO_RECALL_THRESHOLDS,
+        )
         for batch_predictions, batch_targets in zip(predictions, targets):
             sizes = torch.tensor(np.stack([np.asarray(t["orig_size"]) for t in batch_targets]))
             logits, boxes = _logits_and_boxes(batch_predictions)

@@ -38,7 +38,8 @@ from hf_dtokd.models.classification import num_labels
 from hf_dtokd.signals.detection.inputs import check_categories, check_detection_labels, collate_detection
 from hf_dtokd.signals.detection.metrics import DetectionMetrics
 from hf_dtokd.signals.detection.models import detection_predictions, is_softmax_head, load_object_detector
-from hf_dtokd.signals.projectors import PROJECTORS, build_projector
+from hf_dtokd.signals.projectors import build_projector
+from hf_dtokd.signals.signal_config import DetectionKDConfig, as_signal_config
 from hf_dtokd.signals.student_with_projectors import ProjectorCheckpointsMixin, StudentWithProjectors
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer, load_teacher
@@ -61,6 +62,7 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
     """
 
     supports_teacher_cache = False  # the objectives need the teacher's features / boxes every step
+    signal_fields = ("box_threshold", "token_projector", "group_distillation")
 
     losses_from_logits = False
 
@@ -69,8 +71,8 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         model: nn.Module | None = None,
         args: DTOKDConfig | None = None,
         teacher_model: nn.Module | str | None = None,
-        box_threshold: float = 0.3,
-        group_distillation: bool = False,
+        box_threshold: float | None = None,
+        group_distillation: bool | None = None,
         token_projector: str | None = None,
         teacher_processing_class: Any | None = None,
         **kwargs: Any,
@@ -79,8 +81,15 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
             raise ValueError(
                 "DetectionKDTrainer needs the student detector (model=...) and a DTOKDConfig (args=...)"
             )
-        if not 0.0 <= box_threshold < 1.0:
-            raise ValueError(f"box_threshold must lie in [0, 1) (a teacher confidence), got {box_threshold}")
+        args = as_signal_config(
+            args,
+            DetectionKDConfig,
+            box_threshold=box_threshold,
+            group_distillation=group_distillation,
+            token_projector=token_projector,
+        )
+        box_threshold, group_distillation = args.box_threshold, args.group_distillation
+        token_projector = args.token_projector
         if not hasattr(model.config, "num_labels") or "ObjectDetection" not in type(model).__name__:
             raise ValueError(
                 f"DetectionKDTrainer needs an object detector (AutoModelForObjectDetection), got "
@@ -95,10 +104,6 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         teacher, teacher_processing_class = load_teacher(
             teacher_model, args, teacher_processing_class, loader=load_object_detector
         )
-        if token_projector is not None and token_projector not in PROJECTORS:
-            raise ValueError(
-                f"unknown token_projector {token_projector!r}; valid values: {', '.join(PROJECTORS)}"
-            )
         self.box_threshold, self.group_distillation = box_threshold, group_distillation
         self.token_kd = token_projector is not None
         terms = ("class_kd", "box_kd", "token_kd") if self.token_kd else ("class_kd", "box_kd")
@@ -184,6 +189,18 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         if self.token_kd:
             signal += (query_states(outputs, boxes.shape[1]).detach(),)
         return signal
+
+    def objective_descriptions(self) -> dict[str, str]:
+        terms = {
+            "class_kd": f"T^2 KL(teacher || student) on Hungarian-matched queries at T = {self.args.temperature}",
+            "box_kd": f"L1 + 1 - GIoU to matched teacher boxes of confidence >= {self.box_threshold}",
+            "token_kd": f"matched decoder-query states through a {self.args.token_projector} projector",
+        }
+        task = {"task": "the student detector's own loss (outputs.loss)"}
+        if self.group_distillation:
+            kept = [name for name in terms if self.token_kd or name != "token_kd"]
+            return {"distill": " + ".join(terms[name] for name in kept), **task}
+        return {**{name: text for name, text in terms.items() if name in self.objective_names}, **task}
 
     def objective_losses(self, outputs: Any, teacher_signal: Any, labels: Any) -> torch.Tensor:
         teacher_logits, teacher_boxes, teacher_confidence = teacher_signal[:3]
