@@ -7,19 +7,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForImageClassification, ViTImageProcessor
 
-from hf_dtokd.data import load_digits_splits
 from hf_dtokd.demos.digits import DemoArguments, run_demo
 from testing_utils import tiny_resnet, tiny_vit
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "examples"))
-
-
-def test_digits_splits_are_real_and_fixed():
-    splits = load_digits_splits()
-    assert (len(splits["train"]), len(splits["test"])) == (1437, 360)
-    assert splits["train"].features["label"].names == [str(i) for i in range(10)]
-    assert splits["train"][0]["image"].size == (8, 8)
-    assert splits["test"]["label"][:20] == load_digits_splits()["test"]["label"][:20]
 
 
 def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):

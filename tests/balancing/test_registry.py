@@ -1,0 +1,40 @@
+"""The registry: every method name builds its balancer with the config's hyper-parameters, and what cannot
+be built is named."""
+
+import pytest
+
+from hf_dtokd import DTOKDConfig
+from hf_dtokd.balancing import DOT, FAMO, METHODS, DTOExact, FixedWeights, UPGrad, build_balancer
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_name_builds_a_balancer_for_two_objectives(tmp_path, method):
+    if method == "cagrad":
+        pytest.importorskip("cvxpy")
+    balancer = build_balancer(DTOKDConfig(output_dir=str(tmp_path), method=method), 2)
+    assert balancer.num_objectives == 2 and float(balancer.pi.sum()) == pytest.approx(1.0)
+
+
+def test_the_config_hyper_parameters_reach_the_balancer(tmp_path):
+    def config(**kwargs):
+        return DTOKDConfig(output_dir=str(tmp_path), **kwargs)
+
+    fixed = build_balancer(config(method="fixed", alpha=0.3))
+    assert isinstance(fixed, FixedWeights) and fixed.pi.tolist() == pytest.approx([0.3, 0.7])
+    famo = build_balancer(
+        config(method="dto_amortized", tradeoff_learning_rate=0.1, tradeoff_weight_decay=0.2)
+    )
+    group = famo._optimizer.param_groups[0]
+    assert isinstance(famo, FAMO) and (group["lr"], group["weight_decay"]) == (0.1, 0.2)
+    dot = build_balancer(config(method="dot_adamw", dot_momentum=0.8, dot_delta=0.05))
+    assert isinstance(dot, DOT) and (dot.momentum, dot.delta, dot.form) == (0.8, 0.05, "adamw")
+    assert build_balancer(config(method="dto")).log_gradients and isinstance(
+        build_balancer(config(method="dto")), DTOExact
+    )
+    assert not build_balancer(config(method="upgrad")).log_gradients
+    assert isinstance(build_balancer(config(method="upgrad", log_gradients=True)), UPGrad)
+
+
+def test_two_objective_methods_refuse_more_objectives_naming_the_alternatives(tmp_path):
+    with pytest.raises(ValueError, match=r"balancer=FixedWeights\(weights=\[\.\.\.\]\)"):
+        build_balancer(DTOKDConfig(output_dir=str(tmp_path), method="fixed"), 3)
