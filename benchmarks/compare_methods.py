@@ -209,27 +209,15 @@ def build_student(args: CompareArguments, seed: int, names: list[str], two_head:
     from transformers import (
         DeiTConfig,
         DeiTForImageClassificationWithTeacher,
-        ResNetConfig,
-        ResNetForImageClassification,
         ViTConfig,
         ViTForImageClassification,
     )
 
-    torch.manual_seed(seed)
-    labels = dict(
-        num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
-    )
     if args.student_family == "resnet":
-        width = args.student_width
-        config = ResNetConfig(
-            embedding_size=width // 4,
-            hidden_sizes=[width // 4, width // 2, width],
-            depths=[1, 1, 1],
-            layer_type="basic",
-            downsample_in_first_stage=False,
-            **labels,
-        )
-        return ResNetForImageClassification(config)
+        from hf_dtokd.demos.digits import build_resnet_student
+
+        return build_resnet_student(seed, names, args.student_width)
+    torch.manual_seed(seed)
     config = (DeiTConfig if two_head else ViTConfig)(
         image_size=32,
         patch_size=args.student_patch,

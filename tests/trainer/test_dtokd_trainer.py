@@ -454,3 +454,62 @@ def test_tradeoff_scalars_reach_tensorboard(tmp_path, monkeypatch):
         assert f"train/{name}" in tags, tags
     pis = [event.value for event in events.Scalars("train/pi_distill")]
     assert pis == pytest.approx(train_logs(trainer, "pi_distill"))
+
+
+def test_conflict_figures_count_the_negative_steps_and_keep_the_most_negative():
+    from hf_dtokd.trainer.dtokd_trainer import conflict_figures
+
+    cosines = torch.tensor([0.5, -0.2, float("nan"), -0.1], dtype=torch.float64)
+    assert conflict_figures("grad_cos", cosines) == pytest.approx(
+        {"grad_conflict_rate": 2 / 3, "grad_cos_min": -0.2}
+    )
+    figures = conflict_figures("grad_cos_feature", torch.tensor([0.3, 0.1], dtype=torch.float64))
+    assert figures == pytest.approx({"grad_conflict_rate_feature": 0.0, "grad_cos_min_feature": 0.1})
+    empty = conflict_figures("grad_cos", torch.tensor([float("nan")], dtype=torch.float64))
+    assert all(math.isnan(v) for v in empty.values())
+
+
+def test_a_logging_interval_reports_per_step_conflict_and_the_applied_weights(tmp_path):
+    """Four steps whose cosines are +0.5, -0.2, undefined, -0.1: the mean cosine is positive (0.067), but two
+    of the three defined steps conflict; the logged weights are the mean of those applied."""
+    trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path))
+    for cosine in (0.5, -0.2, float("nan"), -0.1):
+        trainer._metrics["grad_cos"].append(torch.tensor(cosine))
+    for weights in ((0.2, 0.8), (0.4, 0.6)):
+        trainer._record_weights(torch.tensor(weights))
+    trainer.log({"loss": 1.0})
+    logged = trainer.state.log_history[-1]
+    assert logged["grad_cos"] == pytest.approx(0.2 / 3, abs=1e-7)
+    assert logged["grad_conflict_rate"] == pytest.approx(2 / 3)
+    assert logged["grad_cos_min"] == pytest.approx(-0.2, abs=1e-7)
+    assert logged["weight_distill"] == pytest.approx(0.3, abs=1e-7)
+    assert logged["weight_task"] == pytest.approx(0.7, abs=1e-7)
+
+
+def test_the_new_figures_reach_tensorboard_and_the_model_card(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "runs"))
+    args = tiny_args(tmp_path, method="dto", max_steps=4, logging_steps=2, report_to="tensorboard")
+    fixed_args = tiny_args(tmp_path / "fixed", method="fixed", alpha=0.3, max_steps=2, logging_steps=1)
+    fixed = DTOKDTrainer(
+        model=tiny_vit(), teacher_model=tiny_resnet(), args=fixed_args, train_dataset=random_images(16)
+    )
+    fixed.train()
+    assert train_logs(fixed, "weight_distill") == pytest.approx([0.3, 0.3])  # alpha, as applied
+    trainer = DTOKDTrainer(
+        model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(16)
+    )
+    trainer.train()
+    trainer.create_model_card()
+    events = EventAccumulator(str(tmp_path / "runs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for key in ("grad_conflict_rate", "grad_cos_min", "weight_distill", "weight_task"):
+        assert f"train/{key}" in tags, key
+        assert 0 <= len(train_logs(trainer, key)) == 2
+    rates = train_logs(trainer, "grad_conflict_rate")
+    assert all(0.0 <= r <= 1.0 for r in rates)
+    card = (tmp_path / "README.md").read_text()
+    assert "`grad_conflict_rate` (share of optimizer steps whose gradients conflict" in card
+    assert "`weight_distill` (the raw-loss weight actually applied)" in card

@@ -133,13 +133,15 @@ def teacher_processor() -> ViTImageProcessor:
     return ViTImageProcessor(size={"height": 24, "width": 24}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def build_resnet_student(seed: int, labels: list[str], width: int = 32) -> ResNetForImageClassification:
-    """The default student: a ResNet of stage widths width/4, width/2, width (one basic block each)."""
+def small_resnet(
+    seed: int, labels: list[str], embedding: int, widths: list[int]
+) -> ResNetForImageClassification:
+    """A ResNet of one basic block per stage, seeded, with the digits' label names."""
     torch.manual_seed(seed)
     config = ResNetConfig(
-        embedding_size=width // 4,
-        hidden_sizes=[width // 4, width // 2, width],
-        depths=[1, 1, 1],
+        embedding_size=embedding,
+        hidden_sizes=widths,
+        depths=[1] * len(widths),
         layer_type="basic",
         downsample_in_first_stage=False,
         num_labels=len(labels),
@@ -147,6 +149,11 @@ def build_resnet_student(seed: int, labels: list[str], width: int = 32) -> ResNe
         label2id={n: i for i, n in enumerate(labels)},
     )
     return ResNetForImageClassification(config)
+
+
+def build_resnet_student(seed: int, labels: list[str], width: int = 32) -> ResNetForImageClassification:
+    """The default student: a ResNet of stage widths width/4, width/2, width."""
+    return small_resnet(seed, labels, width // 4, [width // 4, width // 2, width])
 
 
 def build_student(seed: int, labels: list[str], two_head: bool = False) -> ViTForImageClassification:
@@ -170,18 +177,8 @@ def build_student(seed: int, labels: list[str], two_head: bool = False) -> ViTFo
 
 
 def build_teacher(labels: list[str]) -> ResNetForImageClassification:
-    torch.manual_seed(1234)
-    config = ResNetConfig(
-        embedding_size=32,
-        hidden_sizes=[32, 64, 128],
-        depths=[1, 1, 1],
-        layer_type="basic",
-        downsample_in_first_stage=False,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={n: i for i, n in enumerate(labels)},
-    )
-    return ResNetForImageClassification(config)
+    """The teacher: a ResNet of stage widths 32-64-128."""
+    return small_resnet(1234, labels, 32, [32, 64, 128])
 
 
 def common_args(

@@ -62,12 +62,17 @@ def distillation_section(
         for key in keys["pi"]:
             _, values = series(log_history, key)
             lines.append(f"- `{key}` (logged every {config.logging_steps} steps): {_summary(values)}")
+        for key in keys["weights"]:
+            _, values = series(log_history, key)
+            lines.append(f"- `{key}` (the raw-loss weight actually applied): {_summary(values)}")
+        for key in keys["grad_conflict_rate"]:
+            _, values = series(log_history, key)
+            lines.append(
+                f"- `{key}` (share of optimizer steps whose gradients conflict, cos < 0): {_summary(values)}"
+            )
         for key in keys["grad_cos"]:
             _, values = series(log_history, key)
-            share = 100 * sum(v < 0 for v in values) / len(values)
-            lines.append(
-                f"- `{key}`: negative (gradient conflict) at {share:.0f} % of logged steps; {_summary(values)}"
-            )
+            lines.append(f"- `{key}`: {_summary(values)}")
         for key in keys["grad_norm_ratio"]:
             _, values = series(log_history, key)
             lines.append(f"- `{key}` (dominance): median {statistics.median(values):.3g}")

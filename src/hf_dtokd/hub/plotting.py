@@ -18,7 +18,9 @@ def tradeoff_keys(log_history: Sequence[Mapping[str, Any]]) -> dict[str, list[st
     keys = sorted({k for row in log_history for k in row})
     return {
         "pi": [k for k in keys if k.startswith("pi_")],
+        "weights": [k for k in keys if k.startswith("weight_")],
         "grad_cos": [k for k in keys if k.startswith("grad_cos")],
+        "grad_conflict_rate": [k for k in keys if k.startswith("grad_conflict_rate")],
         "grad_norm_ratio": [k for k in keys if k.startswith("grad_norm_ratio")],
         "losses": [k for k in keys if k.endswith("_loss") and k not in ("train_loss", "eval_loss")],
     }
@@ -26,7 +28,9 @@ def tradeoff_keys(log_history: Sequence[Mapping[str, Any]]) -> dict[str, list[st
 
 PANEL_TITLES = {
     "pi": "pi (weight of each objective but the task)",
-    "grad_cos": "cos(g_objective, g_task)  (< 0: conflict)",
+    "weights": "raw-loss weight applied to each loss",
+    "grad_cos": "cos(g_objective, g_task): mean and min  (< 0: conflict)",
+    "grad_conflict_rate": "share of steps with cos < 0",
     "grad_norm_ratio": "||g_objective|| / ||g_task||  (dominance)",
     "losses": "losses",
 }
@@ -70,7 +74,7 @@ def plot_tradeoff(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: st
                     )
         axis.set_title(PANEL_TITLES[panel], fontsize=9)
         axis.set_xlabel("step")
-        if panel in ("grad_norm_ratio", "losses"):
+        if panel in ("grad_norm_ratio", "losses", "weights"):
             axis.set_yscale("log")
         if panel == "grad_cos":
             axis.axhline(0.0, color="grey", linewidth=0.6)

@@ -45,10 +45,6 @@ class FeatureKDConfig(DTOKDConfig):
         },
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_signal_options()
-
     def check_signal_options(self) -> None:
         if self.projector not in PROJECTORS:
             raise ValueError(f"unknown projector {self.projector!r}; valid values: {', '.join(PROJECTORS)}")
@@ -66,10 +62,6 @@ class DeiTTokenConfig(DTOKDConfig):
             "choices": DEIT_DISTILLATION,
         },
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_signal_options()
 
     def check_signal_options(self) -> None:
         if self.deit_distillation not in DEIT_DISTILLATION:
@@ -95,10 +87,6 @@ class DetectionKDConfig(DTOKDConfig):
         default=False,
         metadata={"help": "Balance (sum of the KD terms, task) instead of one objective per KD term."},
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_signal_options()
 
     def check_signal_options(self) -> None:
         if not 0.0 <= self.box_threshold < 1.0:

@@ -255,7 +255,12 @@ class DTOKDConfig(TrainingArguments):
             raise ValueError(
                 f"teacher_label_indices must be class indices >= 0, got {self.teacher_label_indices}"
             )
+        self.check_signal_options()
         super().__post_init__()
+
+    def check_signal_options(self) -> None:
+        """A signal's config (``signals/signal_config.py``) checks its own options here (plain KD has none)."""
+        return None
 
     def _check_precision(self) -> None:
         if self.fp8_backend is not None:

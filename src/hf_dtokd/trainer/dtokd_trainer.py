@@ -523,6 +523,12 @@ class DTOKDTrainer(Trainer):
                 torch.where(norms[task] > 0, norms[index] / norms[task], undefined)
             )
 
+    def _record_weights(self, weights: torch.Tensor) -> None:
+        """The raw-loss weights applied to each objective (``weight_<name>``): what pi becomes once divided by
+        the losses and rescaled, i.e. what the update really gives each loss."""
+        for index, name in enumerate(self.objective_names):
+            self._metrics[f"weight_{name}"].append(weights[index].detach().float())
+
     def _weight_decays(self, gradients: WindowGradients) -> list[float]:
         """Per-parameter weight decay under the Trainer's rule (no decay on biases and norm layers)."""
         model = self.accelerator.unwrap_model(self.model)
@@ -591,8 +597,11 @@ class DTOKDTrainer(Trainer):
         if "loss" in logs and self._metrics:
             for name, values in self._metrics.items():
                 stacked = torch.stack([v.detach().double() for v in values])
-                # gradient diagnostics are NaN where undefined (a zero gradient); losses and pi stay plain means
+                # gradient diagnostics are NaN where undefined (a zero gradient); losses, pi and weights stay
+                # plain means
                 logs[name] = (stacked.nanmean() if name.startswith("grad_") else stacked.mean()).item()
+                if name.startswith("grad_cos"):
+                    logs.update(conflict_figures(name, stacked))
             logs["nonfinite_losses"] = int(self._nonfinite_losses.item())
             logs["tradeoff_skipped"] = int(self.balancer.nonfinite_events.item())
             self._metrics.clear()
@@ -712,6 +721,21 @@ class DTOKDTrainer(Trainer):
                 "complete one"
             )
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+def conflict_figures(name: str, cosines: torch.Tensor) -> dict[str, float]:
+    """Per-step conflict over a logging interval, from the cosines of each optimizer step (or micro-batch, for
+    the representation placement): ``grad_conflict_rate<suffix>`` = share of the defined cosines that are
+    negative, ``grad_cos_min<suffix>`` = the most negative one. A mean cosine can be positive while a fifth of
+    the steps conflict; these figures show it."""
+    suffix = name[len("grad_cos") :]
+    defined = cosines[~torch.isnan(cosines)]
+    if defined.numel() == 0:
+        return {f"grad_conflict_rate{suffix}": float("nan"), f"grad_cos_min{suffix}": float("nan")}
+    return {
+        f"grad_conflict_rate{suffix}": (defined < 0).double().mean().item(),
+        f"grad_cos_min{suffix}": defined.min().item(),
+    }
 
 
 def load_teacher(

@@ -138,6 +138,7 @@ class ParameterGradients(Placement):
         if not skip:
             weights = trainer.balancer.combine_gradients(self.gradients, window_losses)
             logged = (weights.to(window_losses.device) * window_losses).sum()
+            trainer._record_weights(weights)
         trainer._record_gradient_diagnostics(gram)
         return logged
 
@@ -175,6 +176,7 @@ class RepresentationGradients(Placement):
         trainer._record_gradient_diagnostics(gram)
         trainer._record_pi()
         weights = trainer.balancer.loss_weights(global_losses).to(losses.device)
+        trainer._record_weights(weights)
         backward(trainer.accelerator, (weights * losses).sum() / steps)
         return (weights * losses.detach()).sum() / steps
 
@@ -185,6 +187,7 @@ class WeightedLoss(Placement):
     def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
         trainer = self.trainer
         weights = trainer.balancer.loss_weights(trainer._reduce_mean(losses.detach()))
+        trainer._record_weights(weights)
         backward(trainer.accelerator, (weights * losses).sum() / steps)
         return (weights * losses.detach()).sum() / steps
 
