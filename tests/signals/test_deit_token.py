@@ -148,7 +148,7 @@ def test_dot_treats_each_head_as_a_one_loss_parameter_like_the_authors_code(tmp_
         method="dot",
         alpha=0.6,
         max_steps=20,
-        learning_rate=0.05,
+        learning_rate=0.005,
         weight_decay=0.05,
         logging_steps=20,
     )
@@ -158,11 +158,12 @@ def test_dot_treats_each_head_as_a_one_loss_parameter_like_the_authors_code(tmp_
     trainer.train()
     decay = set(trainer.get_decay_parameter_names(reference))
     names, params = zip(*reference.named_parameters())
-    rule = ReferenceDOT(params, 0.05, 0.6, weight_decays=[0.05 if n in decay else 0.0 for n in names])
+    rule = ReferenceDOT(params, 0.005, 0.6, weight_decays=[0.05 if n in decay else 0.0 for n in names])
     x, y = whole_batch(data)
     for _ in range(20):
         rule.step(*rule.separate_gradients(list(params), *head_losses(reference, teacher, x, y, "hard")))
     one_loss = [n for n, g in zip(names, rule.task_buffers) if g is None]
     assert one_loss and all(n.startswith("distillation_classifier") for n in one_loss)
+    # the tokens grow to a few hundred in 20 steps: float32 agreement there is relative (1e-6 is ~8 ulps)
     for (name, got), expected in zip(trainer.model.named_parameters(), params):
-        assert torch.allclose(got, expected, atol=1e-6), name
+        assert torch.allclose(got, expected, rtol=1e-6, atol=1e-6), name

@@ -230,4 +230,4 @@ def test_dot_gives_the_projectors_one_buffer_like_the_authors_code(tmp_path):
     one_loss = [n for n, g in zip(names, rule.task_buffers) if g is None]
     assert one_loss and all(n.startswith("projectors.") for n in one_loss)
     for (name, got), expected in zip(trainer.model.named_parameters(), params):
-        assert torch.allclose(got, expected, atol=1e-6), name
+        assert torch.allclose(got, expected, rtol=0.0, atol=1e-6), name
