@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets.utils import logging as datasets_logging
 from transformers import (
     DefaultDataCollator,
     DeiTConfig,
@@ -420,6 +421,8 @@ def run_demo(demo: DemoArguments) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     (demo,) = HfArgumentParser((DemoArguments,)).parse_args_into_dataclasses(args=argv)
     hf_logging.set_verbosity_warning()
+    hf_logging.disable_progress_bar()  # one line per run is printed instead
+    datasets_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING)
     run_demo(demo)
 
