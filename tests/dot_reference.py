@@ -63,3 +63,21 @@ class ReferenceDOT:
             buf = self.kd_buffers[i]
             self.kd_buffers[i] = g.clone() if buf is None else buf.mul_(beta).add_(g)
             p.sub_(self.lr * self.kd_buffers[i])
+
+
+def check_trainer_against_the_rule(trainer, reference, losses, steps, one_loss_prefix, rtol=0.0, atol=1e-6):
+    """Replay ``steps`` of the authors' rule on ``reference`` (the student as it was before training) with the
+    trainer's learning rate, alpha and weight-decay rule; ``losses()`` gives (distill, task) as separate scalars.
+    Checks that the one-loss parameters are those named ``one_loss_prefix...`` and that every trained parameter
+    equals the reference's."""
+    args = trainer.args
+    decay = set(trainer.get_decay_parameter_names(reference))
+    names, params = zip(*reference.named_parameters())
+    decays = [args.weight_decay if name in decay else 0.0 for name in names]
+    rule = ReferenceDOT(params, args.learning_rate, args.alpha, args.dot_momentum, args.dot_delta, decays)
+    for _ in range(steps):
+        rule.step(*rule.separate_gradients(list(params), *losses()))
+    one_loss = [name for name, buffer in zip(names, rule.task_buffers) if buffer is None]
+    assert one_loss and all(name.startswith(one_loss_prefix) for name in one_loss), one_loss
+    for (name, got), expected in zip(trainer.model.named_parameters(), params):
+        assert torch.allclose(got, expected, rtol=rtol, atol=atol), name

@@ -181,7 +181,7 @@ def test_dot_gives_the_projectors_one_buffer_like_the_authors_code(tmp_path):
     """20 DOT steps of feature KD (grouped into one distillation loss): the projectors, reached by the
     distillation loss only, take the mean momentum and their weight decay on the distillation buffer, as in
     the DOT authors' optimizer fed two separate backwards."""
-    from dot_reference import ReferenceDOT
+    from dot_reference import check_trainer_against_the_rule
 
     data = random_images(16)
     args = tiny_args(
@@ -222,12 +222,4 @@ def test_dot_gives_the_projectors_one_buffer_like_the_authors_code(tmp_path):
         kd = temperature**2 * (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
         return kd + feature, torch.nn.functional.cross_entropy(out.logits, y)
 
-    decay = set(trainer.get_decay_parameter_names(reference))
-    names, params = zip(*reference.named_parameters())
-    rule = ReferenceDOT(params, 0.05, 0.6, weight_decays=[0.05 if n in decay else 0.0 for n in names])
-    for _ in range(20):
-        rule.step(*rule.separate_gradients(list(params), *losses()))
-    one_loss = [n for n, g in zip(names, rule.task_buffers) if g is None]
-    assert one_loss and all(n.startswith("projectors.") for n in one_loss)
-    for (name, got), expected in zip(trainer.model.named_parameters(), params):
-        assert torch.allclose(got, expected, rtol=0.0, atol=1e-6), name
+    check_trainer_against_the_rule(trainer, reference, losses, 20, "projectors.")
