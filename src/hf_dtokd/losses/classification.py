@@ -2,7 +2,7 @@
 
 Both are computed in float32 whatever the autocast dtype (bf16 / fp8 runs) as means over the
 micro-batch; the trainer turns them into the mean over the optimizer step's samples under gradient
-accumulation and data parallelism (``window_means.py``).
+accumulation and data parallelism (``trainer/window_means.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def task_cross_entropy(
     Examples labelled ``IGNORE_INDEX`` are left out of the mean. A micro-batch with no labelled example
     gives 0 with a zero gradient (``F.cross_entropy`` would give 0 / 0 = NaN). The trainer rescales this
     micro-batch mean so that a window's task loss is the mean over its labelled examples however they are
-    spread over micro-batches and processes (``window_means.py``).
+    spread over micro-batches and processes (``trainer/window_means.py``).
     """
     total = F.cross_entropy(
         logits.float(), labels, reduction="sum", ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing

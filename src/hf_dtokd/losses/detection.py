@@ -22,7 +22,7 @@ On the matched pairs M (over the batch):
 * token KD   (``query_token_kd_loss``) ViDT-style token matching on the same pairs: the student's
   decoder query states (``last_hidden_state`` of the matched queries) through a projector into the
   teacher's width, against the teacher's matched query states, with the projector's loss
-  (``projectors.py``: ``linear`` = MSE after DTO-KD's ``P``; ``vkd`` = SmoothL1 after an orthogonal map,
+  (``signals/projectors.py``: ``linear`` = MSE after DTO-KD's ``P``; ``vkd`` = SmoothL1 after an orthogonal map,
   the teacher standardised by a non-affine layer norm; ``mokd``).
 
 Boxes are normalised ``(cx, cy, w, h)``, the DETR-family ``pred_boxes``.

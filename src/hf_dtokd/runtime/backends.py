@@ -10,7 +10,7 @@ in the same order):
   (the engine owns the gradients and steps inside ``backward``) do not: there they are refused at
   start, naming ``gradient_placement="representation"`` (one backward of the balanced loss; not
   for DOT) and the weighted-loss methods;
-* representation placement: the micro-batch Gram is summed over processes (``representation.py``);
+* representation placement: the micro-batch Gram is summed over processes (``gradients/representation.py``);
 * weighted-loss methods (``fixed``, ``dto_amortized`` / ``famo``, ``uncertainty``): losses are
   all-reduced before any weight is computed, the backward is ``sum_i w_i L_i(local)`` with weights
   from the global losses, so DDP's gradient average is the single-process gradient.

@@ -1,20 +1,21 @@
 """DTOKDTrainer: a transformers.Trainer whose training step balances task and distillation every step.
 
 The trainer orchestrates; the maths lives elsewhere: losses in ``losses/``, trade-off methods in
-``balancing/``, per-loss gradients in ``gradients.py``, the teacher's inputs in ``teacher_inputs.py``.
+``balancing/``, per-loss gradients in ``gradients/``, the three ways a micro-batch reaches its backward in
+``trainer/placement.py``, the teacher's inputs in ``trainer/teacher_inputs.py``.
 
 One optimizer step (an accumulation window of ``n`` micro-batches) runs:
 
 * every micro-batch: the student forward, the frozen teacher forward under ``no_grad``, the
   float32 objective losses (``objective_names``, task last; by default ``(L_distill, L_task)``;
-  per-micro-batch means rescaled to exact window means (``window_means.py``, from the counts taken when
+  per-micro-batch means rescaled to exact window means (``trainer/window_means.py``, from the counts taken when
   the Trainer prefetches the window) and divided by ``n``), then
 
   - gradient methods (``dto``, the torchjd weightings, DOT): ``autograd.grad`` of every objective
     but the last into its buffer (one batched VJP with ``batched_gradients``), then the single
     ``accelerator.backward(L_task)``;
   - Gram methods with ``gradient_placement="representation"``: the per-loss gradients at a shared
-    layer's output (``representation.py``), this micro-batch's pi from their Gram, then the single
+    layer's output (``gradients/representation.py``), this micro-batch's pi from their Gram, then the single
     ``accelerator.backward(w . L)``;
   - weighted-loss methods (``fixed``, ``dto_amortized`` / ``famo``, ``uncertainty``): raw-loss weights
     from the current ``pi`` (and the process-averaged losses), then the single
@@ -29,9 +30,9 @@ One optimizer step (an accumulation window of ``n`` micro-batches) runs:
   for that forward.
 
 The loss returned to the Trainer (and logged as ``loss``) is the balanced raw-loss objective
-``sum_i w_i L_i`` of the step; ``<name>_loss``, ``pi_<name>`` and, for gradient methods,
-``grad_cos`` and ``grad_norm_ratio`` (each objective against the task) are logged beside it,
-averaged over the logging interval.
+``sum_i w_i L_i`` of the step; ``<name>_loss``, ``pi_<name>``, ``weight_<name>`` (the raw-loss weights
+applied) and, for gradient methods, ``grad_cos``, ``grad_conflict_rate``, ``grad_cos_min`` and
+``grad_norm_ratio`` (each objective against the task) are logged beside it, over the logging interval.
 """
 
 from __future__ import annotations
