@@ -507,7 +507,7 @@ def test_the_new_figures_reach_tensorboard_and_the_model_card(tmp_path, monkeypa
     tags = set(events.Tags()["scalars"])
     for key in ("grad_conflict_rate", "grad_cos_min", "weight_distill", "weight_task"):
         assert f"train/{key}" in tags, key
-        assert 0 <= len(train_logs(trainer, key)) == 2
+        assert len(train_logs(trainer, key)) == 2, key  # one value per logging interval
     rates = train_logs(trainer, "grad_conflict_rate")
     assert all(0.0 <= r <= 1.0 for r in rates)
     card = (tmp_path / "README.md").read_text()

@@ -376,8 +376,10 @@ def write_summary(
     table: str,
     plot: Any,
     start: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write a demo's ``results.json`` and ``results.md`` (the table), print the table; return the summary."""
+    """Write a demo's ``results.json`` (with ``extra`` entries) and ``results.md`` (the table), print the table;
+    return the summary."""
     summary = {
         "arguments": arguments,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads()},
@@ -385,6 +387,7 @@ def write_summary(
         "students": results,
         "total_wall_seconds": time.perf_counter() - start,
         "table": table,
+        **(extra or {}),
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
     (output_dir / "results.md").write_text(table + "\n")
@@ -412,10 +415,7 @@ def run_demo(demo: DemoArguments) -> dict[str, Any]:
     }
     logged = any("pi_distill" in row for history in histories.values() for row in history)
     plot = plot_tradeoff(histories, output_dir / "tradeoff.png") if logged else "no plot (nothing logged)"
-    summary = write_summary(output_dir, asdict(demo), teacher, results, table, plot, start)
-    summary["rows"] = rows
-    (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return write_summary(output_dir, asdict(demo), teacher, results, table, plot, start, {"rows": rows})
 
 
 def main(argv: list[str] | None = None) -> None:
