@@ -22,7 +22,9 @@ from testing_utils import (
 )
 
 
-def make(folder, student=tiny_vit, teacher=tiny_resnet, callbacks=(), projector="vkd", **overrides):
+def make(
+    folder, student=tiny_vit, teacher=tiny_resnet, callbacks=(), projector="vkd", group_features=None, **overrides
+):
     settings = dict(
         method="dto", max_steps=2, temperature=2.0, per_device_train_batch_size=8, learning_rate=0.05
     )
@@ -33,6 +35,7 @@ def make(folder, student=tiny_vit, teacher=tiny_resnet, callbacks=(), projector=
         args=tiny_args(folder, **settings),
         train_dataset=random_images(16),
         projector=projector,
+        group_features=group_features,
         callbacks=list(callbacks),
     )
 
@@ -44,7 +47,7 @@ def make(folder, student=tiny_vit, teacher=tiny_resnet, callbacks=(), projector=
     ids=["cnn_teacher_vit_student", "vit_teacher_cnn_student"],
 )
 def test_three_objectives_train_student_and_projectors_not_the_teacher(tmp_path, projector, student, teacher):
-    trainer = make(tmp_path, student, teacher, projector=projector, max_steps=1)
+    trainer = make(tmp_path, student, teacher, projector=projector, group_features=False, max_steps=1)
     wrapper = trainer.model
     teacher_before = flat_params(trainer.teacher).clone()
     student_before, projectors_before = (
@@ -57,6 +60,16 @@ def test_three_objectives_train_student_and_projectors_not_the_teacher(tmp_path,
     assert not torch.allclose(flat_params(wrapper.projectors), projectors_before)
     assert torch.equal(flat_params(trainer.teacher), teacher_before)
     assert 0.0 <= train_logs(trainer, "pi_feature")[0] <= 1.0
+
+
+def test_two_objectives_by_default_with_the_parts_logged(tmp_path):
+    """The paper's form: logit and feature KD summed into one distillation objective."""
+    trainer = make(tmp_path, max_steps=2)
+    assert trainer.objective_names == ("distill", "task") and trainer.args.group_features
+    trainer.train()
+    distill, logit, feature = (train_logs(trainer, k)[0] for k in ("distill_loss", "logit_kd_loss", "feature_loss"))
+    assert logit > 0 and feature > 0
+    assert "pi_feature" not in {k for row in trainer.state.log_history for k in row}
 
 
 def test_the_feature_loss_of_a_step_equals_an_independent_computation(tmp_path):
@@ -98,6 +111,7 @@ def test_grouped_features_make_two_objectives(tmp_path):
         teacher_model=tiny_resnet(),
         args=tiny_args(tmp_path / "three"),
         train_dataset=random_images(16),
+        group_features=False,
     )
     separate.train()
     grouped_distill = train_logs(trainer, "distill_loss")[0]

@@ -36,7 +36,7 @@ def test_the_config_alone_sets_the_options(tmp_path):
     trainer = FeatureKDTrainer(
         model=tiny_vit(), teacher_model=tiny_resnet(), args=config, train_dataset=random_images(16)
     )
-    assert trainer.projector_kind == "mokd" and trainer.objective_names == ("distill", "feature", "task")
+    assert trainer.projector_kind == "mokd" and trainer.objective_names == ("distill", "task")
     deit = DeiTTokenTrainer(
         model=two_head_deit(),
         teacher_model=tiny_resnet(),
@@ -69,7 +69,7 @@ def test_the_card_names_the_trainer_its_losses_and_the_signal_options(tmp_path):
     trainer.create_model_card()
     card = (tmp_path / "README.md").read_text()
     assert "(`FeatureKDTrainer`)" in card
-    assert "`feature` (mean over stage pairs of the linear projector's loss)" in card
+    assert " + mean over stage pairs of the linear projector's loss)" in card  # in `distill`: two objectives
     assert "`task` (cross-entropy with the labels)" in card
     assert "signal options: `projector='linear'`, `student_stages=None`" in card
     assert torch.load(tmp_path / "training_args.bin", weights_only=False).projector == "linear"

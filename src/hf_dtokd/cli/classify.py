@@ -80,12 +80,12 @@ def check_signal_flags(signal: str, config: ClassifyConfig) -> None:
     features = (
         config.student_stages,
         config.teacher_stages,
-        config.group_features,
+        not config.group_features,
         config.projector != "linear",
     )
     if signal != "features" and any(features):
         raise ValueError(
-            "--projector, --student_stages, --teacher_stages and --group_features apply to --signal features; "
+            "--projector, --student_stages, --teacher_stages and --no_group_features apply to --signal features; "
             f"drop them or set --signal features (got --signal {signal})"
         )
     if signal != "deit_token" and config.deit_distillation != "hard":

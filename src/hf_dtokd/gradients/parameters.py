@@ -56,6 +56,7 @@ class WindowGradients:
         self.columns = list(self.buffers.split(sizes, dim=1))  # (num_buffers, numel) views per parameter
         self.reached = [[False] * len(self.parameters) for _ in range(num_buffers + 1)]
         self.batched_unsupported = False
+        self.gram_included = [True] * len(self.parameters)
 
     @property
     def num_objectives(self) -> int:
@@ -119,13 +120,26 @@ class WindowGradients:
         if accelerator.num_processes > 1:
             self.buffers.copy_(accelerator.reduce(self.buffers, reduction="mean"))
 
+    def restrict_gram(self, included: Sequence[bool]) -> None:
+        """Compute the Gram over the parameters flagged True only (``gram_parameters='student'``)."""
+        if len(included) != len(self.parameters):
+            raise ValueError(f"expected {len(self.parameters)} flags, got {len(included)}")
+        if not any(included):
+            raise ValueError("the Gram would cover no parameter: at least one parameter must be included")
+        self.gram_included = [bool(flag) for flag in included]
+
     def gram_with_grad(self) -> torch.Tensor:
-        """The ``K x K`` Gram of (buffer_0, ..., buffer_{K-2}, ``.grad``), float64."""
+        """The ``K x K`` Gram of (buffer_0, ..., buffer_{K-2}, ``.grad``) over the included parameters, float64."""
         m = self.buffers.shape[0]
         gram = torch.zeros(m + 1, m + 1, dtype=torch.float64, device=self.buffers.device)
-        gram[:m, :m] = (self.buffers @ self.buffers.T).double()
-        for columns, param in zip(self.columns, self.parameters):
-            if param.grad is not None:
+        if all(self.gram_included):
+            gram[:m, :m] = (self.buffers @ self.buffers.T).double()
+        else:
+            for columns, included in zip(self.columns, self.gram_included):
+                if included:
+                    gram[:m, :m] += (columns @ columns.T).double()
+        for columns, param, included in zip(self.columns, self.parameters, self.gram_included):
+            if included and param.grad is not None:
                 grad = param.grad.reshape(-1).float()
                 cross = (columns @ grad).double()
                 gram[:m, m] += cross

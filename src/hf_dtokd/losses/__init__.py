@@ -1,6 +1,12 @@
 """Distillation signals and task losses, each a named scalar computed in float32."""
 
-from hf_dtokd.losses.classification import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
+from hf_dtokd.losses.classification import (
+    IGNORE_INDEX,
+    is_soft,
+    labelled_mask,
+    logit_kd_loss,
+    task_cross_entropy,
+)
 from hf_dtokd.losses.deit_token import DEIT_DISTILLATION, deit_token_losses, hard_distillation_loss
 from hf_dtokd.losses.detection import (
     box_kd_loss,
@@ -24,4 +30,6 @@ __all__ = [
     "logit_kd_loss",
     "task_cross_entropy",
     "IGNORE_INDEX",
+    "is_soft",
+    "labelled_mask",
 ]

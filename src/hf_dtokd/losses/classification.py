@@ -15,16 +15,37 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def is_soft(labels: torch.Tensor) -> bool:
+    """Soft targets: a floating ``(B, C)`` tensor of class probabilities (Mixup / CutMix, timm's ``Mixup``)."""
+    return labels.is_floating_point() and labels.dim() == 2
+
+
+def labelled_mask(labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` booleans: which examples carry a task label (every row of soft targets; hard labels but -100)."""
+    if is_soft(labels):
+        return torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+    return labels != IGNORE_INDEX
+
+
 def task_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:
     """Cross-entropy ``mean_{b: y_b != -100} CE(z_b, y_b)`` with optional label smoothing, in float32.
 
-    Examples labelled ``IGNORE_INDEX`` are left out of the mean. A micro-batch with no labelled example
+    ``labels`` are class indices, or soft targets (``is_soft``: ``CE = -sum_c y_c log softmax(z)_c`` per
+    row, every row labelled; Mixup / CutMix batches). Examples labelled ``IGNORE_INDEX`` are left out of the mean. A micro-batch with no labelled example
     gives 0 with a zero gradient (``F.cross_entropy`` would give 0 / 0 = NaN). The trainer rescales this
     micro-batch mean so that a window's task loss is the mean over its labelled examples however they are
     spread over micro-batches and processes (``trainer/window_means.py``).
     """
+    if is_soft(labels):
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"soft targets of shape {tuple(labels.shape)} for logits of shape {tuple(logits.shape)}: build them "
+                "with the student's number of classes (e.g. timm's Mixup(num_classes=...))"
+            )
+        total = F.cross_entropy(logits.float(), labels.float(), reduction="sum", label_smoothing=label_smoothing)
+        return total / max(labels.shape[0], 1)
     total = F.cross_entropy(
         logits.float(), labels, reduction="sum", ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
     )

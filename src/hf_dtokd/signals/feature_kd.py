@@ -8,8 +8,9 @@ the projectors go into every checkpoint (``projectors.safetensors``), so a resum
 exactly, and ``export_projectors`` writes them on request.
 
 Objectives: ``(distill, feature, task)``: logit KD, the mean over stage pairs of the projectors'
-losses (``projectors.py``), and the task CE; every trade-off method balances the three. With
-``group_features=True`` they are grouped into DTO-KD's two objectives, ``(distill + feature, task)``.
+losses (``projectors.py``), and the task CE. By default (``group_features=True``, the paper's form) they
+are grouped into DTO-KD's two objectives, ``(distill + feature, task)``; ``group_features=False`` balances
+the three.
 
 The feature losses reach the student only below the stages they read, so no layer after them is
 shared by all losses: ``gradient_placement="representation"`` is refused here (use "parameters").
@@ -62,7 +63,8 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         student_stages: student stage indices, paired one to one with ``teacher_stages`` (default:
             evenly spaced).
         teacher_stages: teacher stage indices, one per student stage.
-        group_features: sum logit and feature KD into one distillation objective (two objectives).
+        group_features: sum logit and feature KD into one distillation objective (two objectives; the
+            default). False: three objectives (distill, feature, task).
         **kwargs: as for [`DTOKDTrainer`]; ``model`` is the student itself.
     """
 
@@ -150,5 +152,8 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         feature = self.feature_loss(outputs, teacher_maps)
         task = task_cross_entropy(logits, labels, self.args.label_smoothing_factor)
         if self.group_features:
+            if torch.is_grad_enabled():  # the parts of the grouped objective, logged as the task's parts are
+                self._metrics["logit_kd_loss"].append(distill.detach())
+                self._metrics["feature_loss"].append(feature.detach())
             return torch.stack([distill + feature, task])
         return torch.stack([distill, feature, task])

@@ -39,9 +39,11 @@ class FeatureKDConfig(DTOKDConfig):
         default=None, metadata={"help": "Teacher stage indices, one per student stage."}
     )
     group_features: bool = field(
-        default=False,
+        default=True,
         metadata={
-            "help": "Sum logit and feature KD into one distillation objective (two objectives, as DTO-KD)."
+            "help": "Sum logit and feature KD into one distillation objective: DTO-KD's two objectives "
+            "(distill, task), the paper's form. False (--no_group_features): three objectives (distill, "
+            "feature, task), an extension the paper leaves to future work."
         },
     )
 
@@ -84,8 +86,11 @@ class DetectionKDConfig(DTOKDConfig):
         },
     )
     group_distillation: bool = field(
-        default=False,
-        metadata={"help": "Balance (sum of the KD terms, task) instead of one objective per KD term."},
+        default=True,
+        metadata={
+            "help": "Balance (sum of the KD terms, task): DTO-KD's two objectives, the paper's form. False "
+            "(--no_group_distillation): one objective per KD term, an extension the paper leaves to future work."
+        },
     )
 
     def check_signal_options(self) -> None:

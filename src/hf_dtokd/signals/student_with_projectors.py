@@ -50,6 +50,13 @@ class StudentWithProjectors(nn.Module):
 class ProjectorCheckpointsMixin:
     """DDP, saving, checkpointing and resuming for a Trainer whose model may be a ``StudentWithProjectors``."""
 
+    def training_only_parameters(self) -> list[nn.Parameter]:
+        """The projectors' parameters (``gram_parameters='student'`` leaves them out of the Gram)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, StudentWithProjectors):
+            return list(model.projectors.parameters())
+        return super().training_only_parameters()
+
     def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
         """DDP with ``find_unused_parameters=False`` for the wrapper (the Trainer's default for it is True).
 

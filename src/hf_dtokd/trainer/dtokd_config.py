@@ -13,6 +13,7 @@ from hf_dtokd.balancing import GRAMIAN_METHODS, METHODS, RESCALE_RULES
 from hf_dtokd.runtime.precision import FP8_BACKENDS, check_fp8_backend
 
 GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters", "representation")
+GRAM_PARAMETERS: tuple[str, ...] = ("all", "student")
 LOOK_AHEADS: tuple[str, ...] = ("same_batch", "next_batch")
 NONFINITE_POLICIES: tuple[str, ...] = ("continue", "skip_step", "stop")
 
@@ -132,6 +133,16 @@ class DTOKDConfig(TrainingArguments):
             "on CPU in benchmarks/step_cost.py."
         },
     )
+    gram_parameters: str = field(
+        default="all",
+        metadata={
+            "help": "gradient_placement='parameters': which trainable parameters the per-loss Gram (and so pi and "
+            "the logged cosines) is computed over. 'all' = every trainable parameter, projectors included; "
+            "'student' = the student's own parameters (projectors and other training-only modules left out of "
+            "the Gram; they still receive their weighted gradient). Same thing when there are no projectors.",
+            "choices": list(GRAM_PARAMETERS),
+        },
+    )
     look_ahead: str = field(
         default="same_batch",
         metadata={
@@ -234,6 +245,10 @@ class DTOKDConfig(TrainingArguments):
             raise ValueError(
                 f"unknown gradient_placement {self.gradient_placement!r}; valid values: {', '.join(GRADIENT_PLACEMENTS)}"
             )
+        if self.gram_parameters not in GRAM_PARAMETERS:
+            raise ValueError(
+                f"unknown gram_parameters {self.gram_parameters!r}; valid values: {', '.join(GRAM_PARAMETERS)}"
+            )
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -314,6 +329,14 @@ class DTOKDConfig(TrainingArguments):
             raise ValueError(
                 "batched_gradients applies to the Gram methods with gradient_placement='parameters', not to "
                 f"method={self.method!r} with gradient_placement={self.gradient_placement!r}; leave it False"
+            )
+        if self.gram_parameters != "all" and (
+            self.method not in GRAMIAN_METHODS or self.gradient_placement != "parameters"
+        ):
+            raise ValueError(
+                f"gram_parameters={self.gram_parameters!r} applies to the Gram methods with "
+                f"gradient_placement='parameters', not to method={self.method!r} with "
+                f"gradient_placement={self.gradient_placement!r}; leave it at 'all'"
             )
         if self.look_ahead not in LOOK_AHEADS:
             raise ValueError(

@@ -37,6 +37,7 @@ applied) and, for gradient methods, ``grad_cos``, ``grad_conflict_rate``, ``grad
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import defaultdict
@@ -313,6 +314,13 @@ class DTOKDTrainer(Trainer):
         if values.size == 0:
             return
         n = num_labels(self.accelerator.unwrap_model(self.model))
+        if np.issubdtype(values.dtype, np.floating) and values.ndim == 2:  # soft targets (Mixup / CutMix)
+            if values.shape[1] != n or (values < 0).any():
+                raise ValueError(
+                    f"{where} holds soft targets of shape {values.shape} for a student with num_labels={n}; "
+                    f"soft targets are non-negative class probabilities, one column per class ({n})"
+                )
+            return
         bad = values[((values < 0) & (values != IGNORE_INDEX)) | (values >= n)]
         if bad.size:
             raise ValueError(
@@ -530,12 +538,27 @@ class DTOKDTrainer(Trainer):
         for index, name in enumerate(self.objective_names):
             self._metrics[f"weight_{name}"].append(weights[index].detach().float())
 
+    def training_only_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters that are not the student's (projectors); left out of the Gram when
+        ``gram_parameters='student'``. None here: the trainable model is the student."""
+        return []
+
     def _weight_decays(self, gradients: WindowGradients) -> list[float]:
         """Per-parameter weight decay under the Trainer's rule (no decay on biases and norm layers)."""
         model = self.accelerator.unwrap_model(self.model)
         decay = set(self.get_decay_parameter_names(model))
         names = {id(p): n for n, p in model.named_parameters()}
         return [self.args.weight_decay if names.get(id(p)) in decay else 0.0 for p in gradients.parameters]
+
+    # ------------------------------------------------------------------ evaluation data
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        """The Trainer's loader with a ``MixupCollator``'s ``base`` collator: evaluation sees clean batches."""
+        with _training_only_collator_removed(self):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Any) -> Any:
+        with _training_only_collator_removed(self):
+            return super().get_test_dataloader(test_dataset)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """DOT computes the whole update itself: its optimizer is momentum-free SGD, ``p <- p - lr .grad``."""
@@ -767,3 +790,17 @@ def _model_name(model: nn.Module) -> str:
     """A teacher instance's Hub id / folder when it has one, else its class name."""
     config = getattr(model, "config", None)
     return getattr(config, "_name_or_path", "") or type(model).__name__
+
+
+@contextlib.contextmanager
+def _training_only_collator_removed(trainer: Trainer) -> Any:
+    """Swap a training-only collator (``MixupCollator``: it mixes images and labels) for its ``base``."""
+    from hf_dtokd.data.augmentation import MixupCollator  # the data package is not the trainer's import
+
+    collator = trainer.data_collator
+    if isinstance(collator, MixupCollator):
+        trainer.data_collator = collator.base
+    try:
+        yield
+    finally:
+        trainer.data_collator = collator

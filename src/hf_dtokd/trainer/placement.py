@@ -111,6 +111,9 @@ class ParameterGradients(Placement):
         trainer = self.trainer
         if self.gradients is None:
             self.gradients = WindowGradients(model.parameters(), len(trainer.objective_names) - 1)
+            if trainer.args.gram_parameters == "student":
+                left_out = {id(p) for p in trainer.training_only_parameters()}
+                self.gradients.restrict_gram([id(p) not in left_out for p in self.gradients.parameters])
             trainer.balancer.configure(
                 self.gradients, trainer._weight_decays(self.gradients), trainer.args.max_grad_norm
             )

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from hf_dtokd.losses import IGNORE_INDEX
+from hf_dtokd.losses import labelled_mask
 
 
 @dataclass
@@ -54,7 +54,7 @@ def count_window(
         if counts is None:  # on the labels' device (the prepared loader's): no host sync
             counts = torch.zeros(2, device=labels.device)
         counts[0] += labels.shape[0]
-        counts[1] += (labels != IGNORE_INDEX).sum()
+        counts[1] += labelled_mask(labels).sum()
     if counts is None:
         return None
     processes = accelerator.num_processes if across_processes else 1
@@ -71,5 +71,5 @@ def micro_batch_scales(labels: torch.Tensor, counts: WindowCounts, num_objective
     examples = counts.examples.to(labels.device).clamp(min=1.0)
     labelled = counts.labelled.to(labels.device).clamp(min=1.0)
     distill = (labels.shape[0] * factor) / examples
-    task = (labels != IGNORE_INDEX).sum().float() * factor / labelled
+    task = labelled_mask(labels).sum().float() * factor / labelled
     return torch.cat([distill.expand(num_objectives - 1), task.reshape(1)])

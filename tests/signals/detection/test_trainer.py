@@ -33,6 +33,7 @@ def test_training_moves_the_student_not_the_teacher_and_logs_each_objective(tmp_
         teacher_model=teacher,
         args=detection_args(tmp_path, method="dto", max_steps=2),
         train_dataset=shapes,
+        group_distillation=False,
     )
     trainer.train()
     moved = [k for k, v in student.state_dict().items() if not torch.equal(v, before_student[k])]
@@ -63,6 +64,7 @@ def test_the_objectives_are_the_kd_terms_and_the_student_detection_loss(tmp_path
         args=detection_args(tmp_path, method="dto"),
         box_threshold=0.2,
         train_dataset=shapes,
+        group_distillation=False,
     )
     batch = collate_detection([shapes[i] for i in range(6)])
     student.train()
@@ -81,10 +83,9 @@ def test_the_objectives_are_the_kd_terms_and_the_student_detection_loss(tmp_path
         ]
     )
     assert torch.allclose(losses, expected, rtol=1e-6)
-    grouped = DetectionKDTrainer(
+    grouped = DetectionKDTrainer(  # the default: DTO-KD's two objectives
         model=student,
         teacher_model=teacher,
-        group_distillation=True,
         box_threshold=0.2,
         args=detection_args(tmp_path / "grouped", method="dto"),
     )
@@ -105,6 +106,7 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(tmp_path, shap
         args=args,
         train_dataset=shapes,
         balancer=FixedWeights(weights=[1.0, 1.0, 1.0]),
+        group_distillation=False,
     )
     # the expected update, computed here from the same micro-batches
     manual = tiny_detr(0)
@@ -321,6 +323,7 @@ def test_every_family_distils_with_token_kd(tmp_path, shapes, head: str) -> None
         model=student,
         teacher_model=teacher,
         token_projector="linear",
+        group_distillation=False,
         train_dataset=shapes,
         args=detection_args(
             tmp_path, method="dto", max_steps=1, learning_rate=1e-2, per_device_train_batch_size=4

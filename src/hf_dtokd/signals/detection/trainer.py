@@ -5,8 +5,9 @@ logits), ``box_kd`` (confidence-weighted L1 + GIoU to the matched teacher boxes)
 ``token_projector`` set ``token_kd`` (ViDT-style matching of the matched queries' decoder states
 through a projector), and ``task``, the
 student's own detection loss (``outputs.loss``: its Hungarian matching to the ground truth, weighted
-as its config says; its ``loss_dict`` is logged by component as ``task_<name>``). With
-``group_distillation=True`` they are the two DTO-KD objectives ``(sum of the KD terms, task)``.
+as its config says; its ``loss_dict`` is logged by component as ``task_<name>``). By default
+(``group_distillation=True``, the paper's form) they are the two DTO-KD objectives ``(sum of the KD terms,
+task)``; ``group_distillation=False`` balances one objective per KD term and the task.
 With a projector the trainable module is ``StudentWithProjectors`` (student + projector): saving and
 pushing write the student alone, checkpoints carry ``projectors.safetensors``.
 
@@ -55,7 +56,8 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         teacher_model: a detector instance, Hub id or folder.
         box_threshold: teacher confidence below which a matched box does not enter box KD.
         token_projector: add token KD through this projector (``projectors.PROJECTORS``), or None.
-        group_distillation: balance ``(sum of the KD terms, task)`` instead of one objective per term.
+        group_distillation: balance ``(sum of the KD terms, task)`` (the default) or, False, one objective
+            per KD term and the task.
         **kwargs: as for [`DTOKDTrainer`]. ``processing_class`` (the student's image processor) turns
             outputs into boxes for the mAP; ``data_collator`` defaults to ``collate_detection`` and
             ``compute_metrics`` to ``DetectionMetrics`` (mAP, mAP50, mAP75, per-class AP).
@@ -224,6 +226,9 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
             for name, value in outputs["loss_dict"].items():
                 self._metrics[f"task_{name}"].append(value.detach().float())
         if self.group_distillation:
+            if torch.is_grad_enabled():  # the parts of the grouped objective, logged by name
+                for name, term in zip(("class_kd", "box_kd", "token_kd"), terms):
+                    self._metrics[f"{name}_loss"].append(term.detach())
             return torch.stack([sum(terms), task])
         return torch.stack([*terms, task])
 
