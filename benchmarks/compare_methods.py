@@ -62,16 +62,71 @@ SIGNAL_ROWS = tuple(
     for signal in ("feature_linear", "feature_vkd", "feature_mokd", "deit_hard")
     for method in ("dto", "fixed_0.5")
 )
-ALL_ROWS = ROWS + SIGNAL_ROWS
+#: The paper's regime (``--regime paper``): every training image labelled, a CNN teacher and a ViT student,
+#: DeiT-style augmentation; logit KD and VkD feature KD (grouped into one distillation objective), each with
+#: fixed alpha in {0.1, 0.5, 0.9, 1.0}, DTO-KD (exact, at the parameters; for logit KD also at the
+#: representation), its amortized form and DOT (its AdamW form: every other row trains with AdamW).
+PAPER_METHODS = ("fixed_0.1", "fixed_0.5", "fixed_0.9", "fixed_1.0", "dto", "dto_amortized", "dot_adamw")
+PAPER_ROWS = (
+    "no_kd",
+    *PAPER_METHODS[:5],
+    "dto_representation",
+    *PAPER_METHODS[5:],
+    *(f"feature_vkd_{method}" for method in PAPER_METHODS),
+)
+ALL_ROWS = tuple(dict.fromkeys(ROWS + SIGNAL_ROWS + PAPER_ROWS))
 
 
 @dataclass
 class CompareArguments:
-    rows: list[str] = field(
-        default_factory=lambda: list(ROWS), metadata={"help": f"Rows among {ALL_ROWS} (default: {ROWS})."}
+    regime: str = field(
+        default="transfer",
+        metadata={
+            "help": "'transfer': a ResNet student, a labelled subset and the unlabelled pool (the earlier "
+            "regime); 'paper': DTO-KD's setting scaled to digits: every training image labelled, a ViT student "
+            "from a CNN teacher, timm's RandAugment and Mixup / CutMix, a validation split carved from the "
+            "training folds (curves are read on it; the test fold is read once, at the end).",
+            "choices": ["transfer", "paper"],
+        },
+    )
+    rows: list[str] | None = field(
+        default=None,
+        metadata={"help": f"Rows among {ALL_ROWS} (default: the regime's: {ROWS} or {PAPER_ROWS})."},
+    )
+    evaluate_on: str = field(
+        default="test",
+        metadata={
+            "help": "paper regime: 'test' reads the test fold once per run; 'validation' scores the final "
+            "student on the validation split instead (the pilots that fix the hyper-parameters).",
+            "choices": ["test", "validation"],
+        },
+    )
+    validation_fraction: float = field(
+        default=0.15, metadata={"help": "paper regime: share of each fold's training pool held out for validation."}
+    )
+    rand_augment: str | None = field(
+        default="rand-m9-mstd0.5-inc1",
+        metadata={"help": "paper regime: timm RandAugment policy at 32 px ('none': no RandAugment)."},
+    )
+    mixup_alpha: float = field(default=0.8, metadata={"help": "paper regime: timm Mixup alpha."})
+    cutmix_alpha: float = field(default=1.0, metadata={"help": "paper regime: timm CutMix alpha."})
+    mixup_prob: float = field(
+        default=1.0, metadata={"help": "paper regime: probability of Mixup / CutMix per batch (0: none)."}
+    )
+    label_smoothing: float = field(default=0.1, metadata={"help": "paper regime: Mixup's label smoothing."})
+    results_name: str = field(
+        default="compare_methods",
+        metadata={"help": "Base name of the results files (the validation pilots use their own names)."},
+    )
+    gram_parameters: str = field(
+        default="all",
+        metadata={"help": "Feature-KD rows with a Gram method: 'all' or 'student' (see DTOKDConfig)."},
     )
     folds: int = field(default=5, metadata={"help": "Stratified folds of the 1,797 digits (>= 2)."})
     seeds: int = field(default=3, metadata={"help": "Seeds per fold (subset, init, data order)."})
+    only_folds: list[int] | None = field(
+        default=None, metadata={"help": "Run these folds only (the validation pilots); default: all."}
+    )
     labelled_per_class: int = field(default=20, metadata={"help": "Labelled training images per class."})
     unlabelled_pool: bool = field(
         default=True,
@@ -104,15 +159,36 @@ class CompareArguments:
     student_layers: int = field(default=2, metadata={"help": "ViT student depth."})
     student_patch: int = field(default=8, metadata={"help": "ViT student patch size (32 px images)."})
     workers: int = field(default=2, metadata={"help": "Runs in parallel (one torch thread each)."})
-    output_dir: str = field(default="outputs/compare_methods", metadata={"help": "Teachers and run folders."})
-    results_dir: str = field(default=str(RESULTS), metadata={"help": "Where the json, md and png go."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Teachers and run folders (default: outputs/compare_methods[_paper])."},
+    )
+    results_dir: str | None = field(
+        default=None,
+        metadata={"help": f"Where the json, md and png go (default: {RESULTS} or {RESULTS / 'paper_regime'})."},
+    )
 
     def __post_init__(self) -> None:
+        if self.rand_augment in ("none", ""):
+            self.rand_augment = None
+        if self.rows is None:
+            self.rows = list(PAPER_ROWS if self.regime == "paper" else ROWS)
+        paper = self.regime == "paper"
+        if self.output_dir is None:
+            self.output_dir = "outputs/compare_methods_paper" if paper else "outputs/compare_methods"
+        if self.results_dir is None:
+            self.results_dir = str(RESULTS / "paper_regime" if paper else RESULTS)
+        if self.regime == "paper" and self.student_family != "vit":
+            raise ValueError("the paper regime has a ViT student: pass --student_family vit")
         unknown = [r for r in self.rows if r not in ALL_ROWS]
         if unknown:
             raise ValueError(f"unknown rows {unknown}; valid values: {', '.join(ALL_ROWS)}")
-        if BASELINE not in self.rows:
+        if self.regime == "transfer" and BASELINE not in self.rows:
             raise ValueError(f"rows must include the baseline {BASELINE!r}")
+        if self.regime == "paper" and not any(split_row(r)[1].startswith("fixed_") for r in self.rows):
+            raise ValueError("rows must include a fixed-alpha row (the paired differences are to the best one)")
+        if self.only_folds is not None and not all(0 <= f < self.folds for f in self.only_folds):
+            raise ValueError(f"only_folds must be fold indices in [0, {self.folds}), got {self.only_folds}")
         if self.folds < 2 or self.seeds < 1 or self.labelled_per_class < 1:
             raise ValueError("folds must be >= 2, seeds and labelled_per_class >= 1")
         if self.student_family != "vit" and any(split_row(r)[0].startswith("deit_") for r in self.rows):
@@ -147,6 +223,25 @@ def processed(folds: int, fold: int, which: str, size: int) -> Any:
     pool, test, _ = fold_data(folds, fold)
     processor = student_processor() if size == 32 else teacher_processor()
     return preprocess_images(pool if which == "pool" else test, processor)
+
+
+@cache
+def paper_split(folds: int, fold: int, fraction: float) -> tuple[Any, Any]:
+    """(train, validation) of the fold's pool, stratified, the same for every seed and row."""
+    pool, _, _ = fold_data(folds, fold)
+    parts = pool.train_test_split(test_size=fraction, seed=fold, stratify_by_column="label")
+    return parts["train"], parts["test"]
+
+
+@cache
+def paper_processed(folds: int, fold: int, fraction: float, which: str, size: int) -> Any:
+    """The paper regime's clean (unaugmented) ``train`` / ``validation`` / ``test`` at ``size`` px."""
+    from hf_dtokd.data import preprocess_images
+    from hf_dtokd.demos.digits import student_processor, teacher_processor
+
+    train, validation = paper_split(folds, fold, fraction)
+    dataset = {"train": train, "validation": validation, "test": fold_data(folds, fold)[1]}[which]
+    return preprocess_images(dataset, student_processor() if size == 32 else teacher_processor())
 
 
 def training_set(dataset: Any, per_class: int, seed: int, unlabelled_pool: bool) -> Any:
@@ -187,11 +282,16 @@ def train_teacher(args: CompareArguments, fold: int) -> float:
         seed=1234,
         data_seed=1234,
     )
+    if args.regime == "paper":  # trained on the fold's training part: the validation split stays unseen
+        train = paper_processed(args.folds, fold, args.validation_fraction, "train", 24)
+        test = paper_processed(args.folds, fold, args.validation_fraction, "test", 24)
+    else:
+        train, test = processed(args.folds, fold, "pool", 24), processed(args.folds, fold, "test", 24)
     trainer = Trainer(
         model=build_teacher(names),
         args=training,
-        train_dataset=processed(args.folds, fold, "pool", 24),
-        eval_dataset=processed(args.folds, fold, "test", 24),
+        train_dataset=train,
+        eval_dataset=test,
         data_collator=DefaultDataCollator(),
         compute_metrics=classification_metrics,
     )
@@ -242,8 +342,125 @@ def split_row(row: str) -> tuple[str, str]:
     return "logits", row
 
 
+def parse_method(method_row: str) -> tuple[str, float, dict[str, Any]]:
+    """``(method, alpha, extra config)`` of a row's method part (``fixed_0.9``, ``dto_representation``...)."""
+    if method_row.startswith("fixed_"):
+        return "fixed", float(method_row.split("_")[1]), {}
+    if method_row == "dto_representation":
+        return "dto", 0.5, {"gradient_placement": "representation"}
+    return method_row, 0.5, {}
+
+
+def per_step_figures(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per optimizer step (logging_steps=1): cosine of the distillation and task gradients, the raw-loss
+    weights applied, pi, and the losses."""
+    steps = [r for r in history if "weight_task" in r]
+    return {
+        "step": [r["step"] for r in steps],
+        "grad_cos": [r.get("grad_cos") for r in steps],
+        "weight_distill": [r["weight_distill"] for r in steps],
+        "weight_task": [r["weight_task"] for r in steps],
+        "pi_distill": [r.get("pi_distill") for r in steps],
+        "distill_loss": [r.get("distill_loss") for r in steps],
+        "task_loss": [r.get("task_loss") for r in steps],
+    }
+
+
+def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str, Any]:
+    """One run of the paper regime (see the module and ``--regime``)."""
+    import torch
+    from transformers import DefaultDataCollator
+    from transformers.utils import logging as hf_logging
+
+    from hf_dtokd import DTOKDConfig, DTOKDTrainer, FeatureKDTrainer
+    from hf_dtokd.data import MixupCollator, augmented_images
+    from hf_dtokd.demos.digits import student_processor
+    from hf_dtokd.trainer.metrics import classification_metrics
+
+    hf_logging.set_verbosity_error()
+    run_seed = 1000 * fold + seed
+    _, _, names = fold_data(args.folds, fold)
+    train_raw, _ = paper_split(args.folds, fold, args.validation_fraction)
+    train = augmented_images(train_raw, student_processor(), args.rand_augment, augment_size=32)
+    validation = paper_processed(args.folds, fold, args.validation_fraction, "validation", 32)
+    final = paper_processed(args.folds, fold, args.validation_fraction, args.evaluate_on, 32)
+    mixing = args.mixup_prob > 0
+    collator = (
+        MixupCollator(
+            len(names),
+            mixup_alpha=args.mixup_alpha,
+            cutmix_alpha=args.cutmix_alpha,
+            label_smoothing=args.label_smoothing,
+            prob=args.mixup_prob,
+        )
+        if mixing
+        else DefaultDataCollator()
+    )
+    signal, method_row = split_row(row)
+    # no_kd: the task loss alone (alpha = 0; the same data, loss and code path as every other row)
+    method, alpha, extra = ("fixed", 0.0, {}) if row == "no_kd" else parse_method(method_row)
+    if signal == "feature_vkd" and method == "dto":
+        extra["gram_parameters"] = args.gram_parameters
+    config = DTOKDConfig(
+        output_dir=str(Path(args.output_dir) / "runs" / f"{row}_f{fold}_s{seed}"),
+        use_cpu=True,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=512,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(0.05 * args.max_steps),
+        weight_decay=0.05,
+        label_smoothing_factor=0.0 if mixing else args.label_smoothing,
+        eval_strategy="steps",
+        eval_steps=args.eval_steps,
+        logging_steps=1,  # per-step figures
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,  # the augmenting transform reads the raw image column
+        seed=run_seed,
+        data_seed=run_seed,
+        method=method,
+        alpha=alpha,
+        temperature=args.temperature,
+        teacher_model_name_or_path=str(teacher_dir(args, fold)),
+        **extra,
+    )
+    kwargs = dict(
+        model=build_student(args, run_seed, names),
+        args=config,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=collator,
+        processing_class=student_processor(),
+        compute_metrics=classification_metrics,
+    )
+    trainer = (
+        FeatureKDTrainer(projector="vkd", **kwargs) if signal == "feature_vkd" else DTOKDTrainer(**kwargs)
+    )
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    top1 = trainer.evaluate(final, metric_key_prefix="final")["final_top1"]  # the test fold, read once
+    history = trainer.state.log_history
+    return {
+        "row": row,
+        "fold": fold,
+        "seed": seed,
+        "top1": top1,
+        "curve": [(r["step"], r["eval_top1"]) for r in history if "eval_top1" in r],
+        "pi": [(r["step"], r["pi_distill"]) for r in history if "pi_distill" in r],
+        "per_step": per_step_figures(history),
+        "seconds_per_step": wall / args.max_steps,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str, Any]:
     """One student run; returns its final top-1, accuracy curve, pi curve and time per step."""
+    if args.regime == "paper":
+        return run_paper(args, row, fold, seed)
     import torch
     from transformers import DefaultDataCollator, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
@@ -391,6 +608,171 @@ def summarise(args: CompareArguments, runs: list[dict[str, Any]], teachers: list
     return {"baseline_final_top1": target, "teacher_top1_per_fold": teachers, "table": table}
 
 
+def paper_summary(args: CompareArguments, runs: list[dict[str, Any]], teachers: list[float]) -> dict[str, Any]:
+    """Per row: final top-1 (the test fold, or the validation split for pilots), the paired difference to the
+    best fixed alpha of the same distillation signal, the steps its validation curve takes to reach that
+    row's final validation accuracy, and per-step figures: the share of optimizer steps whose distillation
+    and task gradients conflict (cosine < 0; all steps and the last quarter) and the median raw-loss weights
+    applied."""
+    by_row = {row: {(r["fold"], r["seed"]): r for r in runs if r["row"] == row} for row in args.rows}
+    pairs = sorted(set.intersection(*[set(v) for v in by_row.values()]))
+    mean_top1 = {row: statistics.fmean(by_row[row][p]["top1"] for p in pairs) for row in args.rows}
+    best_fixed: dict[str, str] = {}
+    for row in args.rows:
+        signal, method = split_row(row)
+        if method.startswith("fixed_"):
+            current = best_fixed.get(signal)
+            if current is None or mean_top1[row] > mean_top1[current]:
+                best_fixed[signal] = row
+    table = []
+    for row in args.rows:
+        signal = split_row(row)[0]
+        baseline = best_fixed.get(signal) or best_fixed.get("logits")
+        top1 = [by_row[row][p]["top1"] for p in pairs]
+        diffs = [by_row[row][p]["top1"] - by_row[baseline][p]["top1"] for p in pairs]
+        curve = mean_curve([by_row[row][p]["curve"] for p in pairs])
+        target = mean_curve([by_row[baseline][p]["curve"] for p in pairs])[-1][1]
+        reach = next((step for step, acc in curve if acc >= target - 1e-12), None)
+        steps = [by_row[row][p]["per_step"] for p in pairs]
+
+        def share(values: list[float | None]) -> float | None:
+            known = [v for v in values if v is not None and not math.isnan(v)]
+            return sum(v < 0 for v in known) / len(known) if known else None
+
+        def late(values: list[Any]) -> list[Any]:
+            return values[len(values) * 3 // 4 :]
+
+        conflict = [share(s_["grad_cos"]) for s_ in steps]
+        late_conflict = [share(late(s_["grad_cos"])) for s_ in steps]
+        weights = {name: [w for s_ in steps for w in s_[name]] for name in ("weight_distill", "weight_task")}
+        late_weights = {name: [w for s_ in steps for w in late(s_[name])] for name in weights}
+        pis = [v for s_ in steps for v in s_["pi_distill"] if v is not None]
+        table.append(
+            {
+                "row": row,
+                "signal": signal,
+                "pairs": len(pairs),
+                "baseline": baseline,
+                "top1_mean": statistics.fmean(top1),
+                "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                "diff_to_baseline": statistics.fmean(diffs),
+                "diff_se": statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0,
+                "wins": sum(d > 0 for d in diffs),
+                "losses": sum(d < 0 for d in diffs),
+                "first_step_reaching_baseline": reach,
+                "baseline_final_validation_top1": target,
+                "conflict_rate": statistics.fmean(conflict) if None not in conflict else None,
+                "conflict_rate_last_quarter": statistics.fmean(late_conflict) if None not in late_conflict else None,
+                "median_weight_distill": statistics.median(weights["weight_distill"]),
+                "median_weight_task": statistics.median(weights["weight_task"]),
+                "median_weight_distill_last_quarter": statistics.median(late_weights["weight_distill"]),
+                "median_weight_task_last_quarter": statistics.median(late_weights["weight_task"]),
+                "mean_pi_distill": statistics.fmean(pis) if pis else None,
+                "seconds_per_step": statistics.fmean(by_row[row][p]["seconds_per_step"] for p in pairs),
+                "curve": curve,
+            }
+        )
+    return {"best_fixed": best_fixed, "teacher_top1_per_fold": teachers, "table": table}
+
+
+def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}"
+
+    def share(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f} %"
+
+    scored = "test" if args.evaluate_on == "test" else "validation"
+    lines = [
+        f"| row | {scored} top-1 % (mean +- std, {summary['table'][0]['pairs']} paired runs) | diff to best fixed "
+        "(pp, +- SE; wins / losses) | first step at best fixed's final | steps in conflict (all / last quarter) "
+        "| median applied weight distill / task (all; last quarter) | mean pi_distill | s / step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["table"]:
+        diff = (
+            "best fixed"
+            if r["row"] == r["baseline"]
+            else f"{100 * r['diff_to_baseline']:+.2f} +- {100 * r['diff_se']:.2f} ({r['wins']} / {r['losses']})"
+        )
+        reach = "not reached" if r["first_step_reaching_baseline"] is None else str(r["first_step_reaching_baseline"])
+        conflict = (
+            "-"
+            if r["conflict_rate"] is None
+            else f"{share(r['conflict_rate'])} / {share(r['conflict_rate_last_quarter'])}"
+        )
+        weights = (
+            f"{r['median_weight_distill']:.3f} / {r['median_weight_task']:.3f}; "
+            f"{r['median_weight_distill_last_quarter']:.3f} / {r['median_weight_task_last_quarter']:.3f}"
+        )
+        pi = "-" if r["mean_pi_distill"] is None else f"{r['mean_pi_distill']:.3f}"
+        lines.append(
+            f"| {r['row']} | {pct(r['top1_mean'])} +- {pct(r['top1_std'])} | {diff} | {reach} | {conflict} | "
+            f"{weights} | {pi} | {r['seconds_per_step']:.3f} |"
+        )
+    teachers = ", ".join(pct(t) for t in summary["teacher_top1_per_fold"])
+    augmentation = (
+        f"RandAugment `{args.rand_augment}`" if args.rand_augment else "no RandAugment"
+    ) + (
+        f", Mixup {args.mixup_alpha} / CutMix {args.cutmix_alpha} (p = {args.mixup_prob}), label smoothing "
+        f"{args.label_smoothing}"
+        if args.mixup_prob > 0
+        else f", no Mixup / CutMix, label smoothing {args.label_smoothing}"
+    )
+    lines += [
+        "",
+        f"Digits, {args.folds} stratified folds x {args.seeds} seeds; every training image labelled "
+        f"({100 * (1 - args.validation_fraction):.0f} % of each fold's pool; the rest is the validation split that "
+        f"fixed the settings and gives the curves); student {student_description(args)}, {args.max_steps} steps, "
+        f"batch {args.batch_size}, AdamW {args.learning_rate} (wd 0.05, cosine); {augmentation} (timm); teacher "
+        f"ResNet 32-64-128 (24 px) per fold, test top-1 {teachers}. T = {args.temperature}. `feature_vkd_*`: logit "
+        "KD + VkD feature KD summed into one distillation objective (FeatureKDTrainer's default), "
+        f"gram_parameters = {args.gram_parameters!r} for its DTO-KD row. no_kd = fixed alpha 0 (task loss only, "
+        "same pipeline). DOT in its AdamW form (alpha 0.5). Conflict figures exist for the rows that compute "
+        "both gradients (dto, dto_representation, DOT); weights are the raw-loss weights applied each step.",
+    ]
+    return "\n".join(lines)
+
+
+def paper_plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) -> None:
+    """Validation curves; the per-step cosine and applied distillation weight of one paired run (fold 0,
+    seed 0) for the balancing rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, cos_ax, weight_ax) = plt.subplots(1, 3, figsize=(17, 4.8))
+    palette = plt.get_cmap("tab20")
+    colours = {r["row"]: palette(i % 20) for i, r in enumerate(summary["table"])}
+    for r in summary["table"]:
+        steps, values = zip(*r["curve"]) if r["curve"] else ((), ())
+        style = "-" if r["signal"] == "logits" else ":"
+        acc_ax.plot(steps, [100 * v for v in values], style, label=r["row"], color=colours[r["row"]])
+    first = {r["row"]: r for r in runs if r["fold"] == 0 and r["seed"] == 0}
+    for row, run in first.items():
+        figures = run["per_step"]
+        if split_row(row)[1].startswith("fixed_") or row == "no_kd":
+            continue
+        cos = [(s_, c) for s_, c in zip(figures["step"], figures["grad_cos"]) if c is not None]
+        if cos:
+            cos_ax.plot(*zip(*cos), ".", markersize=2, label=row, color=colours[row], alpha=0.6)
+        weight_ax.plot(figures["step"], figures["weight_distill"], "-", linewidth=0.8, label=row, color=colours[row])
+    cos_ax.axhline(0.0, color="black", linewidth=0.6)
+    acc_ax.set(xlabel="step", ylabel="validation top-1 % (mean over paired runs)", title="accuracy")
+    cos_ax.set(xlabel="step", ylabel="cos(grad L_distill, grad L_task)", title="per-step cosine (fold 0, seed 0)")
+    weight_ax.set(
+        xlabel="step", ylabel="raw-loss weight on L_distill", title="per-step applied weight (fold 0, seed 0)"
+    )
+    weight_ax.set_yscale("log")
+    for ax in (acc_ax, cos_ax, weight_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
     steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves])) if curves else []
     lookup = [dict(c) for c in curves]
@@ -483,12 +865,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    teachers = [train_teacher(args, fold) for fold in range(args.folds)]
+    folds = args.only_folds if args.only_folds is not None else list(range(args.folds))
+    teachers = [train_teacher(args, fold) for fold in folds]
     # finished runs are appended to runs.jsonl as they end, keyed by the settings that change them, so an
     # interrupted benchmark continues where it stopped
     done_file = Path(args.output_dir) / "runs.jsonl"
     done_file.parent.mkdir(parents=True, exist_ok=True)
-    ignored = ("rows", "folds", "seeds", "workers", "results_dir")
+    ignored = ("rows", "folds", "seeds", "only_folds", "workers", "results_dir", "results_name")
     settings = {k: v for k, v in asdict(args).items() if k not in ignored}
     done: dict[tuple[str, int, int], dict[str, Any]] = {}
     if done_file.is_file():
@@ -499,7 +882,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tasks = [
         (args, row, fold, seed)
         for seed in range(args.seeds)
-        for fold in range(args.folds)
+        for fold in folds
         for row in args.rows
         if (row, fold, seed) not in done
     ]
@@ -523,17 +906,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             for task in tasks:
                 keep(_run_task(task))
-    runs = [
-        done[(row, fold, seed)]
-        for seed in range(args.seeds)
-        for fold in range(args.folds)
-        for row in args.rows
-    ]
-    summary = summarise(args, runs, teachers)
+    runs = [done[(row, fold, seed)] for seed in range(args.seeds) for fold in folds for row in args.rows]
+    paper = args.regime == "paper"
+    summary = paper_summary(args, runs, teachers) if paper else summarise(args, runs, teachers)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown(args, summary)
-    plot(summary, results_dir / "compare_methods.png")
+    table = paper_markdown(args, summary) if paper else markdown(args, summary)
+    name = args.results_name
+    if paper:
+        paper_plot(summary, runs, results_dir / f"{name}.png")
+        # per-step traces are kept for one pair (the plot's); every run keeps its per-step summary figures
+        runs = [r if (r["fold"], r["seed"]) == (0, 0) else {k: v for k, v in r.items() if k != "per_step"} for r in runs]
+    else:
+        plot(summary, results_dir / f"{name}.png")
     report = {
         "arguments": asdict(args),
         "machine": {
@@ -546,12 +931,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **summary,
         "runs": runs,
     }
-    (results_dir / "compare_methods.json").write_text(json.dumps(report, indent=1))
-    (results_dir / "compare_methods.md").write_text(table + "\n")
+    (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
+    (results_dir / f"{name}.md").write_text(table + "\n")
     print(table)
     print(
         f"\n{len(runs)} runs in {report['total_seconds']:.0f} s on {report['machine']['platform']}; wrote "
-        f"{results_dir / 'compare_methods.json'}, .md and .png"
+        f"{results_dir / name}.json, .md and .png"
     )
     return report
 

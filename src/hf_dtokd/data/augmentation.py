@@ -9,8 +9,8 @@ the distillation teacher sees the same mixed images as the student. Both pieces 
 * ``MixupCollator``: the base collator, then timm's ``Mixup`` on the batch, whose labels become soft targets
   ``(B, C)`` (the task loss takes them as they are; ``losses.task_cross_entropy``). It mixes *training*
   batches only: the DTOKD trainers evaluate with its ``base`` collator, so evaluation sees clean images and
-  class indices. timm's Mixup pairs images within the batch: the batch size must be even (set
-  ``dataloader_drop_last=True`` when the dataset size is odd).
+  class indices. timm's Mixup pairs images within the batch: in an odd batch (an epoch's last) the last
+  image is left unmixed, with its label-smoothed one-hot target.
 """
 
 from __future__ import annotations
@@ -31,23 +31,45 @@ def rand_augment(image_size: int, policy: str = DEIT_RAND_AUGMENT) -> Callable[[
 
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    return rand_augment_transform(policy, {"translate_const": int(image_size * 0.45), "img_mean": (128, 128, 128)})
+    hparams = {
+        "translate_const": int(image_size * 0.45),
+        "img_mean": (128, 128, 128),
+        # timm's PosterizeIncreasing keeps 0 bits at magnitude 10, which Pillow >= 10 refuses (ValueError):
+        # magnitudes are capped just below 10 (1 bit kept); every other op is unchanged to within 0.1 %
+        "magnitude_max": 9.99,
+    }
+    return rand_augment_transform(policy, hparams)
 
 
 def augmented_images(
-    dataset: Dataset, processor: Any, policy: str | None = DEIT_RAND_AUGMENT, image_column: str = "image"
+    dataset: Dataset,
+    processor: Any,
+    policy: str | None = DEIT_RAND_AUGMENT,
+    image_column: str = "image",
+    augment_size: int | None = None,
 ) -> Dataset:
     """``dataset`` with ``pixel_values`` computed on access from RandAugment-ed images (``policy=None``: none).
 
-    The augmentation runs at the images' own size, before the processor resizes them."""
+    ``augment_size``: resize each image to this square size (bilinear) before augmenting, e.g. the
+    student's input size for images smaller than it; None augments at the images' own size. The
+    processor then makes the student's pixels."""
+    from PIL import Image
+
     if image_column not in dataset.column_names:
         raise ValueError(f"no {image_column!r} column in the dataset (columns: {dataset.column_names})")
-    sizes = {min(image.size) for image in dataset.select(range(min(len(dataset), 8)))[image_column]}
-
-    augment = None if policy is None else rand_augment(min(sizes), policy)
+    if augment_size is None:
+        sample = dataset.select(range(min(len(dataset), 8)))[image_column]
+        size = min(min(image.size) for image in sample) if sample else 1
+    else:
+        size = augment_size
+    augment = None if policy is None else rand_augment(size, policy)
 
     def transform(batch: dict[str, list]) -> dict[str, Any]:
+        if image_column not in batch:  # a column read alone (e.g. the labels)
+            return batch
         images = [image.convert("RGB") for image in batch[image_column]]
+        if augment_size is not None:
+            images = [image.resize((augment_size, augment_size), Image.BILINEAR) for image in images]
         if augment is not None:
             images = [augment(image) for image in images]
         out = {k: v for k, v in batch.items() if k != image_column}
@@ -59,6 +81,9 @@ def augmented_images(
 
 class MixupCollator:
     """``base`` collation, then timm's ``Mixup`` / CutMix on the batch (training batches only; see module).
+
+    Every batch gets soft targets ``(B, num_classes)``, label-smoothed; ``prob`` is the chance that a batch is
+    mixed at all.
 
     Args:
         num_classes: the student's number of classes (the soft targets' width).
@@ -94,18 +119,21 @@ class MixupCollator:
         )
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        from timm.data.mixup import mixup_target
+
         batch = self.base(features)
-        if len(features) % 2:
-            raise ValueError(
-                f"Mixup / CutMix pair the images of a batch, so the batch size must be even (got {len(features)}); "
-                "use an even per_device_train_batch_size and dataloader_drop_last=True"
-            )
         labels = batch["labels"]
         if labels.is_floating_point() or (labels < 0).any():
             raise ValueError(
                 "MixupCollator needs a class index for every example (no -100: an unlabelled image has no target "
                 "to mix)"
             )
-        pixels, targets = self.mixup(batch["pixel_values"], labels)
+        pixels = batch["pixel_values"]
+        even = len(labels) - len(labels) % 2  # timm pairs images: an odd batch's last image is left unmixed
+        targets = mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.mixup.label_smoothing)
+        if even:
+            mixed, mixed_targets = self.mixup(pixels[:even], labels[:even])
+            pixels = torch.cat([mixed, pixels[even:]])
+            targets = torch.cat([mixed_targets, targets[even:]])
         batch["pixel_values"], batch["labels"] = pixels, targets
         return batch

@@ -28,18 +28,24 @@ def tradeoff_keys(log_history: Sequence[Mapping[str, Any]]) -> dict[str, list[st
 
 PANEL_TITLES = {
     "pi": "pi (weight of each objective but the task)",
-    "weights": "raw-loss weight applied to each loss",
-    "grad_cos": "cos(g_objective, g_task): mean and min  (< 0: conflict)",
+    "weights": "raw-loss weight applied to each loss (per step, faint)",
+    "grad_cos": "cos(g_objective, g_task): per step, mean and min  (< 0: conflict)",
     "grad_conflict_rate": "share of steps with cos < 0",
     "grad_norm_ratio": "||g_objective|| / ||g_task||  (dominance)",
     "losses": "losses",
 }
 
 
-def plot_tradeoff(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path:
+def plot_tradeoff(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    traces: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]] | None = None,
+) -> Path:
     """PNG with pi per objective, gradient conflict and dominance, and the losses over steps.
 
     One colour per run in every panel; with several objectives each key gets its own line style.
+    ``traces`` (per run, ``StepTrace.to_dict()``): the per-step cosines are drawn as dots under the interval
+    mean / min lines, and the per-step applied weights as thin lines under their interval means.
     """
     import matplotlib
 
@@ -60,6 +66,12 @@ def plot_tradeoff(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: st
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for axis, panel in zip(axes[0], panels):
         for name, history in histories.items():
+            trace = (traces or {}).get(name, {})
+            for key in grouped[panel] if panel in ("grad_cos", "weights") else ():
+                if key in trace:
+                    steps, values = trace[key]["step"], trace[key]["value"]
+                    marker = dict(marker=".", markersize=2, linestyle="none") if panel == "grad_cos" else {}
+                    axis.plot(steps, values, color=colours[name], alpha=0.35, linewidth=0.6, **marker)
             for index, key in enumerate(grouped[panel]):
                 steps, values = series(history, key)
                 if steps:

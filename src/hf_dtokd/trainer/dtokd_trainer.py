@@ -56,6 +56,7 @@ from hf_dtokd.gradients.representation import (
 )
 from hf_dtokd.hub.callbacks import PLOT_NAME, TradeoffPlotCallback
 from hf_dtokd.hub.model_card import CARD_TAGS, add_eval_results, distillation_section
+from hf_dtokd.hub.step_trace import StepTrace
 from hf_dtokd.losses import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
 from hf_dtokd.models.classification import (
     check_label_spaces,
@@ -195,8 +196,11 @@ class DTOKDTrainer(Trainer):
         self.placement = build_placement(self, self.accelerator.unwrap_model(self.model), layer)
         if self.balancer.needs_look_ahead and args.look_ahead == "same_batch":
             self.add_callback(_LookAheadCallback(self))
+        #: per-step cosines and applied weights between logging intervals (the plot and tradeoff_steps.json)
+        self.step_trace = StepTrace()
+        self._trace_from_step = 0
         if args.plot_tradeoff:
-            self.add_callback(TradeoffPlotCallback())
+            self.add_callback(TradeoffPlotCallback(trace=self.step_trace))
         if self.train_dataset is not None:
             self._check_dataset_labels(self.train_dataset, "train_dataset")
         if args.teacher_cache:
@@ -619,8 +623,11 @@ class DTOKDTrainer(Trainer):
     # ------------------------------------------------------------------ logging and checkpoints
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics:
+            first_step, self._trace_from_step = self._trace_from_step, self.state.global_step
             for name, values in self._metrics.items():
                 stacked = torch.stack([v.detach().double() for v in values])
+                if name.startswith(("grad_cos", "weight_")):  # the per-step values behind the interval mean
+                    self.step_trace.add(name, first_step, self.state.global_step, stacked)
                 # gradient diagnostics are NaN where undefined (a zero gradient); losses, pi and weights stay
                 # plain means
                 logs[name] = (stacked.nanmean() if name.startswith("grad_") else stacked.mean()).item()
