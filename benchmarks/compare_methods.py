@@ -102,7 +102,8 @@ class CompareArguments:
         },
     )
     validation_fraction: float = field(
-        default=0.15, metadata={"help": "paper regime: share of each fold's training pool held out for validation."}
+        default=0.15,
+        metadata={"help": "paper regime: share of each fold's training pool held out for validation."},
     )
     rand_augment: str | None = field(
         default="rand-m9-mstd0.5-inc1",
@@ -165,7 +166,9 @@ class CompareArguments:
     )
     results_dir: str | None = field(
         default=None,
-        metadata={"help": f"Where the json, md and png go (default: {RESULTS} or {RESULTS / 'paper_regime'})."},
+        metadata={
+            "help": f"Where the json, md and png go (default: {RESULTS} or {RESULTS / 'paper_regime'})."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -186,7 +189,9 @@ class CompareArguments:
         if self.regime == "transfer" and BASELINE not in self.rows:
             raise ValueError(f"rows must include the baseline {BASELINE!r}")
         if self.regime == "paper" and not any(split_row(r)[1].startswith("fixed_") for r in self.rows):
-            raise ValueError("rows must include a fixed-alpha row (the paired differences are to the best one)")
+            raise ValueError(
+                "rows must include a fixed-alpha row (the paired differences are to the best one)"
+            )
         if self.only_folds is not None and not all(0 <= f < self.folds for f in self.only_folds):
             raise ValueError(f"only_folds must be fold indices in [0, {self.folds}), got {self.only_folds}")
         if self.folds < 2 or self.seeds < 1 or self.labelled_per_class < 1:
@@ -608,7 +613,9 @@ def summarise(args: CompareArguments, runs: list[dict[str, Any]], teachers: list
     return {"baseline_final_top1": target, "teacher_top1_per_fold": teachers, "table": table}
 
 
-def paper_summary(args: CompareArguments, runs: list[dict[str, Any]], teachers: list[float]) -> dict[str, Any]:
+def paper_summary(
+    args: CompareArguments, runs: list[dict[str, Any]], teachers: list[float]
+) -> dict[str, Any]:
     """Per row: final top-1 (the test fold, or the validation split for pilots), the paired difference to the
     best fixed alpha of the same distillation signal, the steps its validation curve takes to reach that
     row's final validation accuracy, and per-step figures: the share of optimizer steps whose distillation
@@ -662,7 +669,9 @@ def paper_summary(args: CompareArguments, runs: list[dict[str, Any]], teachers: 
                 "first_step_reaching_baseline": reach,
                 "baseline_final_validation_top1": target,
                 "conflict_rate": statistics.fmean(conflict) if None not in conflict else None,
-                "conflict_rate_last_quarter": statistics.fmean(late_conflict) if None not in late_conflict else None,
+                "conflict_rate_last_quarter": statistics.fmean(late_conflict)
+                if None not in late_conflict
+                else None,
                 "median_weight_distill": statistics.median(weights["weight_distill"]),
                 "median_weight_task": statistics.median(weights["weight_task"]),
                 "median_weight_distill_last_quarter": statistics.median(late_weights["weight_distill"]),
@@ -695,7 +704,11 @@ def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
             if r["row"] == r["baseline"]
             else f"{100 * r['diff_to_baseline']:+.2f} +- {100 * r['diff_se']:.2f} ({r['wins']} / {r['losses']})"
         )
-        reach = "not reached" if r["first_step_reaching_baseline"] is None else str(r["first_step_reaching_baseline"])
+        reach = (
+            "not reached"
+            if r["first_step_reaching_baseline"] is None
+            else str(r["first_step_reaching_baseline"])
+        )
         conflict = (
             "-"
             if r["conflict_rate"] is None
@@ -711,9 +724,7 @@ def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
             f"{weights} | {pi} | {r['seconds_per_step']:.3f} |"
         )
     teachers = ", ".join(pct(t) for t in summary["teacher_top1_per_fold"])
-    augmentation = (
-        f"RandAugment `{args.rand_augment}`" if args.rand_augment else "no RandAugment"
-    ) + (
+    augmentation = (f"RandAugment `{args.rand_augment}`" if args.rand_augment else "no RandAugment") + (
         f", Mixup {args.mixup_alpha} / CutMix {args.cutmix_alpha} (p = {args.mixup_prob}), label smoothing "
         f"{args.label_smoothing}"
         if args.mixup_prob > 0
@@ -757,10 +768,14 @@ def paper_plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
         cos = [(s_, c) for s_, c in zip(figures["step"], figures["grad_cos"]) if c is not None]
         if cos:
             cos_ax.plot(*zip(*cos), ".", markersize=2, label=row, color=colours[row], alpha=0.6)
-        weight_ax.plot(figures["step"], figures["weight_distill"], "-", linewidth=0.8, label=row, color=colours[row])
+        weight_ax.plot(
+            figures["step"], figures["weight_distill"], "-", linewidth=0.8, label=row, color=colours[row]
+        )
     cos_ax.axhline(0.0, color="black", linewidth=0.6)
     acc_ax.set(xlabel="step", ylabel="validation top-1 % (mean over paired runs)", title="accuracy")
-    cos_ax.set(xlabel="step", ylabel="cos(grad L_distill, grad L_task)", title="per-step cosine (fold 0, seed 0)")
+    cos_ax.set(
+        xlabel="step", ylabel="cos(grad L_distill, grad L_task)", title="per-step cosine (fold 0, seed 0)"
+    )
     weight_ax.set(
         xlabel="step", ylabel="raw-loss weight on L_distill", title="per-step applied weight (fold 0, seed 0)"
     )
@@ -916,7 +931,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if paper:
         paper_plot(summary, runs, results_dir / f"{name}.png")
         # per-step traces are kept for one pair (the plot's); every run keeps its per-step summary figures
-        runs = [r if (r["fold"], r["seed"]) == (0, 0) else {k: v for k, v in r.items() if k != "per_step"} for r in runs]
+        runs = [
+            r if (r["fold"], r["seed"]) == (0, 0) else {k: v for k, v in r.items() if k != "per_step"}
+            for r in runs
+        ]
     else:
         plot(summary, results_dir / f"{name}.png")
     report = {

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from testing_utils import random_images, tiny_args, tiny_resnet, tiny_vit, train_logs
 
 from hf_dtokd import DTOKDTrainer
 from hf_dtokd.hub.step_trace import TRACE_NAME, StepTrace
+from testing_utils import random_images, tiny_args, tiny_resnet, tiny_vit, train_logs
 
 
 def test_values_are_spread_evenly_over_the_interval_and_kept_as_they_are():
@@ -35,7 +35,9 @@ def test_the_trace_matches_the_logged_interval_figures_and_does_not_depend_on_th
     interval's logged mean cosine, conflict rate and mean weight recomputed from the trace."""
     traces = {}
     for every in (1, 3):
-        args = tiny_args(tmp_path / str(every), method="dto", max_steps=6, logging_steps=every, learning_rate=0.3)
+        args = tiny_args(
+            tmp_path / str(every), method="dto", max_steps=6, logging_steps=every, learning_rate=0.3
+        )
         trainer = DTOKDTrainer(
             model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(32)
         )

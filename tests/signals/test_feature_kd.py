@@ -23,7 +23,13 @@ from testing_utils import (
 
 
 def make(
-    folder, student=tiny_vit, teacher=tiny_resnet, callbacks=(), projector="vkd", group_features=None, **overrides
+    folder,
+    student=tiny_vit,
+    teacher=tiny_resnet,
+    callbacks=(),
+    projector="vkd",
+    group_features=None,
+    **overrides,
 ):
     settings = dict(
         method="dto", max_steps=2, temperature=2.0, per_device_train_batch_size=8, learning_rate=0.05
@@ -67,7 +73,9 @@ def test_two_objectives_by_default_with_the_parts_logged(tmp_path):
     trainer = make(tmp_path, max_steps=2)
     assert trainer.objective_names == ("distill", "task") and trainer.args.group_features
     trainer.train()
-    distill, logit, feature = (train_logs(trainer, k)[0] for k in ("distill_loss", "logit_kd_loss", "feature_loss"))
+    distill, logit, feature = (
+        train_logs(trainer, k)[0] for k in ("distill_loss", "logit_kd_loss", "feature_loss")
+    )
     assert logit > 0 and feature > 0
     assert "pi_feature" not in {k for row in trainer.state.log_history for k in row}
 

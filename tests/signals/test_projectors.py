@@ -47,9 +47,13 @@ def test_mokd_style_is_the_relative_error_in_a_learnable_orthonormal_teacher_sub
     proj, s, t = MoKDStyleProjector(3, 6), torch.randn(2, 3, 4, 4), 3 * torch.randn(2, 6, 4, 4) + 1
     u = proj.subspace
     assert u.shape == (3, 6) and torch.allclose(u @ u.T, torch.eye(3), atol=1e-5)
-    assert torch.allclose(u @ torch.ones(6), torch.zeros(3), atol=1e-5)  # never the layer norm's null direction
+    assert torch.allclose(
+        u @ torch.ones(6), torch.zeros(3), atol=1e-5
+    )  # never the layer norm's null direction
     target = torch.einsum("rc,bchw->brhw", u, layer_norm_channels(t))
-    student = torch.einsum("rc,bchw->brhw", proj.student_map.weight, s) + proj.student_map.bias[None, :, None, None]
+    student = (
+        torch.einsum("rc,bchw->brhw", proj.student_map.weight, s) + proj.student_map.bias[None, :, None, None]
+    )
     expected = ((student - target) ** 2).sum() / (target**2).sum()
     assert torch.allclose(proj.loss(s, t), expected, atol=1e-6)
     optimizer = torch.optim.SGD(proj.parameters(), lr=0.5)

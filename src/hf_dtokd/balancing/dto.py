@@ -74,7 +74,15 @@ def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
 class DTOExact(GramianBalancer):
     """Exact DTO-KD: ``pi`` from the min-norm point of the log-gradient Gram each optimizer step."""
 
-    config_fields = ("temperature", "gradient_placement", "gram_parameters", "rescale", "log_gradients", "min_loss", "eps")
+    config_fields = (
+        "temperature",
+        "gradient_placement",
+        "gram_parameters",
+        "rescale",
+        "log_gradients",
+        "min_loss",
+        "eps",
+    )
 
     def __init__(
         self,

@@ -44,7 +44,9 @@ def task_cross_entropy(
                 f"soft targets of shape {tuple(labels.shape)} for logits of shape {tuple(logits.shape)}: build them "
                 "with the student's number of classes (e.g. timm's Mixup(num_classes=...))"
             )
-        total = F.cross_entropy(logits.float(), labels.float(), reduction="sum", label_smoothing=label_smoothing)
+        total = F.cross_entropy(
+            logits.float(), labels.float(), reduction="sum", label_smoothing=label_smoothing
+        )
         return total / max(labels.shape[0], 1)
     total = F.cross_entropy(
         logits.float(), labels, reduction="sum", ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
