@@ -31,13 +31,20 @@ from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import DefaultDataCollator, HfArgumentParser
 
 from hf_dtokd.cli.common import parse_script_args, train_evaluate_publish
-from hf_dtokd.data import load_digits_splits, preprocess_images
+from hf_dtokd.data import (
+    MixupCollator,
+    augmented_images,
+    deit_train_transform,
+    load_digits_splits,
+    preprocess_images,
+)
 from hf_dtokd.models.classification import load_image_classifier, load_image_processor
 from hf_dtokd.signals.deit_token import DeiTTokenTrainer
 from hf_dtokd.signals.feature_kd import FeatureKDTrainer
 from hf_dtokd.signals.signal_config import DeiTTokenConfig, FeatureKDConfig
 from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
 from hf_dtokd.trainer.metrics import evaluate_metrics
+from hf_dtokd.trainer.teacher_inputs import PixelSpace
 
 SIGNALS = ("logits", "features", "deit_token")
 
@@ -51,6 +58,13 @@ class ModelArguments:
     )
     ignore_mismatched_sizes: bool = field(
         default=True, metadata={"help": "Replace the student's classifier when its label count differs."}
+    )
+    train_from_scratch: bool = field(
+        default=False,
+        metadata={
+            "help": "Take only the student's architecture from --model_name_or_path and initialise it afresh (DeiT "
+            "trains its students from scratch); default: start from its weights."
+        },
     )
     signal: str = field(
         default="logits",
@@ -134,6 +148,29 @@ class DataArguments:
             "help": "Split used for evaluation; carved from the training split (--train_val_split) if absent."
         },
     )
+    augmentation: str = field(
+        default="none",
+        metadata={
+            "help": "Training-image augmentation (timm): 'none'; 'rand_augment' (RandAugment --rand_augment_policy "
+            "only, for small images); 'deit' (DeiT's whole transform: random resized crop, flip, RandAugment, "
+            "random erasing). Both read the raw images on access: pass --remove_unused_columns false.",
+            "choices": ["none", "rand_augment", "deit"],
+        },
+    )
+    rand_augment_policy: str = field(
+        default="rand-m9-mstd0.5-inc1", metadata={"help": "timm RandAugment policy (DeiT's by default)."}
+    )
+    random_erasing: float = field(
+        default=0.25, metadata={"help": "--augmentation deit: random erasing probability."}
+    )
+    mixup_alpha: float = field(
+        default=0.0, metadata={"help": "timm Mixup alpha (DeiT: 0.8); 0 with cutmix 0: none."}
+    )
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "timm CutMix alpha (DeiT: 1.0)."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability that a training batch is mixed."})
+    mixup_label_smoothing: float = field(
+        default=0.1, metadata={"help": "Label smoothing of the Mixup / CutMix soft targets (DeiT: 0.1)."}
+    )
     metric: list[str] | None = field(
         default=None,
         metadata={
@@ -148,6 +185,8 @@ class DataArguments:
             raise ValueError("pass either --dataset_name or --train_dir / --validation_dir, not both")
         if self.train_val_split is not None and not 0.0 <= self.train_val_split < 1.0:
             raise ValueError(f"--train_val_split must lie in [0, 1), got {self.train_val_split}")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0 or not 0.0 <= self.mixup_prob <= 1.0:
+            raise ValueError("--mixup_alpha and --cutmix_alpha must be >= 0 and --mixup_prob in [0, 1]")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -213,6 +252,23 @@ def load_splits(data: DataArguments, seed: int = 0) -> DatasetDict:
     return splits
 
 
+def training_images(dataset: Any, processor: Any, data: DataArguments, config: ClassifyConfig) -> Any:
+    """The training split as the student's pixels: preprocessed once, or augmented on access (timm)."""
+    if data.augmentation == "none":
+        return preprocess_images(dataset, processor)
+    if config.remove_unused_columns:
+        raise ValueError(
+            f"--augmentation {data.augmentation} transforms the raw images on access, which the Trainer's column "
+            "removal would drop first: pass --remove_unused_columns false"
+        )
+    if data.augmentation == "deit":
+        return deit_train_transform(dataset, processor, data.rand_augment_policy, data.random_erasing)
+    size = PixelSpace.from_processor(processor).size
+    return augmented_images(
+        dataset, processor, data.rand_augment_policy, augment_size=size[0] if size else None
+    )
+
+
 def build_trainer(model_args: ModelArguments, **kwargs: Any) -> DTOKDTrainer:
     """The trainer of the chosen signal (its options come from the config): logit KD, feature KD through
     projectors, or DeiT's token."""
@@ -243,14 +299,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        from_scratch=model_args.train_from_scratch,
     )
     processor = load_image_processor(model_args.model_name_or_path)
     if processor is None:
         raise ValueError(
             f"{model_args.model_name_or_path} has no image processor; save one beside the student"
         )
-    train = preprocess_images(splits[data_args.train_split], processor)
+    train = training_images(splits[data_args.train_split], processor, data_args, config)
     evaluation = preprocess_images(splits[data_args.eval_split], processor)
+    mixing = data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0
 
     trainer = build_trainer(
         model_args,
@@ -259,7 +317,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_dataset=train if config.do_train else None,
         eval_dataset=evaluation if config.do_eval else None,
         processing_class=processor,
-        data_collator=DefaultDataCollator(),
+        data_collator=MixupCollator(
+            len(labels),
+            mixup_alpha=data_args.mixup_alpha,
+            cutmix_alpha=data_args.cutmix_alpha,
+            label_smoothing=data_args.mixup_label_smoothing,
+            prob=data_args.mixup_prob,
+        )
+        if mixing
+        else DefaultDataCollator(),
         compute_metrics=evaluate_metrics(data_args.metric) if data_args.metric else None,
     )
     card = {

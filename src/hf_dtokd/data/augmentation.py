@@ -79,6 +79,51 @@ def augmented_images(
     return dataset.with_transform(transform)
 
 
+def deit_train_transform(
+    dataset: Dataset,
+    processor: Any,
+    policy: str = DEIT_RAND_AUGMENT,
+    random_erasing: float = 0.25,
+    image_column: str = "image",
+) -> Dataset:
+    """``dataset`` with DeiT's whole training transform from timm (``timm.data.create_transform``): random
+    resized crop (bicubic) to the processor's size, horizontal flip, RandAugment ``policy``, normalisation by the
+    processor's mean / std, random erasing ``random_erasing``. For ImageNet-scale images; small images (digits)
+    use ``augmented_images``, whose only geometric change is RandAugment's."""
+    from timm.data import create_transform
+
+    from hf_dtokd.trainer.teacher_inputs import PixelSpace
+
+    if image_column not in dataset.column_names:
+        raise ValueError(f"no {image_column!r} column in the dataset (columns: {dataset.column_names})")
+    space = PixelSpace.from_processor(processor)
+    if space.size is None:
+        raise ValueError(f"{type(processor).__name__} names no image size; set its size (e.g. 224 x 224)")
+    mean, std = (tuple(v) * (3 if len(v) == 1 else 1) for v in (space.mean, space.std))
+    transform_one = create_transform(
+        space.size,
+        is_training=True,
+        auto_augment=policy,
+        interpolation="bicubic",
+        re_prob=random_erasing,
+        re_mode="pixel",
+        re_count=1,
+        mean=mean,
+        std=std,
+    )
+
+    def transform(batch: dict[str, list]) -> dict[str, Any]:
+        if image_column not in batch:
+            return batch
+        out = {k: v for k, v in batch.items() if k != image_column}
+        out["pixel_values"] = torch.stack(
+            [transform_one(image.convert("RGB")) for image in batch[image_column]]
+        )
+        return out
+
+    return dataset.with_transform(transform)
+
+
 class MixupCollator:
     """``base`` collation, then timm's ``Mixup`` / CutMix on the batch (training batches only; see module).
 

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
 OFFLINE_HINT = (
     "If this machine is offline, download the model elsewhere and pass its local folder (saved with "
@@ -14,12 +14,20 @@ OFFLINE_HINT = (
 )
 
 
-def load_image_classifier(name_or_path: str, role: str, **init_kwargs: Any) -> PreTrainedModel:
+def load_image_classifier(
+    name_or_path: str, role: str, from_scratch: bool = False, **init_kwargs: Any
+) -> PreTrainedModel:
     """``AutoModelForImageClassification.from_pretrained`` (``timm/...`` ids load through TimmWrapper).
 
-    ``role`` ("teacher" / "student") names the model in the error raised when it cannot be loaded.
+    ``from_scratch``: the architecture only (``AutoConfig.from_pretrained`` then ``from_config``), freshly
+    initialised, as DeiT trains its students. ``role`` ("teacher" / "student") names the model in the error
+    raised when it cannot be loaded.
     """
     try:
+        if from_scratch:
+            init_kwargs.pop("ignore_mismatched_sizes", None)
+            config = AutoConfig.from_pretrained(name_or_path, **init_kwargs)
+            return AutoModelForImageClassification.from_config(config)
         return AutoModelForImageClassification.from_pretrained(name_or_path, **init_kwargs)
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"could not load the {role} {name_or_path!r}: {error}\n{OFFLINE_HINT}") from error
