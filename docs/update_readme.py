@@ -14,6 +14,10 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``compare-vit`` (compare-methods page): the earlier regime's table and plot,
   ``benchmarks/results/vit_labelled_only/``;
 * ``compare-signals`` (signals page): ``benchmarks/results/signal_rows/compare_methods.md``;
+* ``compare-paper`` (README and compare-methods page): ``benchmarks/results/paper_regime/compare_methods.md``,
+  the paper-regime benchmark, its plot copied into ``docs/results/``;
+* ``compare-paper-selection`` (compare-methods page): one row per validation pilot that fixed the paper
+  regime's settings, from ``benchmarks/results/paper_regime/selection/*.json``;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
 
 Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]``.
@@ -83,6 +87,29 @@ def config_table() -> str:
     return "\n".join(rows)
 
 
+def selection_table(folder: Path) -> str:
+    """The validation pilots: their settings and validation top-1 per row (mean +- std over their runs)."""
+    rows = [
+        "| pilot | lr | student | RandAugment | Mixup / CutMix p | steps | rows: validation top-1 % (mean +- std) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        a = report["arguments"]
+        student = f"ViT {a['student_layers']}x{a['student_width']} p{a['student_patch']}"
+        if a.get("gram_parameters", "all") != "all":
+            student += f", gram_parameters={a['gram_parameters']}"
+        scores = "; ".join(
+            f"{r['row']} {100 * r['top1_mean']:.1f} +- {100 * r['top1_std']:.1f}" for r in report["table"]
+        )
+        pairs = report["table"][0]["pairs"]
+        rows.append(
+            f"| {path.stem} | {a['learning_rate']} | {student} | {a['rand_augment'] or 'none'} | "
+            f"{a['mixup_prob']} | {a['max_steps']} | {scores} ({pairs} runs each) |"
+        )
+    return "\n".join(rows)
+
+
 def quote_demo(pages: Pages, folder: Path, prefix: str, block: str) -> None:
     """Copy a demo's results (table, JSON, plot) into docs/results/<prefix>_* and its table into ``block``."""
     if not (folder / "results.md").is_file():
@@ -133,6 +160,13 @@ def main() -> None:
     signal_rows = benchmarks / "signal_rows" / "compare_methods.md"
     if signal_rows.is_file():
         pages.fill("compare-signals", signal_rows.read_text())
+    paper = benchmarks / "paper_regime" / "compare_methods.md"
+    if paper.is_file():
+        pages.fill("compare-paper", paper.read_text())
+        shutil.copy(paper.with_suffix(".png"), ROOT / "docs" / "results" / "compare_methods_paper.png")
+    selection = benchmarks / "paper_regime" / "selection"
+    if selection.is_dir():
+        pages.fill("compare-paper-selection", selection_table(selection))
     pages.fill("config", config_table())
     pages.write()
 

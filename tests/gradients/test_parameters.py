@@ -162,3 +162,26 @@ def test_reach_is_read_off_the_graph_not_off_zero_gradients():
     assert objective_reach(losses.detach(), params) == [[False] * 6, [False] * 6]
     with pytest.raises(ValueError, match="torch.stack"):
         objective_reach(torch.cat([distill[None], task[None]]), params)
+
+
+def test_a_restricted_gram_covers_the_included_parameters_and_the_combination_still_covers_all():
+    """gram_parameters='student': the Gram of the included parameters only (the first layer here); the
+    update written into .grad still combines every parameter's gradients."""
+    model = make_model()
+    x = torch.randn(5, 3)
+    out = model(x)
+    loss_a, loss_b = out[:, 0].mean(), out[:, 1].pow(2).mean()
+    window = WindowGradients(model.parameters())
+    window.restrict_gram([True, True, False, False])
+    window.accumulate(0, loss_a)
+    loss_b.backward()
+    params = list(model.parameters())
+    g_a = torch.autograd.grad(model(x)[:, 0].mean(), params)
+    g_b = [p.grad.clone() for p in params]
+    a, b = flat(g_a[:2]), flat(g_b[:2])
+    expected = torch.tensor([[a @ a, a @ b], [a @ b, b @ b]], dtype=torch.float64)
+    assert torch.allclose(window.gram_with_grad(), expected, rtol=1e-5)
+    window.combine_into_grad(torch.tensor([0.25, 0.75]))
+    assert torch.allclose(flat([p.grad for p in params]), 0.25 * flat(g_a) + 0.75 * flat(g_b), atol=1e-6)
+    with pytest.raises(ValueError, match="cover no parameter"):
+        window.restrict_gram([False] * 4)

@@ -245,3 +245,38 @@ def test_dot_gives_the_projectors_one_buffer_like_the_authors_code(tmp_path):
         return kd + feature, torch.nn.functional.cross_entropy(out.logits, y)
 
     check_trainer_against_the_rule(trainer, reference, losses, 20, "projectors.")
+
+
+def test_gram_parameters_student_leaves_the_projectors_out_of_the_gram(tmp_path, monkeypatch):
+    """The logged cosine is the one of the student's parameters alone ('student') or of every trainable
+    parameter ('all'), recomputed here from the two per-loss gradients the window held before the update."""
+    from hf_dtokd.gradients.parameters import WindowGradients
+    from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+
+    held = {}
+    original = WindowGradients.gram_with_grad
+
+    def keep(self):
+        held["distill"] = self.buffers[0].clone()
+        held["task"] = torch.cat([p.grad.reshape(-1) for p in self.parameters])
+        held["sizes"] = [p.numel() for p in self.parameters]
+        held["params"] = list(self.parameters)
+        return original(self)
+
+    monkeypatch.setattr(WindowGradients, "gram_with_grad", keep)
+    for choice in ("all", "student"):
+        trainer = make(tmp_path / choice, max_steps=1, gram_parameters=choice)
+        trainer.train()
+        student = {id(p) for p in trainer.model.student.parameters()}
+        mask = torch.cat(
+            [
+                torch.full((n,), id(p) in student or choice == "all")
+                for n, p in zip(held["sizes"], held["params"])
+            ]
+        )
+        d, t = held["distill"][mask].double(), held["task"][mask].double()
+        expected = float(d @ t / (d.norm() * t.norm()))
+        assert train_logs(trainer, "grad_cos")[0] == pytest.approx(expected, abs=1e-5)
+        assert mask.all() == (choice == "all")
+    with pytest.raises(ValueError, match="gram_parameters='student' applies to the Gram methods"):
+        DTOKDConfig(output_dir=str(tmp_path), method="fixed", gram_parameters="student")

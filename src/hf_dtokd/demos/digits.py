@@ -306,6 +306,7 @@ def train_student(
         "final_pi_distill": pis[-1] if pis else None,
         "mean_pi_distill": sum(pis) / len(pis) if pis else None,
         "log_history": history,
+        "step_trace": trainer.step_trace.to_dict() if isinstance(trainer, DTOKDTrainer) else {},
     }
 
 
@@ -414,7 +415,12 @@ def run_demo(demo: DemoArguments) -> dict[str, Any]:
         r["run"]: r["log_history"] for r in results if r["run"] != "no_kd" and r["seed"] == demo.seed
     }
     logged = any("pi_distill" in row for history in histories.values() for row in history)
-    plot = plot_tradeoff(histories, output_dir / "tradeoff.png") if logged else "no plot (nothing logged)"
+    traces = {r["run"]: r["step_trace"] for r in results if r["run"] in histories and r["seed"] == demo.seed}
+    plot = (
+        plot_tradeoff(histories, output_dir / "tradeoff.png", traces=traces)
+        if logged
+        else "no plot (nothing logged)"
+    )
     return write_summary(output_dir, asdict(demo), teacher, results, table, plot, start, {"rows": rows})
 
 

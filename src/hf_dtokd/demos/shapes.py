@@ -19,6 +19,8 @@ Run: ``python -m hf_dtokd.demos.shapes`` (or ``hf-dtokd detect-demo``); ``--help
 from __future__ import annotations
 
 import logging
+import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from transformers.utils import logging as hf_logging
 from hf_dtokd.data import SHAPE_CLASSES, load_shapes_splits
 from hf_dtokd.demos.digits import write_summary
 from hf_dtokd.hub.plotting import plot_tradeoff
+from hf_dtokd.hub.step_trace import StepTrace
 from hf_dtokd.signals.detection.inputs import DetectionTransform, collate_detection
 from hf_dtokd.signals.detection.metrics import DetectionMetrics
 from hf_dtokd.signals.detection.models import build_detector
@@ -199,6 +202,7 @@ def train_student(
     metrics = trainer.evaluate()
     pis = [row["pi_distill"] for row in trainer.state.log_history if "pi_distill" in row]
     return {
+        **per_step_summary(trainer.step_trace),
         "run": run,
         "method": method,
         "alpha": alpha if method == "fixed" else None,
@@ -207,22 +211,48 @@ def train_student(
         "final_pi_distill": pis[-1] if pis and method == "dto" else None,
         "mean_pi_distill": sum(pis) / len(pis) if pis and method == "dto" else None,
         "log_history": trainer.state.log_history,
+        "step_trace": trainer.step_trace.to_dict(),
+    }
+
+
+def per_step_summary(trace: StepTrace) -> dict[str, float | None]:
+    """From the per-step trace: the share of steps whose distillation and task gradients conflict (cosine < 0;
+    over all steps and the last quarter) and the median raw-loss weight applied to the distillation loss."""
+    points = trace.to_dict()
+    cosines = [c for c in points.get("grad_cos", {}).get("value", []) if not math.isnan(c)]
+    weights = points.get("weight_distill", {}).get("value", [])
+    late = cosines[len(cosines) * 3 // 4 :]
+    return {
+        "conflict_rate": sum(c < 0 for c in cosines) / len(cosines) if cosines else None,
+        "conflict_rate_last_quarter": sum(c < 0 for c in late) / len(late) if late else None,
+        "median_weight_distill": statistics.median(weights) if weights else None,
     }
 
 
 def format_table(teacher: dict[str, Any], results: list[dict[str, Any]], demo: DetectionDemoArguments) -> str:
     lines = [
-        "| model | mAP | mAP50 | mAP75 | wall time (s) | final pi_distill | mean pi_distill |",
-        "|---|---|---|---|---|---|---|",
+        "| model | mAP | mAP50 | mAP75 | wall time (s) | final / mean pi_distill | steps in conflict (all / last "
+        "quarter) | median applied weight on distill |",
+        "|---|---|---|---|---|---|---|---|",
         f"| teacher RT-DETR (d_model 64, 10 queries) | {100 * teacher['map']:.1f} | {100 * teacher['map_50']:.1f} | "
-        f"{100 * teacher['map_75']:.1f} | {teacher['wall_seconds']:.0f} | - | - |",
+        f"{100 * teacher['map_75']:.1f} | {teacher['wall_seconds']:.0f} | - | - | - |",
     ]
     for r in results:
-        pi = "-" if r["final_pi_distill"] is None else f"{r['final_pi_distill']:.3f}"
-        mean = "-" if r["mean_pi_distill"] is None else f"{r['mean_pi_distill']:.3f}"
+        pi = (
+            "-"
+            if r["final_pi_distill"] is None
+            else f"{r['final_pi_distill']:.3f} / {r['mean_pi_distill']:.3f}"
+        )
+        conflict = (
+            "-"
+            if r["conflict_rate"] is None
+            else f"{100 * r['conflict_rate']:.1f} % / {100 * r['conflict_rate_last_quarter']:.1f} %"
+        )
+        weight = "-" if r["median_weight_distill"] is None else f"{r['median_weight_distill']:.3f}"
         lines.append(
-            f"| student RT-DETR (d_model {demo.student_d_model}, 8 queries), {r['run']} | {100 * r['map']:.1f} | {100 * r['map_50']:.1f} "
-            f"| {100 * r['map_75']:.1f} | {r['wall_seconds']:.0f} | {pi} | {mean} |"
+            f"| student RT-DETR (d_model {demo.student_d_model}, 8 queries), {r['run']} | {100 * r['map']:.1f} | "
+            f"{100 * r['map_50']:.1f} | {100 * r['map_75']:.1f} | {r['wall_seconds']:.0f} | {pi} | {conflict} | "
+            f"{weight} |"
         )
     return "\n".join(lines)
 
@@ -238,7 +268,12 @@ def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
     results = [train_student(run, demo, splits, teacher["folder"]) for run in demo.runs]
     table = format_table(teacher, results, demo)
     histories = {r["run"]: r["log_history"] for r in results if r["method"] == "dto"}
-    plot = plot_tradeoff(histories, output_dir / "tradeoff.png") if histories else "no plot (no DTO-KD run)"
+    traces = {r["run"]: r["step_trace"] for r in results if r["method"] == "dto"}
+    plot = (
+        plot_tradeoff(histories, output_dir / "tradeoff.png", traces=traces)
+        if histories
+        else "no plot (no DTO-KD run)"
+    )
     return write_summary(output_dir, asdict(demo), teacher, results, table, plot, start)
 
 
