@@ -742,6 +742,14 @@ def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
         "same pipeline). DOT in its AdamW form (alpha 0.5). Conflict figures exist for the rows that compute "
         "both gradients (dto, dto_representation, DOT); weights are the raw-loss weights applied each step.",
     ]
+    defaults = CompareArguments(regime=args.regime, student_family=args.student_family)
+    flags = [f"--regime {args.regime} --student_family {args.student_family}"] + [
+        f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+        for name, value in asdict(args).items()
+        if name not in ("output_dir", "results_dir", "workers", "rows", "regime", "student_family")
+        and value != getattr(defaults, name)
+    ]
+    lines += ["", f"Command: `python benchmarks/compare_methods.py {' '.join(flags)}`."]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``compare-signals`` (signals page): ``benchmarks/results/signal_rows/compare_methods.md``;
 * ``compare-paper`` (README and compare-methods page): ``benchmarks/results/paper_regime/compare_methods.md``,
   the paper-regime benchmark, its plot copied into ``docs/results/``;
+* ``compare-paper-compact`` (README): the same benchmark's headline columns, from its JSON;
 * ``compare-paper-selection`` (compare-methods page): one row per validation pilot that fixed the paper
   regime's settings, from ``benchmarks/results/paper_regime/selection/*.json``;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
@@ -84,6 +85,27 @@ def config_table() -> str:
             f" One of: {', '.join(f'`{c}`' for c in choices)}." if choices else ""
         )
         rows.append(f"| `{f.name}` | `{default!r}` | {meaning.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def paper_compact_table(report: dict) -> str:
+    """README's short form of the paper-regime table: top-1, paired difference, per-step conflict, weights."""
+    rows = [
+        f"| row | test top-1 % ({report['table'][0]['pairs']} pairs) | vs best fixed alpha (pp +- SE) | "
+        "steps in conflict | median weight on distill |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["table"]:
+        diff = (
+            "best fixed"
+            if r["row"] == r["baseline"]
+            else f"{100 * r['diff_to_baseline']:+.2f} +- {100 * r['diff_se']:.2f}"
+        )
+        conflict = "-" if r["conflict_rate"] is None else f"{100 * r['conflict_rate']:.0f} %"
+        rows.append(
+            f"| {r['row']} | {100 * r['top1_mean']:.1f} +- {100 * r['top1_std']:.1f} | {diff} | {conflict} | "
+            f"{r['median_weight_distill']:.3f} |"
+        )
     return "\n".join(rows)
 
 
@@ -163,6 +185,9 @@ def main() -> None:
     paper = benchmarks / "paper_regime" / "compare_methods.md"
     if paper.is_file():
         pages.fill("compare-paper", paper.read_text())
+        pages.fill(
+            "compare-paper-compact", paper_compact_table(json.loads(paper.with_suffix(".json").read_text()))
+        )
         shutil.copy(paper.with_suffix(".png"), ROOT / "docs" / "results" / "compare_methods_paper.png")
     selection = benchmarks / "paper_regime" / "selection"
     if selection.is_dir():

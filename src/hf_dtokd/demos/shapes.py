@@ -18,6 +18,7 @@ Run: ``python -m hf_dtokd.demos.shapes`` (or ``hf-dtokd detect-demo``); ``--help
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
@@ -43,6 +44,7 @@ from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 RUNS = ("no_kd", "fixed", "dto")
 DEFAULT_RUNS = ("fixed", "dto")  # no_kd (alpha 0) is opt-in: with it the demo takes ~10 min instead of ~8
 ID2LABEL = dict(enumerate(SHAPE_CLASSES))
+IMAGE_SIZE = 64
 
 
 @dataclass
@@ -72,6 +74,10 @@ class DetectionDemoArguments:
         default=16, metadata={"help": "Student backbone width (stages: w, w, 2w, 2w)."}
     )
     student_d_model: int = field(default=48, metadata={"help": "Student transformer width (teacher: 64)."})
+    image_size: int = field(
+        default=IMAGE_SIZE, metadata={"help": "Side of the generated square images (px)."}
+    )
+    max_objects: int = field(default=3, metadata={"help": "At most this many shapes per generated image."})
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.runs if r not in RUNS]
@@ -81,11 +87,8 @@ class DetectionDemoArguments:
             raise ValueError("max_steps and teacher_steps must be >= 1")
 
 
-IMAGE_SIZE = 64
-
-
-def processor() -> RTDetrImageProcessor:
-    return RTDetrImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+def processor(size: int = IMAGE_SIZE) -> RTDetrImageProcessor:
+    return RTDetrImageProcessor(size={"height": size, "width": size})
 
 
 def build_model(role: str, seed: int, width: int = 16, d_model: int = 64) -> Any:
@@ -144,7 +147,18 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
     """Train (or reuse) the teacher with the plain Trainer; its mAP on the validation images."""
     folder = Path(demo.output_dir) / "teacher"
     start = time.perf_counter()
-    cached = (folder / "config.json").is_file() and not demo.retrain_teacher
+    # reused only when it was trained on the same data and budget
+    settings = {
+        k: getattr(demo, k)
+        for k in ("image_size", "max_objects", "train_size", "teacher_steps", "batch_size", "learning_rate")
+    }
+    marker = folder / "demo_settings.json"
+    cached = (
+        (folder / "config.json").is_file()
+        and marker.is_file()
+        and json.loads(marker.read_text()) == settings
+        and not demo.retrain_teacher
+    )
     model = build_model("teacher", 1234)
     trainer = Trainer(
         model=model,
@@ -152,14 +166,15 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         data_collator=collate_detection,
-        compute_metrics=DetectionMetrics(processor(), ID2LABEL),
+        compute_metrics=DetectionMetrics(processor(demo.image_size), ID2LABEL),
     )
     if cached:
         trainer.model = type(model).from_pretrained(folder)
     else:
         trainer.train()
         trainer.model.save_pretrained(folder)
-        processor().save_pretrained(folder)
+        processor(demo.image_size).save_pretrained(folder)
+        marker.write_text(json.dumps(settings))
     metrics = trainer.evaluate()
     return {
         "folder": str(folder),
@@ -195,7 +210,7 @@ def train_student(
         group_distillation=True,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
-        processing_class=processor(),
+        processing_class=processor(demo.image_size),
     )
     trainer.train()
     wall = time.perf_counter() - start
@@ -261,8 +276,8 @@ def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
     output_dir = Path(demo.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    raw = load_shapes_splits(demo.train_size, demo.validation_size, IMAGE_SIZE, seed=0)
-    transform = DetectionTransform(processor(), len(SHAPE_CLASSES))
+    raw = load_shapes_splits(demo.train_size, demo.validation_size, demo.image_size, demo.max_objects, seed=0)
+    transform = DetectionTransform(processor(demo.image_size), len(SHAPE_CLASSES))
     splits = {name: split.with_transform(transform) for name, split in raw.items()}
     teacher = train_teacher(demo, splits)
     results = [train_student(run, demo, splits, teacher["folder"]) for run in demo.runs]
