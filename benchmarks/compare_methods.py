@@ -462,6 +462,14 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
     }
 
 
+def per_step_conflict(trainer: Any) -> float | None:
+    """Share of optimizer steps whose distillation and task gradients conflict, from the trainer's per-step
+    trace (None for runs that do not compute both gradients)."""
+    trace = getattr(trainer, "step_trace", None)
+    cosines = [c for c in trace.points.get("grad_cos", ([], []))[1] if not math.isnan(c)] if trace else []
+    return sum(c < 0 for c in cosines) / len(cosines) if cosines else None
+
+
 def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str, Any]:
     """One student run; returns its final top-1, accuracy curve, pi curve and time per step."""
     if args.regime == "paper":
@@ -561,6 +569,7 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
         "curve": curve,
         "pi": pis,
         "share_logged_steps_conflicting": (sum(c < 0 for c in cosines) / len(cosines)) if cosines else None,
+        "conflict_rate_per_step": per_step_conflict(trainer),
         "seconds_per_step": wall / args.max_steps,
         "evaluations": evaluations,
         "threads": torch.get_num_threads(),
@@ -606,6 +615,9 @@ def summarise(args: CompareArguments, runs: list[dict[str, Any]], teachers: list
                 "share_logged_steps_conflicting": statistics.fmean(conflict)
                 if None not in conflict
                 else None,
+                "conflict_rate_per_step": mean_or_none(
+                    [by_row[row][p].get("conflict_rate_per_step") for p in pairs]
+                ),
                 "curve": curve,
                 "pi_curve": mean_curve([by_row[row][p]["pi"] for p in pairs]) if pis else [],
             }
@@ -682,6 +694,17 @@ def paper_summary(
             }
         )
     return {"best_fixed": best_fixed, "teacher_top1_per_fold": teachers, "table": table}
+
+
+def run_step_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """One run's per-step summary: conflict rate and median applied weights (the table's inputs per run)."""
+    steps = run["per_step"]
+    cosines = [c for c in steps["grad_cos"] if c is not None and not math.isnan(c)]
+    return {
+        "conflict_rate": sum(c < 0 for c in cosines) / len(cosines) if cosines else None,
+        "median_weight_distill": statistics.median(steps["weight_distill"]),
+        "median_weight_task": statistics.median(steps["weight_task"]),
+    }
 
 
 def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
@@ -796,6 +819,10 @@ def paper_plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
     plt.close(fig)
 
 
+def mean_or_none(values: list[float | None]) -> float | None:
+    return statistics.fmean(values) if values and None not in values else None
+
+
 def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
     steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves])) if curves else []
     lookup = [dict(c) for c in curves]
@@ -816,8 +843,8 @@ def markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
     lines = [
         f"| method | top-1 % (mean +- std, {summary['table'][0]['pairs']} paired runs) | "
         f"diff to {BASELINE} (pp, +- SE) | first step at {BASELINE}'s final {pct(summary['baseline_final_top1'])} | "
-        "s / step | mean pi_distill | logged steps in conflict |",
-        "|---|---|---|---|---|---|---|",
+        "s / step | mean pi_distill | logging intervals with mean cos < 0 | optimizer steps with cos < 0 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["table"]:
         diff = (
@@ -834,9 +861,13 @@ def markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
             if r["share_logged_steps_conflicting"] is None
             else f"{100 * r['share_logged_steps_conflicting']:.0f} %"
         )
+        per_step = r.get("conflict_rate_per_step")
+        per_step = "not recorded" if per_step is None else f"{100 * per_step:.1f} %"
+        if r["share_logged_steps_conflicting"] is None:
+            per_step = "-"
         lines.append(
             f"| {r['row']} | {pct(r['top1_mean'])} +- {pct(r['top1_std'])} | {diff} | {reach} | "
-            f"{r['seconds_per_step']:.3f} | {pi} | {conflict} |"
+            f"{r['seconds_per_step']:.3f} | {pi} | {conflict} | {per_step} |"
         )
     teachers = ", ".join(pct(t) for t in summary["teacher_top1_per_fold"])
     pool = (
@@ -938,11 +969,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = args.results_name
     if paper:
         paper_plot(summary, runs, results_dir / f"{name}.png")
-        # per-step traces are kept for one pair (the plot's); every run keeps its per-step summary figures
-        runs = [
-            r if (r["fold"], r["seed"]) == (0, 0) else {k: v for k, v in r.items() if k != "per_step"}
-            for r in runs
-        ]
+        # every run keeps its per-step summary figures; the per-step traces of the plot's pair go to their own
+        # compact file (all traces stay in <output_dir>/runs.jsonl)
+        traces = {r["row"]: r["per_step"] for r in runs if (r["fold"], r["seed"]) == (0, 0)}
+        (results_dir / f"{name}_per_step.json").write_text(json.dumps({"fold": 0, "seed": 0, "rows": traces}))
+        runs = [{**{k: v for k, v in r.items() if k != "per_step"}, **run_step_figures(r)} for r in runs]
     else:
         plot(summary, results_dir / f"{name}.png")
     report = {

@@ -116,3 +116,52 @@ def test_signal_rows_run_feature_kd_and_the_deit_token(tmp_path):
     assert compare_methods.split_row("feature_mokd_fixed_0.5") == ("feature_mokd", "fixed_0.5")
     assert compare_methods.split_row("dto_amortized") == ("logits", "dto_amortized")
     assert set(compare_methods.SIGNAL_ROWS) <= set(compare_methods.ALL_ROWS)
+
+
+def test_paper_regime_smoke_run_reports_per_step_conflict_weights_and_the_best_fixed_baseline(tmp_path):
+    rows = [
+        "no_kd",
+        "fixed_0.5",
+        "fixed_1.0",
+        "dto",
+        "dto_representation",
+        "feature_vkd_fixed_0.5",
+        "feature_vkd_dto",
+    ]
+    argv = [
+        "--regime", "paper", "--student_family", "vit", "--rows", *rows, "--folds", "2", "--seeds", "1",
+        "--max_steps", "4", "--eval_steps", "2", "--teacher_steps", "2", "--workers", "1",
+        "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
+    ]  # fmt: skip
+    report = compare_methods.main(argv)
+    results = tmp_path / "results"
+    table = (results / "compare_methods.md").read_text()
+    assert "Command: `python benchmarks/compare_methods.py --regime paper --student_family vit" in table
+    by_row = {r["row"]: r for r in report["table"]}
+    best_logit = max(("fixed_0.5", "fixed_1.0"), key=lambda row: by_row[row]["top1_mean"])
+    assert (
+        by_row["dto"]["baseline"] == best_logit
+        and by_row["feature_vkd_dto"]["baseline"] == "feature_vkd_fixed_0.5"
+    )
+    traces = json.loads((results / "compare_methods_per_step.json").read_text())["rows"]
+    for row in ("dto", "dto_representation", "feature_vkd_dto"):
+        cosines = [c for c in traces[row]["grad_cos"] if c is not None]
+        assert cosines and by_row[row]["conflict_rate"] == pytest.approx(
+            sum(c < 0 for c in cosines) / len(cosines)
+        )
+    assert (
+        by_row["fixed_1.0"]["conflict_rate"] is None and by_row["fixed_1.0"]["median_weight_distill"] == 1.0
+    )
+    assert by_row["no_kd"]["median_weight_task"] == 1.0
+    saved = json.loads((results / "compare_methods.json").read_text())
+    assert all("per_step" not in r and "median_weight_distill" in r for r in saved["runs"])
+    assert len(saved["teacher_top1_per_fold"]) == 2
+
+
+def test_paper_regime_arguments_are_checked():
+    with pytest.raises(ValueError, match="ViT student"):
+        compare_methods.CompareArguments(regime="paper")
+    with pytest.raises(ValueError, match="fixed-alpha row"):
+        compare_methods.CompareArguments(regime="paper", student_family="vit", rows=["dto"])
+    args = compare_methods.CompareArguments(regime="paper", student_family="vit")
+    assert args.rows == list(compare_methods.PAPER_ROWS) and args.results_dir.endswith("paper_regime")

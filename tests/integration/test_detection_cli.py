@@ -87,7 +87,7 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
 
 
 def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
-    assert DetectionDemoArguments().runs == ["fixed", "dto"]
+    assert DetectionDemoArguments().runs == ["no_kd", "fixed", "dto"]
     demo = DetectionDemoArguments(
         output_dir=str(tmp_path),
         max_steps=2,

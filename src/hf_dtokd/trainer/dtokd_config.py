@@ -211,8 +211,9 @@ class DTOKDConfig(TrainingArguments):
     plot_tradeoff: bool = field(
         default=True,
         metadata={
-            "help": "Write <output_dir>/tradeoff.png (pi, gradient conflict and dominance, losses) at every save "
-            "and at the end of training; the model card shows it."
+            "help": "Write <output_dir>/tradeoff.png (pi, applied weights, per-step gradient cosines and conflict, "
+            "dominance, losses) and tradeoff_steps.json (the per-step values) at every save and at the end of "
+            "training; the model card shows the plot."
         },
     )
     logging_steps: float = field(

@@ -198,7 +198,7 @@ class DTOKDTrainer(Trainer):
             self.add_callback(_LookAheadCallback(self))
         #: per-step cosines and applied weights between logging intervals (the plot and tradeoff_steps.json)
         self.step_trace = StepTrace()
-        self._trace_from_step = 0
+        self._trace_from_step: int | None = None
         if args.plot_tradeoff:
             self.add_callback(TradeoffPlotCallback(trace=self.step_trace))
         if self.train_dataset is not None:
@@ -442,6 +442,8 @@ class DTOKDTrainer(Trainer):
         student_inputs, labels, teacher_pixels = self._split_batch(inputs)
         steps = self.current_gradient_accumulation_steps
         if not self.window.is_open:
+            if self._trace_from_step is None:  # the first step of this train() call (a resumed run: its step)
+                self._trace_from_step = self.state.global_step
             self.window.open(model, len(self.objective_names), self.args.device)
             self.placement.open_window(model)
 
@@ -623,7 +625,8 @@ class DTOKDTrainer(Trainer):
     # ------------------------------------------------------------------ logging and checkpoints
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics:
-            first_step, self._trace_from_step = self._trace_from_step, self.state.global_step
+            first_step = self.state.global_step if self._trace_from_step is None else self._trace_from_step
+            self._trace_from_step = self.state.global_step
             for name, values in self._metrics.items():
                 stacked = torch.stack([v.detach().double() for v in values])
                 if name.startswith(("grad_cos", "weight_")):  # the per-step values behind the interval mean
