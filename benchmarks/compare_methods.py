@@ -973,7 +973,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # compact file (all traces stay in <output_dir>/runs.jsonl)
         traces = {r["row"]: r["per_step"] for r in runs if (r["fold"], r["seed"]) == (0, 0)}
         (results_dir / f"{name}_per_step.json").write_text(json.dumps({"fold": 0, "seed": 0, "rows": traces}))
-        runs = [{**{k: v for k, v in r.items() if k != "per_step"}, **run_step_figures(r)} for r in runs]
+        # (pi per step is in the traces; the runs keep their evaluation curve and per-step summary figures)
+        runs = [
+            {**{k: v for k, v in r.items() if k not in ("per_step", "pi")}, **run_step_figures(r)}
+            for r in runs
+        ]
     else:
         plot(summary, results_dir / f"{name}.png")
     report = {
@@ -988,6 +992,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **summary,
         "runs": runs,
     }
+    selection = results_dir / "selection"
+    if paper and args.evaluate_on == "test" and selection.is_dir():
+        # the validation pilots that fixed this run's settings (no test fold read), as their own reports say
+        report["settings_chosen_on_validation"] = [
+            {
+                "pilot": path.stem,
+                "arguments": (pilot := json.loads(path.read_text()))["arguments"],
+                "validation_top1": {r["row"]: r["top1_mean"] for r in pilot["table"]},
+            }
+            for path in sorted(selection.glob("*.json"))
+        ]
     (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
     (results_dir / f"{name}.md").write_text(table + "\n")
     print(table)

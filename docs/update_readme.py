@@ -101,7 +101,7 @@ def paper_compact_table(report: dict) -> str:
             if r["row"] == r["baseline"]
             else f"{100 * r['diff_to_baseline']:+.2f} +- {100 * r['diff_se']:.2f}"
         )
-        conflict = "-" if r["conflict_rate"] is None else f"{100 * r['conflict_rate']:.0f} %"
+        conflict = "-" if r["conflict_rate"] is None else f"{100 * r['conflict_rate']:.1f} %"
         rows.append(
             f"| {r['row']} | {100 * r['top1_mean']:.1f} +- {100 * r['top1_std']:.1f} | {diff} | {conflict} | "
             f"{r['median_weight_distill']:.3f} |"
@@ -112,8 +112,8 @@ def paper_compact_table(report: dict) -> str:
 def selection_table(folder: Path) -> str:
     """The validation pilots: their settings and validation top-1 per row (mean +- std over their runs)."""
     rows = [
-        "| pilot | lr | student | RandAugment | Mixup / CutMix p | steps | rows: validation top-1 % (mean +- std) |",
-        "|---|---|---|---|---|---|---|",
+        "| pilot | lr | T | student | RandAugment | Mixup / CutMix p | steps | rows: validation top-1 % (mean +- std) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(folder.glob("*.json")):
         report = json.loads(path.read_text())
@@ -126,7 +126,7 @@ def selection_table(folder: Path) -> str:
         )
         pairs = report["table"][0]["pairs"]
         rows.append(
-            f"| {path.stem} | {a['learning_rate']} | {student} | {a['rand_augment'] or 'none'} | "
+            f"| {path.stem} | {a['learning_rate']} | {a['temperature']} | {student} | {a['rand_augment'] or 'none'} | "
             f"{a['mixup_prob']} | {a['max_steps']} | {scores} ({pairs} runs each) |"
         )
     return "\n".join(rows)

@@ -94,7 +94,12 @@ def test_a_bad_flag_value_is_refused_with_the_valid_choices(tmp_path):
 @pytest.mark.parametrize(
     ("signal", "extra", "objective"),
     [
-        ("features", {"projector": "vkd", "student_stages": [0], "teacher_stages": [1]}, "pi_feature"),
+        ("features", {"projector": "vkd", "student_stages": [0], "teacher_stages": [1]}, "feature_loss"),
+        (
+            "features",
+            {"projector": "mokd", "student_stages": [0], "teacher_stages": [1], "group_features": False},
+            "pi_feature",
+        ),
         ("deit_token", {"deit_distillation": "soft"}, "pi_distill"),
     ],
 )
@@ -133,6 +138,8 @@ def test_the_script_runs_the_feature_and_token_trainers(tmp_path, monkeypatch, s
     assert saved["architectures"] == [type(student).__name__]  # the student alone, no projector keys
     with pytest.raises(ValueError, match="apply to --signal features"):
         check_signal_flags("logits", ClassifyConfig(output_dir=str(tmp_path / "c"), projector="vkd"))
+    with pytest.raises(ValueError, match="--no_group_features apply to --signal features"):
+        check_signal_flags("logits", ClassifyConfig(output_dir=str(tmp_path / "c"), group_features=False))
     with pytest.raises(ValueError, match="valid values: logits, features, deit_token"):
         ModelArguments(model_name_or_path="x", signal="tokens")
     assert callable(build_trainer)

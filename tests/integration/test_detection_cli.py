@@ -88,6 +88,8 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
 
 def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
     assert DetectionDemoArguments().runs == ["no_kd", "fixed", "dto"]
+    with pytest.raises(ValueError, match="multiple of 32"):
+        DetectionDemoArguments(image_size=48)
     demo = DetectionDemoArguments(
         output_dir=str(tmp_path),
         max_steps=2,
@@ -102,5 +104,10 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "| teacher RT-DETR" in out and "student RT-DETR (d_model 48, 8 queries), dto" in out
     assert [r["run"] for r in summary["students"]] == ["no_kd", "fixed", "dto"]
+    no_kd, fixed, dto = summary["students"]
+    assert "steps in conflict (all / last quarter)" in out
+    assert dto["conflict_rate"] is not None and 0.0 <= dto["conflict_rate"] <= 1.0  # from the per-step trace
+    assert fixed["conflict_rate"] is None and fixed["median_weight_distill"] == pytest.approx(0.5)
+    assert no_kd["median_weight_distill"] == 0.0
     assert (tmp_path / "results.json").is_file() and (tmp_path / "tradeoff.png").is_file()
     assert (tmp_path / "teacher" / "config.json").is_file()

@@ -1,6 +1,6 @@
 """The embedded detection default: distilling an RT-DETR on generated shapes, offline, on 2 CPU cores.
 
-1. Data: ``load_shapes_splits`` (coloured circles / squares / triangles on textured backgrounds, 48 px,
+1. Data: ``load_shapes_splits`` (coloured circles / squares / triangles on textured backgrounds, 64 px,
    1-2 objects per image, COCO boxes; 800 train and 200 validation images, fixed seed), prepared by
    the RT-DETR image processor with ``DetectionTransform``.
 2. A teacher RT-DETR (ResNet backbone of widths 16-32, d_model 64, 10 queries) is trained with the plain
@@ -45,7 +45,7 @@ from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 RUNS = ("no_kd", "fixed", "dto")
 DEFAULT_RUNS = RUNS  # no KD (alpha 0), fixed alpha and DTO-KD: the ranking the demo is for
 ID2LABEL = dict(enumerate(SHAPE_CLASSES))
-IMAGE_SIZE = 48
+IMAGE_SIZE = 64  # a multiple of 32: RT-DETR's strides 8 / 16 / 32 must give maps its FPN can merge
 
 
 @dataclass
@@ -56,8 +56,8 @@ class DetectionDemoArguments:
     runs: list[str] = field(
         default_factory=lambda: list(DEFAULT_RUNS), metadata={"help": f"Student runs among {RUNS}."}
     )
-    max_steps: int = field(default=1500, metadata={"help": "Optimizer steps of every student run."})
-    teacher_steps: int = field(default=1500, metadata={"help": "Optimizer steps of the teacher (cached)."})
+    max_steps: int = field(default=1200, metadata={"help": "Optimizer steps of every student run."})
+    teacher_steps: int = field(default=1200, metadata={"help": "Optimizer steps of the teacher (cached)."})
     batch_size: int = field(default=16, metadata={"help": "Per-step batch size (students and teacher)."})
     learning_rate: float = field(
         default=2e-3, metadata={"help": "AdamW learning rate (students and teacher)."}
@@ -75,7 +75,9 @@ class DetectionDemoArguments:
         default=16, metadata={"help": "Student backbone width (stages: w, w, 2w, 2w)."}
     )
     student_d_model: int = field(default=48, metadata={"help": "Student transformer width (teacher: 64)."})
-    image_size: int = field(default=IMAGE_SIZE, metadata={"help": "Side of the generated square images (px)."})
+    image_size: int = field(
+        default=IMAGE_SIZE, metadata={"help": "Side of the generated square images (px)."}
+    )
     max_objects: int = field(default=2, metadata={"help": "At most this many shapes per generated image."})
 
     def __post_init__(self) -> None:
@@ -84,6 +86,12 @@ class DetectionDemoArguments:
             raise ValueError(f"unknown runs {unknown}; valid values: {', '.join(RUNS)}")
         if self.max_steps < 1 or self.teacher_steps < 1:
             raise ValueError("max_steps and teacher_steps must be >= 1")
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(
+                f"image_size must be a multiple of 32 (RT-DETR's feature strides 8 / 16 / 32), got {self.image_size}"
+            )
+        if self.max_objects < 1:
+            raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
 
 
 def processor(size: int = IMAGE_SIZE) -> RTDetrImageProcessor:
