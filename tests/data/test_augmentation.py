@@ -77,6 +77,17 @@ def test_the_trainer_trains_on_mixed_batches_and_evaluates_on_clean_ones(tmp_pat
     assert isinstance(trainer.data_collator, MixupCollator)  # restored after evaluation
 
 
+def test_a_teacher_cache_with_mixed_batches_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="teacher_cache=True stores the teacher's logits"):
+        DTOKDTrainer(
+            model=tiny_vit(),
+            teacher_model=tiny_resnet(),
+            args=tiny_args(tmp_path, teacher_cache=True),
+            train_dataset=random_images(8),
+            data_collator=MixupCollator(NUM_LABELS),
+        )
+
+
 def test_bad_soft_targets_are_named(tmp_path):
     trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path))
     with pytest.raises(ValueError, match="soft targets of shape"):

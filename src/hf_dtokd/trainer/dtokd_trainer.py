@@ -204,6 +204,16 @@ class DTOKDTrainer(Trainer):
         if self.train_dataset is not None:
             self._check_dataset_labels(self.train_dataset, "train_dataset")
         if args.teacher_cache:
+            from hf_dtokd.data.augmentation import (
+                MixupCollator,
+            )  # the data package is not the trainer's import
+
+            if isinstance(self.data_collator, MixupCollator):
+                raise ValueError(
+                    "teacher_cache=True stores the teacher's logits of each clean example, but MixupCollator mixes "
+                    "the images the student sees, so the cached logits would belong to other images: turn "
+                    "teacher_cache off with Mixup / CutMix (the teacher then sees the mixed batch)"
+                )
             self.train_dataset = self._cache_teacher_logits(self.train_dataset)
 
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
