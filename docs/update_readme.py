@@ -8,6 +8,10 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``digits-signals`` (signals page): the digits demo's opt-in signal runs, from ``--signals-demo-dir``;
 * ``detection-demo`` (detection page): the table printed by ``python -m hf_dtokd.demos.shapes``, copied
   with its JSON and plot into ``docs/results/``;
+* ``detection-demo-seeds-2-3`` (detection page): the same demo's seeds 2 and 3 (``--seed 2 --seeds 2``),
+  from ``--detection-seeds-dir``;
+* ``detection-demo-pooled`` (detection page): both detection runs' students summarised together (the
+  demo's own ``summarise`` and ``format_table``, so every seed pairs across the methods);
 * ``step-cost`` (benchmarks page): ``benchmarks/results/step_cost.md``;
 * ``compare`` (benchmarks and compare-methods pages): ``benchmarks/results/compare_methods.md``, its run
   time in the sentence before it, and its plot copied into ``docs/results/``;
@@ -143,19 +147,41 @@ def quote_demo(pages: Pages, folder: Path, prefix: str, block: str) -> None:
     pages.fill(block, (folder / "results.md").read_text())
 
 
+def pool_detection_seeds(pages: Pages, *folders: Path) -> None:
+    """The detection demo's runs over all the seeds of ``folders`` (same teacher and settings, checked)."""
+    from hf_dtokd.demos.shapes import DetectionDemoArguments, format_table, summarise
+
+    if not all((folder / "results.json").is_file() for folder in folders):
+        return
+    reports = [json.loads((folder / "results.json").read_text()) for folder in folders]
+    ignored = ("output_dir", "seed", "seeds", "workers")
+    settings = [{k: v for k, v in r["arguments"].items() if k not in ignored} for r in reports]
+    if any(s != settings[0] for s in settings) or len({r["teacher"]["map"] for r in reports}) != 1:
+        raise ValueError(f"the detection runs in {folders} differ in settings or teacher: not pooled")
+    students = [student for report in reports for student in report["students"]]
+    if len({(s["run"], s["seed"]) for s in students}) != len(students):
+        raise ValueError(f"the detection runs in {folders} repeat a seed: not pooled")
+    demo = DetectionDemoArguments(**{**reports[0]["arguments"], "seeds": len({s["seed"] for s in students})})
+    rows = summarise(students, reports[0]["teacher"]["map"])
+    pages.fill("detection-demo-pooled", format_table(reports[0]["teacher"], rows, demo))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo-dir", default=str(ROOT / "outputs" / "digits"))
     parser.add_argument("--detection-demo-dir", default=str(ROOT / "outputs" / "shapes"))
     parser.add_argument("--signals-demo-dir", default=str(ROOT / "outputs" / "digits_signals"))
+    parser.add_argument("--detection-seeds-dir", default=str(ROOT / "outputs" / "shapes_seeds_2_3"))
     args = parser.parse_args()
     pages = Pages()
     for folder, prefix, block in (
         (args.demo_dir, "digits_demo", "demo"),
         (args.signals_demo_dir, "digits_signals", "digits-signals"),
         (args.detection_demo_dir, "shapes_demo", "detection-demo"),
+        (args.detection_seeds_dir, "shapes_demo_seeds_2_3", "detection-demo-seeds-2-3"),
     ):
         quote_demo(pages, Path(folder), prefix, block)
+    pool_detection_seeds(pages, Path(args.detection_demo_dir), Path(args.detection_seeds_dir))
     benchmarks = ROOT / "benchmarks" / "results"
     if (benchmarks / "step_cost.md").is_file():
         pages.fill("step-cost", (benchmarks / "step_cost.md").read_text())

@@ -1,6 +1,8 @@
 """The detection example script (hf-dtokd-detect) and the detection demo, end to end on tiny budgets."""
 
+import dataclasses
 import json
+import os
 import subprocess
 
 import pytest
@@ -90,6 +92,8 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     assert DetectionDemoArguments().runs == ["no_kd", "fixed", "dto"]
     with pytest.raises(ValueError, match="multiple of 32"):
         DetectionDemoArguments(image_size=48)
+    with pytest.raises(ValueError, match="seeds and workers must be >= 1"):
+        DetectionDemoArguments(workers=0)
     demo = DetectionDemoArguments(
         output_dir=str(tmp_path),
         max_steps=2,
@@ -99,15 +103,38 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
         logging_steps=1,
         batch_size=4,
         runs=["no_kd", "fixed", "dto"],
+        seeds=2,
+        workers=2,  # two spawned processes, as the default
     )
     summary = run_demo(demo)
     out = capsys.readouterr().out
     assert "| teacher RT-DETR" in out and "student RT-DETR (d_model 48, 8 queries), dto" in out
-    assert [r["run"] for r in summary["students"]] == ["no_kd", "fixed", "dto"]
-    no_kd, fixed, dto = summary["students"]
-    assert "steps in conflict (all / last quarter)" in out
-    assert dto["conflict_rate"] is not None and 0.0 <= dto["conflict_rate"] <= 1.0  # from the per-step trace
+    assert [(r["run"], r["seed"]) for r in summary["students"]] == [
+        (run, seed) for seed in (0, 1) for run in ("no_kd", "fixed", "dto")
+    ]
+    assert all(r["threads"] == max(1, len(os.sched_getaffinity(0)) // 2) for r in summary["students"])
+    no_kd, fixed, dto = summary["rows"]
+    assert "steps in conflict (all / last quarter)" in out and "vs fixed (paired)" in out
+    # the row pools the two seeds' per-step traces: recomputed here from the runs' own traces
+    cosines = [
+        c for r in summary["students"] if r["run"] == "dto" for c in r["step_trace"]["grad_cos"]["value"]
+    ]
+    assert len(cosines) == 4 and dto["conflict_rate"] == pytest.approx(sum(c < 0 for c in cosines) / 4)
     assert fixed["conflict_rate"] is None and fixed["median_weight_distill"] == pytest.approx(0.5)
     assert no_kd["median_weight_distill"] == 0.0
+    maps = {(r["run"], r["seed"]): r["map"] for r in summary["students"]}
+    assert fixed["diff_to_no_kd"] == pytest.approx(
+        ((maps["fixed", 0] - maps["no_kd", 0]) + (maps["fixed", 1] - maps["no_kd", 1])) / 2
+    )
+    teacher_map = summary["teacher"]["map"]
+    assert dto["share_of_teacher"] == (
+        pytest.approx(dto["map_mean"] / teacher_map) if teacher_map > 0 else None
+    )
     assert (tmp_path / "results.json").is_file() and (tmp_path / "tradeoff.png").is_file()
     assert (tmp_path / "teacher" / "config.json").is_file()
+    # a second run reuses the teacher and reports the time of the run that trained it; one process
+    capsys.readouterr()
+    again = run_demo(dataclasses.replace(demo, runs=["no_kd"], seeds=1, workers=1))
+    assert again["teacher"]["cached"] and again["teacher"]["map"] == summary["teacher"]["map"]
+    assert again["teacher"]["train_seconds"] == pytest.approx(summary["teacher"]["train_seconds"])
+    assert f"| {summary['teacher']['train_seconds']:.0f} (cached) |" in capsys.readouterr().out
