@@ -137,4 +137,6 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     again = run_demo(dataclasses.replace(demo, runs=["no_kd"], seeds=1, workers=1))
     assert again["teacher"]["cached"] and again["teacher"]["map"] == summary["teacher"]["map"]
     assert again["teacher"]["train_seconds"] == pytest.approx(summary["teacher"]["train_seconds"])
-    assert f"| {summary['teacher']['train_seconds']:.0f} (cached) |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"| {summary['teacher']['train_seconds']:.0f} (cached) |" in out
+    assert "teacher: mAP" in out and " no_kd seed 0: mAP" in out and "'loss'" not in out  # a line per model

@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import HfArgumentParser, ResNetConfig, RTDetrImageProcessor, Trainer, TrainingArguments
+from transformers import (
+    HfArgumentParser,
+    PrinterCallback,
+    ResNetConfig,
+    RTDetrImageProcessor,
+    Trainer,
+    TrainingArguments,
+)
 from transformers.utils import logging as hf_logging
 
 from hf_dtokd.data import SHAPE_CLASSES, load_shapes_splits
@@ -197,6 +204,7 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
     )
     # the training run's time, reported again when the teacher is reused
     timing = folder / "training_time.json"
+    trainer.remove_callback(PrinterCallback)  # one line per model is printed, not every log
     if cached:
         trainer.model = type(model).from_pretrained(folder)
     else:
@@ -208,6 +216,7 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
             json.dumps({"train_seconds": time.perf_counter() - start, "threads": torch.get_num_threads()})
         )
     metrics = trainer.evaluate()
+    print(f"teacher: mAP {100 * metrics['eval_map']:.1f} ({'cached' if cached else 'trained'})", flush=True)
     trained = json.loads(timing.read_text()) if timing.is_file() else {}
     return {
         "folder": str(folder),
@@ -247,9 +256,11 @@ def train_student(
         eval_dataset=splits["validation"],
         processing_class=processor(demo.image_size),
     )
+    trainer.remove_callback(PrinterCallback)  # one line per run below, not every log
     trainer.train()
     wall = time.perf_counter() - start
     metrics = trainer.evaluate()
+    print(f"{run:>6} seed {seed}: mAP {100 * metrics['eval_map']:.1f} ({wall:.0f} s)", flush=True)
     pis = [row["pi_distill"] for row in trainer.state.log_history if "pi_distill" in row]
     return {
         **per_step_summary([trainer.step_trace.to_dict()]),
