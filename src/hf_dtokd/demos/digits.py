@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,6 +52,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from hf_dtokd.data import load_digits_splits, preprocess_images, transfer_set
+from hf_dtokd.demos.paired_seeds import paired_difference, runs_by_seed
 from hf_dtokd.hub.plotting import plot_tradeoff
 from hf_dtokd.signals.deit_token import DeiTTokenTrainer
 from hf_dtokd.signals.feature_kd import FeatureKDTrainer
@@ -312,9 +312,7 @@ def train_student(
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per run: top-1 over the seeds (mean, std, each seed) and the paired difference to no-KD (mean, SE)."""
-    by_run: dict[str, dict[int, dict[str, Any]]] = {}
-    for r in results:
-        by_run.setdefault(r["run"], {})[r["seed"]] = r
+    by_run = runs_by_seed(results)
     rows = []
     for run, seeds in by_run.items():
         top1 = [seeds[s]["top1"] for s in sorted(seeds)]
@@ -333,13 +331,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if pis:
             row["mean_pi_distill"] = statistics.fmean(pis)
         if run != "no_kd" and "no_kd" in by_run:
-            paired = [
-                seeds[s]["top1"] - by_run["no_kd"][s]["top1"] for s in sorted(seeds) if s in by_run["no_kd"]
-            ]
-            if paired:
-                row["diff_to_no_kd"] = statistics.fmean(paired)
-                if len(paired) > 1:
-                    row["diff_se"] = statistics.stdev(paired) / math.sqrt(len(paired))
+            row["diff_to_no_kd"], row["diff_se"] = paired_difference(seeds, by_run["no_kd"], "top1")
         rows.append(row)
     return rows
 

@@ -47,6 +47,7 @@ from transformers.utils import logging as hf_logging
 
 from hf_dtokd.data import SHAPE_CLASSES, load_shapes_splits
 from hf_dtokd.demos.digits import write_summary
+from hf_dtokd.demos.paired_seeds import paired_difference, runs_by_seed
 from hf_dtokd.hub.plotting import plot_tradeoff
 from hf_dtokd.signals.detection.inputs import DetectionTransform, collate_detection
 from hf_dtokd.signals.detection.metrics import DetectionMetrics
@@ -299,9 +300,7 @@ def summarise(results: list[dict[str, Any]], teacher_map: float) -> list[dict[st
     """Per run: mAP over the seeds (mean, std, each seed), as a share of the teacher's, the paired differences
     to no-KD and to fixed alpha (mean and, with two seeds or more, SE), and the per-step figures pooled over
     the seeds."""
-    by_run: dict[str, dict[int, dict[str, Any]]] = {}
-    for r in results:
-        by_run.setdefault(r["run"], {})[r["seed"]] = r
+    by_run = runs_by_seed(results)
     rows = []
     for run, seeds in by_run.items():
         maps = [seeds[s]["map"] for s in sorted(seeds)]
@@ -322,14 +321,9 @@ def summarise(results: list[dict[str, Any]], teacher_map: float) -> list[dict[st
         if pis:
             row["mean_pi_distill"] = statistics.fmean(pis)
         for reference in ("no_kd", "fixed"):
-            paired = [
-                seeds[s]["map"] - by_run[reference][s]["map"]
-                for s in sorted(seeds)
-                if run != reference and reference in by_run and s in by_run[reference]
-            ]
-            row[f"diff_to_{reference}"] = statistics.fmean(paired) if paired else None
-            row[f"diff_to_{reference}_se"] = (
-                statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else None
+            other = by_run.get(reference, {}) if run != reference else {}
+            row[f"diff_to_{reference}"], row[f"diff_to_{reference}_se"] = paired_difference(
+                seeds, other, "map"
             )
         rows.append(row)
     return rows
