@@ -1,7 +1,9 @@
 """Classification metrics for ``Trainer.evaluate``.
 
-The default, top-k accuracy, is computed locally with numpy (no Hub fetch, unlike
-``evaluate.load("accuracy")``, which downloads its script and fails offline). ``evaluate_metrics`` turns
+The default, top-k accuracy, is torchmetrics' ``multiclass_accuracy`` (computed locally: no Hub fetch, unlike
+``evaluate.load("accuracy")``, which downloads its script and fails offline), with one rule of ours on top: a
+row whose logits are not all finite is never a hit (torch ranks NaN above every number, so a NaN student would
+otherwise score the share of class 0, and a rank rule that lets ties go to the label would score 1.0). ``evaluate_metrics`` turns
 evaluate metric ids or local evaluate module paths into a ``compute_metrics`` (several are combined with
 ``evaluate.combine``), as transformers' example scripts do.
 """
@@ -11,18 +13,38 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
+from torchmetrics.functional.classification import multiclass_accuracy
 from transformers import EvalPrediction
 
 from hf_dtokd.losses.classification import IGNORE_INDEX
 
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Share of rows whose label has fewer than k logits strictly above it (ties go to the label)."""
+    """Share of rows whose label is among the k highest logits (torchmetrics' rule: ties are broken as
+    ``torch.topk`` breaks them, so constant logits score the share of the class ``argmax`` picks); a row with a
+    NaN or infinite logit counts as a miss."""
+    logits = np.asarray(logits)
+    labels = np.asarray(labels).reshape(-1)
     if logits.ndim != 2:
         raise ValueError(f"expected logits of shape (N, num_classes), got {logits.shape}")
-    label_logit = logits[np.arange(len(labels)), labels]
-    rank = (logits > label_logit[:, None]).sum(axis=1)
-    return float((rank < k).mean())
+    if len(labels) != len(logits):
+        raise ValueError(f"{len(logits)} rows of logits but {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError("no labelled row to score")
+    finite = np.isfinite(logits).all(axis=1)
+    if not finite.any():
+        return 0.0
+    num_classes = logits.shape[1]
+    accuracy = multiclass_accuracy(
+        torch.as_tensor(logits[finite], dtype=torch.float64),
+        torch.as_tensor(labels[finite], dtype=torch.long),
+        num_classes=num_classes,
+        top_k=min(k, num_classes),
+        average="micro",
+    )
+    hits = round(float(accuracy) * int(finite.sum()))  # torchmetrics returns float32: the count, exactly
+    return hits / len(labels)
 
 
 def labelled_logits(prediction: EvalPrediction) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +90,9 @@ def evaluate_metrics(metric_ids: Sequence[str]) -> Callable[[EvalPrediction], di
 
     def compute(prediction: EvalPrediction) -> dict[str, float]:
         logits, labels = labelled_logits(prediction)
-        results = metric.compute(predictions=logits.argmax(-1), references=labels)
+        # a row with a non-finite logit predicts no class (-1), never a hit (numpy's argmax would pick a NaN)
+        predictions = np.where(np.isfinite(logits).all(axis=-1), logits.argmax(-1), -1)
+        results = metric.compute(predictions=predictions, references=labels)
         return {name: float(value) for name, value in results.items()}
 
     return compute
