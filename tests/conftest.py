@@ -25,3 +25,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         relative = Path(item.path).relative_to(here)
         if relative.parts[0] in SLOW_FOLDERS:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    """transformers' ``hf_api`` replaced by a recorder: nothing reaches the Hub, every upload is kept."""
+    import transformers.trainer
+
+    from testing_utils import RecordingHub
+
+    recorder = RecordingHub()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: recorder)
+    return recorder

@@ -3,12 +3,14 @@ reference computations and the two-process launcher."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -241,6 +243,29 @@ class ThreeObjectives(DTOKDTrainer):
     def compute_objective_losses(self, student_logits, teacher_logits, labels):
         two = super().compute_objective_losses(student_logits, teacher_logits, labels)
         return torch.stack([two[0], logit_kd_loss(student_logits, teacher_logits, 1.0), two[1]])
+
+
+class RecordingHub:
+    """Stands in for transformers' ``hf_api()``: records what would be created and uploaded (the ``hub``
+    fixture of conftest.py installs it)."""
+
+    def __init__(self):
+        self.repos, self.uploads = [], []
+
+    def create_repo(self, repo_name, **kwargs):
+        self.repos.append(repo_name)
+        return SimpleNamespace(repo_id=f"someone/{repo_name}")
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        files = []
+        for root, _, names in os.walk(folder_path):
+            for name in names:
+                relative = os.path.relpath(os.path.join(root, name), folder_path)
+                parts = Path(relative).parts
+                if not any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in ignore_patterns):
+                    files.append(relative)
+        self.uploads.append({"repo_id": repo_id, "files": sorted(files), "folder": folder_path})
+        return SimpleNamespace(commit_url="recorded")
 
 
 class Crash(RuntimeError):

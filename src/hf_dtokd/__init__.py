@@ -28,6 +28,7 @@ from hf_dtokd.signals.signal_config import DeiTTokenConfig, DetectionKDConfig, F
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
 from hf_dtokd.trainer.metrics import classification_metrics
+from hf_dtokd.trainer.nonfinite import NonFiniteLossError
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ __all__ = [
     "FeatureKDTrainer",
     "StudentWithProjectors",
     "FixedWeights",
+    "NonFiniteLossError",
     "build_balancer",
     "classification_metrics",
     "dto_closed_form",

@@ -1,10 +1,5 @@
 """Publishing and watching: student-only push with a model card, and the trade-off plot callback."""
 
-import fnmatch
-import os
-from pathlib import Path
-from types import SimpleNamespace
-
 import pytest
 import torch
 import yaml
@@ -13,37 +8,6 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Vi
 from hf_dtokd import DTOKDTrainer
 from hf_dtokd.hub.plotting import plot_tradeoff
 from testing_utils import random_images, tiny_args, tiny_resnet, tiny_vit
-
-
-class RecordingHub:
-    """Stands in for transformers' ``hf_api()``: records what would be created and uploaded."""
-
-    def __init__(self):
-        self.repos, self.uploads = [], []
-
-    def create_repo(self, repo_name, **kwargs):
-        self.repos.append(repo_name)
-        return SimpleNamespace(repo_id=f"someone/{repo_name}")
-
-    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
-        files = []
-        for root, _, names in os.walk(folder_path):
-            for name in names:
-                relative = os.path.relpath(os.path.join(root, name), folder_path)
-                parts = Path(relative).parts
-                if not any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in ignore_patterns):
-                    files.append(relative)
-        self.uploads.append({"repo_id": repo_id, "files": sorted(files), "folder": folder_path})
-        return SimpleNamespace(commit_url="recorded")
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    import transformers.trainer
-
-    recorder = RecordingHub()
-    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: recorder)
-    return recorder
 
 
 def processor():

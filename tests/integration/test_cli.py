@@ -261,3 +261,61 @@ def test_metric_takes_local_evaluate_modules_combined_offline(tmp_path):
     assert metrics["eval_hits"] + metrics["eval_misses"] == 50 and "eval_top1" not in metrics
     with pytest.raises(ValueError, match="could not load the evaluate metric"):
         classify([*saved_pair(tmp_path), "--output_dir", str(out), "--metric", str(tmp_path / "nowhere.py")])
+
+
+def nan_pixel_run(tmp_path, **overrides):
+    """A command-line run as a new user would write it, with an image processor of std 0: NaN pixels."""
+    student_dir, teacher_dir = tmp_path / "student", tmp_path / "teacher"
+    tiny_vit(num_labels=10).save_pretrained(student_dir)
+    ViTImageProcessor(size={"height": 16, "width": 16}, image_std=[0.0] * 3).save_pretrained(student_dir)
+    tiny_resnet(num_labels=10).save_pretrained(teacher_dir)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(teacher_dir)
+    settings = {
+        "model_name_or_path": str(student_dir),
+        "teacher_model_name_or_path": str(teacher_dir),
+        "output_dir": str(tmp_path / "out"),
+        "do_train": True,
+        "do_eval": True,
+        "max_steps": 3,
+        "per_device_train_batch_size": 8,
+        "use_cpu": True,
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        **overrides,
+    }
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    return tmp_path / "out"
+
+
+def test_a_nan_run_stopped_exits_non_zero_and_leaves_no_finished_model(tmp_path, monkeypatch):
+    out = nan_pixel_run(tmp_path, on_nonfinite_loss="stop")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        SystemExit, match=r"training stopped: non-finite losses at optimizer step 1"
+    ) as stopped:
+        hf_dtokd_main(["classify", "run.json"])
+    assert stopped.value.code not in (0, None)
+    left = set(out.iterdir()) if out.exists() else set()
+    for finished in ("model.safetensors", "README.md", "eval_results.json", "train_results.json"):
+        assert out / finished not in left
+
+
+def test_a_nan_run_continued_scores_zero_says_so_and_is_not_pushed(tmp_path, monkeypatch, hub):
+    nan_pixel_run(tmp_path, push_to_hub=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="refusing to push the student to the Hub"):
+        hf_dtokd_main(["classify", "run.json"])
+    assert hub.uploads == []  # refused before any upload (the Trainer's push at save_model included)
+
+
+def test_a_nan_run_continued_without_push_is_scored_zero_and_carded_with_a_warning(tmp_path, monkeypatch):
+    from hf_dtokd.cli.classify import main as classify
+
+    out = nan_pixel_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    metrics = classify(["run.json"])
+    assert metrics["nonfinite_losses"] == 3 and metrics["nonfinite_weights"] > 0
+    assert metrics["eval_top1"] == 0.0  # NaN logits are never a hit (was 1.0)
+    card = (out / "README.md").read_text()
+    assert "**Warning:** 3 optimizer step(s) of this run had non-finite (NaN/inf) losses" in card
+    assert "value: 1.0" not in card

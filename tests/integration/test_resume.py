@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from hf_dtokd import DTOKDTrainer
+from hf_dtokd import DTOKDTrainer, NonFiniteLossError
 from testing_utils import Crash, CrashAtStep, random_images, tiny_args, tiny_resnet, tiny_vit, train_logs
 
 DATA = random_images(32)
@@ -180,8 +180,9 @@ def test_nonfinite_policy_continue_is_the_trainers_and_stop_ends_the_run(tmp_pat
     trainer = DTOKDTrainer(
         model=tiny_vit(), teacher_model=teacher, args=args, train_dataset=random_images(16)
     )
-    trainer.train()
-    assert trainer.state.global_step == 2 and torch.isfinite(flat(trainer.model)).all()
+    with pytest.raises(NonFiniteLossError):
+        trainer.train()
+    assert trainer.state.global_step == 1 and torch.isfinite(flat(trainer.model)).all()
 
 
 def test_trainer_state_and_tradeoff_state_sit_side_by_side(tmp_path):

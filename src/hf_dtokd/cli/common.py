@@ -9,6 +9,8 @@ from typing import Any
 
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
+from hf_dtokd.trainer.nonfinite import NonFiniteLossError
+
 
 def parse_script_args(parser: HfArgumentParser, argv: list[str] | None) -> tuple[Any, ...]:
     """Flags, or one JSON file with the same keys as the only argument; sets the log level from the config."""
@@ -24,10 +26,16 @@ def parse_script_args(parser: HfArgumentParser, argv: list[str] | None) -> tuple
 def train_evaluate_publish(
     trainer: Trainer, config: TrainingArguments, card: dict[str, Any]
 ) -> dict[str, Any]:
-    """``run_*.py``'s ending: train (resuming if asked) and save, evaluate, push to the Hub or write the card."""
+    """``run_*.py``'s ending: train (resuming if asked) and save, evaluate, push to the Hub or write the card.
+
+    A run stopped for non-finite losses exits non-zero here, before anything is saved; a student whose weights
+    are not finite is refused by ``push_to_hub``."""
     metrics: dict[str, Any] = {}
     if config.do_train:
-        result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+        try:
+            result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+        except NonFiniteLossError as error:  # on_nonfinite_loss="stop": no save, no evaluation, no card
+            raise SystemExit(f"training stopped: {error}") from error
         trainer.save_model()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

@@ -7,6 +7,7 @@ and appends this section, so a reader of the pushed student sees how it was dist
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,15 +37,18 @@ def distillation_section(
     trainer: str = "DTOKDTrainer",
     objectives: Mapping[str, str] | None = None,
     signal_fields: Sequence[str] = (),
+    warnings: Sequence[str] = (),
 ) -> str:
     """Markdown for the card: what was distilled from what, by which trainer and losses (``objectives``: a
-    description per objective name), how (``fields``: the config fields that set the method, declared by its
-    balancer class; ``signal_fields``: the signal's options), and how the trade-off moved."""
+        description per objective name), how (``fields``: the config fields that set the method, declared by its
+        balancer class; ``signal_fields``: the signal's options), and how the trade-off moved. ``warnings`` (a run with
+    non-finite losses or weights) open the section, in bold."""
     hyper = ", ".join(f"`{name}={getattr(config, name)!r}`" for name in fields)
     described = objectives or {}
     lines = [
         "## Distillation",
         "",
+        *[f"> **Warning:** {warning}\n" for warning in warnings],
         f"Distilled with [hf-dtokd](https://pypi.org/project/hf-dtokd/) (`{trainer}`).",
         "",
         f"- teacher: `{teacher}`",
@@ -99,7 +103,7 @@ METRIC_NAMES = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy", "loss": "Los
 
 
 def final_evaluation(log_history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """The last evaluation's results (``eval_`` prefix dropped, bookkeeping left out)."""
+    """The last evaluation's finite results (``eval_`` prefix dropped, bookkeeping left out)."""
     rows = [row for row in log_history if any(key.startswith("eval_") for key in row)]
     if not rows:
         return {}
@@ -108,6 +112,7 @@ def final_evaluation(log_history: Sequence[Mapping[str, Any]]) -> dict[str, floa
         for key, value in rows[-1].items()
         if key.startswith("eval_")
         and isinstance(value, (int, float))
+        and math.isfinite(value)  # a NaN loss is no result to index
         and key[len("eval_") :] not in NOT_RESULTS
     }
 

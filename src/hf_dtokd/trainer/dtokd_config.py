@@ -173,8 +173,10 @@ class DTOKDConfig(TrainingArguments):
         default="continue",
         metadata={
             "help": "When a window's losses are NaN/inf (pi is always kept and the event counted): 'continue' "
-            "applies the step as the Trainer would (its gradient is then non-finite too), 'skip_step' zeroes the "
-            "window's gradient before the optimizer step, 'stop' zeroes it and ends training after that step.",
+            "applies the step as the Trainer would (its gradient is then non-finite too; the final log, the model "
+            "card and push_to_hub then say so or refuse), 'skip_step' takes no optimizer or scheduler step for that "
+            "window (weights and optimizer state untouched), 'stop' raises NonFiniteLossError before the step "
+            "(train() fails, nothing is saved as finished).",
             "choices": ["continue", "skip_step", "stop"],
         },
     )

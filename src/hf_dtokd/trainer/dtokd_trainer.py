@@ -77,6 +77,14 @@ from hf_dtokd.trainer.checkpoints import (
 )
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 from hf_dtokd.trainer.metrics import classification_metrics
+from hf_dtokd.trainer.nonfinite import (
+    NonFiniteLossError,
+    nonfinite_loss_message,
+    nonfinite_parameters,
+    refuse_nonfinite_publish,
+    run_health_warnings,
+    skip_next_call,
+)
 from hf_dtokd.trainer.norm_statistics import preserved_running_statistics
 from hf_dtokd.trainer.placement import AccumulationWindow, build_placement
 from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS, add_teacher_logits, check_cacheable
@@ -218,6 +226,8 @@ class DTOKDTrainer(Trainer):
 
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._nonfinite_losses = torch.zeros((), dtype=torch.long, device=self.args.device)
+        #: restores of the optimizer / scheduler ``step`` a skipped window disarmed (``on_nonfinite_loss``)
+        self._skipped_step_restores: list[Callable[[], None]] = []
         self.window = AccumulationWindow()
 
     # ------------------------------------------------------------------ set-up
@@ -452,6 +462,7 @@ class DTOKDTrainer(Trainer):
         student_inputs, labels, teacher_pixels = self._split_batch(inputs)
         steps = self.current_gradient_accumulation_steps
         if not self.window.is_open:
+            self._restore_skipped_step()
             if self._trace_from_step is None:  # the first step of this train() call (a resumed run: its step)
                 self._trace_from_step = self.state.global_step
             self.window.open(model, len(self.objective_names), self.args.device)
@@ -501,6 +512,15 @@ class DTOKDTrainer(Trainer):
         self._nonfinite_losses += nonfinite.long()
         # a host sync only when a policy other than the Trainer's default was asked for
         skip = self.args.on_nonfinite_loss != "continue" and bool(nonfinite)
+        if (
+            skip and self.args.on_nonfinite_loss == "stop"
+        ):  # before the step: the weights are the last finite ones
+            checkpoint, _ = last_complete_checkpoint(self.args.output_dir)
+            raise NonFiniteLossError(
+                nonfinite_loss_message(
+                    self.state.global_step + 1, self.objective_names, window_losses, checkpoint
+                )
+            )
         logged = self.placement.close_window(window_losses, logged, skip)
         self.balancer.observe_window(window_losses)
         if not self.placement.pi_per_micro_batch:
@@ -517,19 +537,27 @@ class DTOKDTrainer(Trainer):
         return logged
 
     def _drop_window_gradient(self) -> None:
-        """``on_nonfinite_loss``: zero the non-finite window's gradient (and stop training if asked)."""
+        """``on_nonfinite_loss="skip_step"``: the window's optimizer and scheduler steps are not taken (see
+        ``trainer/nonfinite.py``); the gradient is zeroed too, so the logged gradient norm is 0, not NaN."""
         for param in self.window.model.parameters():
             if param.grad is not None:
                 param.grad.zero_()
         if self.balancer.handles_clipping:
             self.balancer.last_grad_norm = torch.zeros((), device=self.args.device)
+        self._skipped_step_restores = [skip_next_call(self.optimizer)]
+        if self.lr_scheduler is not None:
+            self._skipped_step_restores.append(skip_next_call(self.lr_scheduler))
         logger.warning(
-            "non-finite losses at step %d: the update is skipped%s",
+            "non-finite losses at step %d: its optimizer and scheduler steps are skipped (on_nonfinite_loss="
+            "'skip_step')",
             self.state.global_step + 1,
-            " and training stops (on_nonfinite_loss='stop')" if self.args.on_nonfinite_loss == "stop" else "",
         )
-        if self.args.on_nonfinite_loss == "stop":
-            self.control.should_training_stop = True
+
+    def _restore_skipped_step(self) -> None:
+        """Put back a ``step`` left disarmed (a scheduler the Trainer did not call, e.g. ReduceLROnPlateau)."""
+        for restore in self._skipped_step_restores:
+            restore()
+        self._skipped_step_restores = []
 
     def _record_gradient_diagnostics(self, gram: torch.Tensor) -> None:
         """Gradient conflict (cosine) and dominance (norm ratio) of each objective against the task."""
@@ -649,7 +677,29 @@ class DTOKDTrainer(Trainer):
             logs["nonfinite_losses"] = int(self._nonfinite_losses.item())
             logs["tradeoff_skipped"] = int(self.balancer.nonfinite_events.item())
             self._metrics.clear()
+        if "train_runtime" in logs:  # the Trainer's final summary (also train()'s metrics): the run's health
+            self._add_run_health(logs)
         super().log(logs, start_time)
+
+    def _add_run_health(self, logs: dict[str, float]) -> None:
+        count = int(self._nonfinite_losses.item())
+        logs["nonfinite_losses"] = count
+        bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
+        logs["nonfinite_weights"] = len(bad)
+        if bad:
+            logger.warning(
+                "the student ends with %d non-finite tensor(s) after %d optimizer step(s) with non-finite losses "
+                "(on_nonfinite_loss=%r): its outputs are NaN; do not use or publish it before finding the cause",
+                len(bad),
+                count,
+                self.args.on_nonfinite_loss,
+            )
+        elif count:
+            logger.warning(
+                "%d optimizer step(s) had non-finite losses (%s)",
+                count,
+                "skipped" if self.args.on_nonfinite_loss == "skip_step" else "applied",
+            )
 
     def create_model_card(
         self,
@@ -695,6 +745,10 @@ class DTOKDTrainer(Trainer):
             trainer=type(self).__name__,
             objectives=self.objective_descriptions(),
             signal_fields=self.signal_fields,
+            warnings=run_health_warnings(
+                int(self._nonfinite_losses.item()),
+                nonfinite_parameters(self.accelerator.unwrap_model(self.model)),
+            ),
         )
         card = os.path.join(self.args.output_dir, "README.md")
         with open(card, encoding="utf-8") as handle:
@@ -704,6 +758,24 @@ class DTOKDTrainer(Trainer):
         task = tasks[0] if isinstance(tasks, list) and tasks else tasks
         named = dataset[0] if isinstance(dataset, list) and dataset else dataset
         add_eval_results(card, self.state.log_history, task, named)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.push_to_hub``, refused (``ValueError``) when the student's weights are not finite."""
+        refuse_nonfinite_publish(self.accelerator.unwrap_model(self.model))
+        return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The Trainer's push at a save (``hub_strategy``), skipped with a warning while the weights are not
+        finite."""
+        bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
+        if bad:
+            logger.warning(
+                "not pushing %s to the Hub: %d tensor(s) of the student are not finite",
+                checkpoint_folder,
+                len(bad),
+            )
+            return
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def _method_name(self) -> str:
         """The name checkpoints record: the config's method, or the class of a custom balancer."""

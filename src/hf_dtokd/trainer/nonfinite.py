@@ -1,0 +1,114 @@
+"""What a run does with non-finite losses (``on_nonfinite_loss``), and how a broken student is kept from
+looking finished.
+
+* ``continue`` (default, the Trainer's behaviour): the step is applied. The run is then marked: the final
+  log and ``train()``'s metrics carry ``nonfinite_losses``, the model card opens with a warning, and
+  ``push_to_hub`` refuses a student whose weights are not finite.
+* ``skip_step``: the optimizer step of that window is not taken at all, as a step that fp16's loss scaler
+  skips: no parameter update, no momentum or second-moment update, no weight decay, no optimizer step
+  count, no scheduler step (the learning-rate schedule then runs one step behind ``global_step``, as it
+  does after a skipped fp16 step). Zeroing the gradient is not enough: AdamW still moves the weights
+  through its momentum and its decoupled weight decay.
+* ``stop``: ``NonFiniteLossError`` is raised before the optimizer step, so ``train()`` raises, nothing is
+  saved, evaluated or published as a finished model, and the command line exits non-zero. Checkpoints
+  saved before the event are intact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised with ``on_nonfinite_loss="stop"`` when a window's losses are NaN or infinite."""
+
+
+def skip_next_call(target: Any, method: str = "step") -> Callable[[], None]:
+    """Make the next ``target.<method>()`` a no-op, then restore the method; returns the restore (idempotent),
+    for a call that never came.
+
+    Used on the Trainer's optimizer and scheduler for a skipped step: the Trainer calls
+    ``optimizer.step()`` and ``lr_scheduler.step()`` itself, and neither offers a skip flag of its own
+    (accelerate's ``step_was_skipped`` is set only by its fp16 gradient scaler). An instance attribute
+    shadows the method for one call; an instance attribute that was already there is put back.
+    """
+    had_own = method in vars(target)
+    own = vars(target).get(method)
+
+    def skipped(*args: Any, **kwargs: Any) -> None:
+        restore()
+
+    def restore() -> None:
+        if vars(target).get(method) is not skipped:
+            return
+        if had_own:
+            setattr(target, method, own)
+        else:
+            delattr(target, method)
+
+    setattr(target, method, skipped)
+    return restore
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding a NaN or an infinity."""
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return [
+        name
+        for name, tensor in named
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def nonfinite_loss_message(
+    step: int, names: Sequence[str], losses: torch.Tensor, checkpoint: str | None
+) -> str:
+    values = ", ".join(
+        f"{name}={value:.4g}" for name, value in zip(names, losses.detach().float().cpu().tolist())
+    )
+    resume = (
+        f" The last checkpoint, {checkpoint}, was saved before it."
+        if checkpoint
+        else " No checkpoint was saved before it."
+    )
+    return (
+        f"non-finite losses at optimizer step {step} ({values}); on_nonfinite_loss='stop' ends the run before "
+        "this step, and nothing is saved as a finished model. Common causes: NaN or infinite pixels (an image "
+        "processor with image_std 0), a learning rate too high, fp16 overflow (use bf16). Fix the cause and "
+        "start again, or set on_nonfinite_loss='skip_step' to skip such steps." + resume
+    )
+
+
+def run_health_warnings(nonfinite_losses: int, nonfinite_weights: Sequence[str]) -> list[str]:
+    """The model card's warnings for a run that had non-finite losses or ends with non-finite weights."""
+    warnings = []
+    if nonfinite_losses:
+        warnings.append(
+            f"{nonfinite_losses} optimizer step(s) of this run had non-finite (NaN/inf) losses "
+            "(`nonfinite_losses` in the training log)."
+        )
+    if nonfinite_weights:
+        shown = ", ".join(f"`{name}`" for name in nonfinite_weights[:5])
+        more = f" and {len(nonfinite_weights) - 5} more" if len(nonfinite_weights) > 5 else ""
+        warnings.append(
+            f"{len(nonfinite_weights)} tensor(s) of this model are not finite ({shown}{more}): its outputs are "
+            "NaN and its evaluation is meaningless."
+        )
+    return warnings
+
+
+def refuse_nonfinite_publish(model: nn.Module) -> None:
+    """Raise before a student whose weights are not finite is pushed to the Hub."""
+    bad = nonfinite_parameters(model)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"refusing to push the student to the Hub: {len(bad)} of its tensors hold NaN or inf values ({shown}). "
+            "The run had non-finite losses (see nonfinite_losses in the training log). Fix the cause (NaN "
+            "pixels, a learning rate too high, fp16 overflow) and train again, or set "
+            "on_nonfinite_loss='skip_step' / 'stop'"
+        )
