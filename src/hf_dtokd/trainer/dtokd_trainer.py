@@ -808,6 +808,21 @@ class DTOKDTrainer(Trainer):
         ):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the best checkpoint restored as a resume restores it (through
+        ``from_pretrained``, strictly; projectors included), not with the Trainer's non-strict
+        ``load_state_dict``, which leaves the tensors saved in another key layout (ViT, DeiT) or under the
+        student's own names (a student with projectors) at their last-step values with only a warning."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            super()._load_best_model()
+            return
+        logger.info(
+            "loading the best model from %s (score: %s)",
+            self.state.best_model_checkpoint,
+            self.state.best_metric,
+        )
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint.
 
