@@ -57,6 +57,14 @@ def raw_loss_weights(pi: torch.Tensor, shifted: torch.Tensor, rescale: str) -> t
     raise ValueError(f"unknown rescale rule {rescale!r}; valid values: {', '.join(RESCALE_RULES)}")
 
 
+def distillation_only_weights(num_objectives: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Raw-loss weights for a window without labelled examples: the task (last) gets 0, the distillation
+    objectives share 1 equally (``(1, 0)`` for the default two objectives)."""
+    weights = torch.full((num_objectives,), 1.0 / (num_objectives - 1), device=device)
+    weights[-1] = 0.0
+    return weights
+
+
 class Balancer(ABC):
     """A trade-off method: keeps ``pi`` over ``OBJECTIVES`` and turns it into raw-loss weights."""
 
@@ -76,6 +84,11 @@ class Balancer(ABC):
     #: True when the method computes the whole update (momenta included) and the trainer must step with
     #: momentum-free SGD (``p <- p - lr .grad``).
     owns_update: bool = False
+
+    #: True when the method sets its weights from each window (every method but fixed weights and DOT, whose
+    #: weights are alpha). A window without labelled examples then gets ``distillation_only_weights`` and
+    #: leaves the method's state alone: its task loss is 0 by construction, not a trade-off to learn from.
+    balances_each_window: bool = True
 
     #: The ``DTOKDConfig`` fields that set this method, reported in the model card.
     config_fields: tuple[str, ...] = ("temperature",)

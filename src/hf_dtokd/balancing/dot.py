@@ -52,6 +52,8 @@ class DOT(Balancer):
     #: The trainer must step with momentum-free SGD: this method computes the whole update.
     owns_update = True
     needs_reachability = True
+    #: pi is alpha; without labels the task gradient is 0 and the rule runs on the distillation momentum
+    balances_each_window = False
     config_fields = ("temperature", "alpha", "dot_momentum", "dot_delta")
 
     def __init__(

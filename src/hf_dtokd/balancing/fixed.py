@@ -16,6 +16,8 @@ from hf_dtokd.balancing.base import Balancer
 
 class FixedWeights(Balancer):
     config_fields = ("temperature", "alpha")
+    #: alpha applies to every window; without labels the task loss is 0 and alpha weighs distillation alone
+    balances_each_window = False
 
     def __init__(self, alpha: float | None = None, weights: Sequence[float] | None = None) -> None:
         if (alpha is None) == (weights is None):

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 
 OFFLINE_HINT = (
     "If this machine is offline, download the model elsewhere and pass its local folder (saved with "
     "save_pretrained), or set HF_HUB_OFFLINE=1 with the model already in the Hugging Face cache."
 )
+
+
+def check_model_reference(name_or_path: str, role: str) -> None:
+    """Before any network call: a ``name_or_path`` that is neither an existing folder nor a valid Hub id
+    (``name`` or ``namespace/name``; huggingface_hub's own rule) is refused, naming both readings."""
+    if os.path.isdir(name_or_path):
+        return
+    if os.path.exists(name_or_path):
+        raise ValueError(
+            f"the {role} {name_or_path!r} is a file, not a model folder: pass the folder that holds its "
+            "config.json and weights (as written by save_pretrained), or a Hub id"
+        )
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise ValueError(
+            f"the {role} {name_or_path!r} is neither a local folder (no such folder, seen from "
+            f"{os.getcwd()}) nor a Hub id (name or namespace/name): check the path, or pass a Hub id"
+        ) from None
 
 
 def load_image_classifier(
@@ -23,6 +45,7 @@ def load_image_classifier(
     initialised, as DeiT trains its students. ``role`` ("teacher" / "student") names the model in the error
     raised when it cannot be loaded.
     """
+    check_model_reference(name_or_path, role)
     try:
         if from_scratch:
             init_kwargs.pop("ignore_mismatched_sizes", None)
@@ -30,7 +53,18 @@ def load_image_classifier(
             return AutoModelForImageClassification.from_config(config)
         return AutoModelForImageClassification.from_pretrained(name_or_path, **init_kwargs)
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"could not load the {role} {name_or_path!r}: {error}\n{OFFLINE_HINT}") from error
+        raise ValueError(
+            f"could not load the {role} {name_or_path!r}{_no_folder(name_or_path)}: {error}\n{OFFLINE_HINT}"
+        ) from error
+
+
+def _no_folder(name_or_path: str) -> str:
+    """Said when a Hub-id-shaped name failed to load: it was not a local folder either."""
+    return (
+        ""
+        if os.path.isdir(name_or_path)
+        else f" (no local folder of that name in {os.getcwd()}; read as a Hub id)"
+    )
 
 
 def load_image_processor(name_or_path: str) -> Any | None:

@@ -105,7 +105,9 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
                 "feature losses reach the student only below the stages they read, so no layer after them is "
                 "shared by every loss: use gradient_placement='parameters' with FeatureKDTrainer"
             )
-        teacher, teacher_processing_class = load_teacher(teacher_model, args, teacher_processing_class)
+        teacher, teacher_processing_class = load_teacher(
+            teacher_model, args, teacher_processing_class, student=model
+        )
         student_maps, teacher_maps = _probe_stages(model, "student"), _probe_stages(teacher, "teacher")
         names = (f"student {type(model).__name__}", f"teacher {type(teacher).__name__}")
         pairs = pair_stages(len(student_maps), len(teacher_maps), student_stages, teacher_stages, names)

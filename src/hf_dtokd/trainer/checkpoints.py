@@ -8,6 +8,10 @@
 * A checkpoint is *complete* when it holds ``trainer_state.json`` (the Trainer writes it last) and
   ``dtokd_state.pt``. ``resume_from_checkpoint=True`` picks the newest complete one; an explicit
   incomplete one is an error naming the fix.
+* A file of the checkpoint that cannot be read (truncated or damaged: ``model.safetensors``, ``optimizer.pt``,
+  ``dtokd_state.pt``, ``trainer_state.json``, ...) is named before anything is loaded
+  (``check_readable``), with the earlier complete checkpoint to resume from instead; torch's and
+  safetensors' own errors name neither.
 * Student weights: transformers 5.23's ``save_pretrained`` writes some models (ViT, DeiT) in the Hub's
   original key layout while ``Trainer._load_from_checkpoint`` restores with a plain
   ``load_state_dict``: resuming leaves the renamed weights at their initial values with only a
@@ -17,8 +21,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import zipfile
 from typing import Any
 
 import torch
@@ -50,7 +56,10 @@ def load_tradeoff_state(folder: str, method: str, objectives: tuple[str, ...]) -
             "older hf-dtokd, or the save was interrupted. Resuming would silently restart pi; resume from a "
             "checkpoint written by DTOKDTrainer, or start the run afresh without resume_from_checkpoint"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises OSError / RuntimeError / UnpicklingError by case
+        raise unreadable(folder, STATE_NAME, error) from error
     found = state.get("format")
     if found != FORMAT_VERSION:
         raise ValueError(
@@ -92,6 +101,86 @@ def last_complete_checkpoint(output_dir: str) -> tuple[str | None, list[str]]:
             return folder, skipped
         skipped.append(folder)
     return None, skipped
+
+
+def _checkpoint_step(folder: str) -> int | None:
+    match = _CHECKPOINT_DIR.match(os.path.basename(os.path.normpath(folder)))
+    return int(match.group(1)) if match else None
+
+
+def earlier_checkpoint(folder: str) -> str | None:
+    """The newest complete and readable ``checkpoint-M`` beside ``folder`` with ``M`` below its step."""
+    step = _checkpoint_step(folder)
+    parent = os.path.dirname(os.path.normpath(folder))
+    if step is None or not os.path.isdir(parent):
+        return None
+    older = sorted(
+        (found, name)
+        for name in os.listdir(parent)
+        if (found := _checkpoint_step(name)) is not None and found < step
+    )
+    for _, name in reversed(older):
+        candidate = os.path.join(parent, name)
+        if is_complete(candidate) and not _unreadable_files(candidate):
+            return candidate
+    return None
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file that cannot be read; the message names it and the checkpoint to resume from."""
+
+
+def unreadable(folder: str, name: str, error: BaseException) -> CheckpointReadError:
+    earlier = earlier_checkpoint(folder)
+    instead = (
+        f"resume from the earlier checkpoint {earlier} (resume_from_checkpoint={earlier!r})"
+        if earlier
+        else "no earlier complete checkpoint exists beside it: start afresh without resume_from_checkpoint"
+    )
+    return CheckpointReadError(
+        f"checkpoint file {os.path.join(folder, name)} cannot be read ({type(error).__name__}: {str(error)[:200]}): "
+        f"it is truncated or damaged (an interrupted save, a full disk, a partial copy). Delete that checkpoint "
+        f"and {instead}"
+    )
+
+
+def _unreadable_files(folder: str) -> list[tuple[str, BaseException]]:
+    """Files of a checkpoint whose container cannot be opened: safetensors (header and coverage, checked by
+    ``safe_open`` without reading the tensors), torch zip archives (``.pt`` / ``.pth`` / ``.bin``: the central
+    directory at the end, which a truncation loses), JSON (parsed)."""
+    from safetensors import safe_open
+
+    bad = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(path, "pt"):
+                    pass
+            elif name.endswith((".pt", ".pth", ".bin")):
+                with zipfile.ZipFile(path) as archive:
+                    size = os.path.getsize(path)
+                    for member in archive.infolist():
+                        if member.header_offset + member.compress_size > size:
+                            raise zipfile.BadZipFile(
+                                f"member {member.filename} runs past the end of the file"
+                            )
+            elif name.endswith(".json"):
+                with open(path, encoding="utf-8") as handle:
+                    json.load(handle)
+        except Exception as error:  # each format raises its own error type
+            bad.append((name, error))
+    return bad
+
+
+def check_readable(folder: str) -> None:
+    """Raise ``CheckpointReadError`` for the first file of ``folder`` that cannot be read (see above)."""
+    bad = _unreadable_files(folder)
+    if bad:
+        name, error = bad[0]
+        raise unreadable(folder, name, error)
 
 
 def restore_student(model: nn.Module, checkpoint: str) -> bool:

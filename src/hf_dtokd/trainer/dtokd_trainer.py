@@ -69,6 +69,7 @@ from hf_dtokd.runtime.backends import check_backend_support, prepare_teacher
 from hf_dtokd.runtime.precision import fp8_recipe
 from hf_dtokd.trainer.checkpoints import (
     TRAINER_STATE_NAME,
+    check_readable,
     is_complete,
     last_complete_checkpoint,
     load_tradeoff_state,
@@ -165,7 +166,9 @@ class DTOKDTrainer(Trainer):
             )
         if model is None:
             raise ValueError("DTOKDTrainer needs the student model (model=...)")
-        teacher_model, teacher_processing_class = load_teacher(teacher_model, args, teacher_processing_class)
+        teacher_model, teacher_processing_class = load_teacher(
+            teacher_model, args, teacher_processing_class, student=model
+        )
         teacher_name = _model_name(teacher_model)
 
         super().__init__(
@@ -226,6 +229,8 @@ class DTOKDTrainer(Trainer):
 
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._nonfinite_losses = torch.zeros((), dtype=torch.long, device=self.args.device)
+        #: windows without a labelled example, trained on the distillation objectives alone
+        self._distillation_only_windows = 0
         #: restores of the optimizer / scheduler ``step`` a skipped window disarmed (``on_nonfinite_loss``)
         self._skipped_step_restores: list[Callable[[], None]] = []
         self.window = AccumulationWindow()
@@ -466,6 +471,7 @@ class DTOKDTrainer(Trainer):
             if self._trace_from_step is None:  # the first step of this train() call (a resumed run: its step)
                 self._trace_from_step = self.state.global_step
             self.window.open(model, len(self.objective_names), self.args.device)
+            self.window.distillation_only = self._window_has_no_labels()
             self.placement.open_window(model)
 
         capture = self.placement.capture()
@@ -484,7 +490,11 @@ class DTOKDTrainer(Trainer):
         self.window.losses += losses.detach() / steps
 
         logged = self.placement.backward(losses, outputs, steps)
-        if self.balancer.needs_look_ahead and self.args.look_ahead == "same_batch":
+        if (
+            self.balancer.needs_look_ahead
+            and self.args.look_ahead == "same_batch"
+            and not self.window.distillation_only
+        ):
             self.window.batches.append((student_inputs, teacher_signal, labels, scales))
         if self.accelerator.sync_gradients:
             logged = self._close_window(logged)
@@ -522,10 +532,13 @@ class DTOKDTrainer(Trainer):
                 )
             )
         logged = self.placement.close_window(window_losses, logged, skip)
-        self.balancer.observe_window(window_losses)
+        if not window.distillation_only:
+            self.balancer.observe_window(window_losses)
         if not self.placement.pi_per_micro_batch:
             self._record_pi()
-        if self.balancer.needs_look_ahead and self.args.look_ahead == "next_batch":
+        if window.distillation_only:  # no trade-off measured: the next_batch pair is broken
+            window.previous_losses = None
+        elif self.balancer.needs_look_ahead and self.args.look_ahead == "next_batch":
             # the previous window's losses before its step and this window's after it (another batch)
             if window.previous_losses is not None:
                 self.balancer.update(window.previous_losses, window_losses)
@@ -535,6 +548,32 @@ class DTOKDTrainer(Trainer):
         for index, name in enumerate(self.objective_names):
             self._metrics[f"{name}_loss"].append(window_losses[index])
         return logged
+
+    def _window_has_no_labels(self) -> bool:
+        """Whether the window about to run has no labelled example on any process (one host sync per window,
+        for methods that balance each window). Its task loss is 0 by construction: exact DTO-KD would put its
+        weight on that zero gradient (the shorter one) and never optimise the distillation loss, FAMO would
+        learn from a zero drop; the window is trained on the distillation objectives alone instead, as fixed
+        alpha does in effect, and the balancer's state is left as it was (``distillation_only_windows``)."""
+        counts = self.window.counts
+        if counts is None or not self.balancer.balances_each_window:
+            return False
+        labelled = counts.labelled.to(self.args.device)
+        if (
+            self.accelerator.num_processes > 1 and counts.processes == 1
+        ):  # counted per process: the global total
+            labelled = self.accelerator.reduce(labelled.clone(), reduction="sum")
+        if bool(labelled > 0):
+            return False
+        self._distillation_only_windows += 1
+        if self._distillation_only_windows == 1:
+            logger.warning(
+                "step %d: no labelled example in this accumulation window; method %r trains it on the "
+                "distillation loss alone and keeps its trade-off state (counted in distillation_only_windows)",
+                self.state.global_step + 1,
+                self.args.method,
+            )
+        return True
 
     def _drop_window_gradient(self) -> None:
         """``on_nonfinite_loss="skip_step"``: the window's optimizer and scheduler steps are not taken (see
@@ -675,6 +714,7 @@ class DTOKDTrainer(Trainer):
                 if name.startswith("grad_cos"):
                     logs.update(conflict_figures(name, stacked))
             logs["nonfinite_losses"] = int(self._nonfinite_losses.item())
+            logs["distillation_only_windows"] = self._distillation_only_windows
             logs["tradeoff_skipped"] = int(self.balancer.nonfinite_events.item())
             self._metrics.clear()
         if "train_runtime" in logs:  # the Trainer's final summary (also train()'s metrics): the run's health
@@ -784,7 +824,11 @@ class DTOKDTrainer(Trainer):
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if self.args.should_save:
-            state = {"balancer": self.balancer.state_dict(), "nonfinite_losses": self._nonfinite_losses.cpu()}
+            state = {
+                "balancer": self.balancer.state_dict(),
+                "nonfinite_losses": self._nonfinite_losses.cpu(),
+                "distillation_only_windows": self._distillation_only_windows,
+            }
             if self.window.previous_losses is not None:
                 state["previous_window_losses"] = self.window.previous_losses.cpu()
             save_tradeoff_state(output_dir, self._method_name(), self.objective_names, state)
@@ -795,6 +839,7 @@ class DTOKDTrainer(Trainer):
             state = load_tradeoff_state(checkpoint, self._method_name(), self.objective_names)
             self.balancer.load_state_dict(state["balancer"])
             self._nonfinite_losses = state["nonfinite_losses"].to(self.args.device)
+            self._distillation_only_windows = state.get("distillation_only_windows", 0)
             previous = state.get("previous_window_losses")
             self.window.previous_losses = None if previous is None else previous.to(self.args.device)
 
@@ -827,7 +872,8 @@ class DTOKDTrainer(Trainer):
         """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint.
 
         A checkpoint whose save was interrupted (no ``trainer_state.json`` or trade-off state) is skipped
-        with a warning; an explicit path to one is an error. The method, objectives and layout of the
+        with a warning; an explicit path to one is an error. A file of the chosen checkpoint that cannot be read
+        (truncated, damaged) is an error naming it and the earlier checkpoint to resume from. The method, objectives and layout of the
         checkpoint's trade-off state must match this run.
         """
         if resume_from_checkpoint is True:
@@ -851,6 +897,8 @@ class DTOKDTrainer(Trainer):
                 "finish. Resume from an earlier checkpoint, or pass resume_from_checkpoint=True to take the newest "
                 "complete one"
             )
+        if isinstance(resume_from_checkpoint, str):
+            check_readable(resume_from_checkpoint)  # a damaged file is named before anything is loaded
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
 
@@ -874,8 +922,10 @@ def load_teacher(
     args: DTOKDConfig,
     teacher_processing_class: Any | None,
     loader: Callable[..., nn.Module] = load_image_classifier,
+    student: nn.Module | None = None,
 ) -> tuple[nn.Module, Any | None]:
-    """The teacher instance (loaded with ``from_pretrained`` when given by Hub id / folder) and its processor."""
+    """The teacher instance (loaded with ``from_pretrained`` when given by Hub id / folder) and its processor;
+    refused when it is ``student`` or shares a weight with it (before anything is frozen)."""
     teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
     if teacher_model is None:
         raise ValueError("no teacher: pass teacher_model=... or set DTOKDConfig.teacher_model_name_or_path")
@@ -890,7 +940,33 @@ def load_teacher(
             "teacher_model_init_kwargs is set but the teacher was given as an instance; the kwargs would be "
             "ignored. Pass the teacher as a Hub id / path, or drop the kwargs"
         )
+    if student is not None:
+        check_teacher_is_not_the_student(student, teacher_model)
     return teacher_model, teacher_processing_class
+
+
+def check_teacher_is_not_the_student(student: nn.Module, teacher: nn.Module) -> None:
+    """Refuse a teacher that is the student object or shares weights with it: the teacher is frozen
+    (``requires_grad_(False)``), which would freeze the student's shared weights, and a teacher whose weights
+    train with the student is no fixed target."""
+    fix = (
+        "pass a teacher with weights of its own: a trained model loaded by Hub id or folder, or a copy "
+        "(copy.deepcopy(model)) if distilling a model into itself is really meant"
+    )
+    if teacher is student:
+        raise ValueError(f"the teacher is the student object itself (a {type(student).__name__}); {fix}")
+    owned = {id(p) for p in student.parameters()}
+    storages = {p.data_ptr() for p in student.parameters() if p.numel() and p.data_ptr()}
+    shared = [
+        name
+        for name, p in teacher.named_parameters()
+        if id(p) in owned or (p.numel() and p.data_ptr() and p.data_ptr() in storages)
+    ]
+    if shared:
+        shown = ", ".join(shared[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
+        raise ValueError(
+            f"the teacher shares {len(shared)} weight tensor(s) with the student ({shown}); {fix}"
+        )
 
 
 def _model_name(model: nn.Module) -> str:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hf_dtokd.balancing.base import distillation_only_weights
 from hf_dtokd.gradients.parameters import WindowGradients, objective_reach
 from hf_dtokd.gradients.representation import (
     LOGITS,
@@ -57,6 +58,9 @@ class AccumulationWindow:
     batches: list[tuple[dict[str, Any], Any, torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
     #: the previous window's losses (``look_ahead="next_batch"``)
     previous_losses: torch.Tensor | None = None
+    #: no labelled example in the window (over every process), for a method that balances each window: the
+    #: distillation objectives alone are applied and the balancer's state is left as it was
+    distillation_only: bool = False
 
     def open(self, model: nn.Module, num_objectives: int, device: torch.device) -> None:
         self.is_open, self.model, self.batches = True, model, []
@@ -64,6 +68,9 @@ class AccumulationWindow:
 
     def close(self) -> None:
         self.is_open, self.counts = False, None
+
+    def weights_without_labels(self, losses: torch.Tensor) -> torch.Tensor:
+        return distillation_only_weights(losses.numel(), losses.device)
 
 
 class Placement(ABC):
@@ -137,6 +144,14 @@ class ParameterGradients(Placement):
         trainer = self.trainer
         self.gradients.all_reduce_mean(trainer.accelerator)
         gram = self.gradients.gram_with_grad()
+        if trainer.window.distillation_only:
+            if not skip:
+                weights = trainer.window.weights_without_labels(window_losses)
+                self.gradients.combine_into_grad(weights)
+                logged = (weights * window_losses).sum()
+                trainer._record_weights(weights)
+            trainer._record_gradient_diagnostics(gram)
+            return logged
         trainer.balancer.update_from_gram(gram, window_losses)
         if not skip:
             weights = trainer.balancer.combine_gradients(self.gradients, window_losses)
@@ -168,6 +183,14 @@ class RepresentationGradients(Placement):
 
     def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
         trainer = self.trainer
+        if trainer.window.distillation_only:
+            if self._capture is not None:
+                self._capture.take()  # drop this forward's capture
+            trainer._record_pi()
+            weights = trainer.window.weights_without_labels(losses)
+            trainer._record_weights(weights)
+            backward(trainer.accelerator, (weights * losses).sum() / steps)
+            return (weights * losses.detach()).sum() / steps
         representation = classification_logits(outputs) if self._capture is None else self._capture.take()
         gradients = representation_gradients(losses, representation, trainer.objective_names)
         if not self._coordinates_checked:  # once: a host sync
@@ -189,7 +212,10 @@ class WeightedLoss(Placement):
 
     def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
         trainer = self.trainer
-        weights = trainer.balancer.loss_weights(trainer._reduce_mean(losses.detach()))
+        if trainer.window.distillation_only:
+            weights = trainer.window.weights_without_labels(losses)
+        else:
+            weights = trainer.balancer.loss_weights(trainer._reduce_mean(losses.detach()))
         trainer._record_weights(weights)
         backward(trainer.accelerator, (weights * losses).sum() / steps)
         return (weights * losses.detach()).sum() / steps

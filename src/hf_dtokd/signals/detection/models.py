@@ -27,7 +27,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
-from hf_dtokd.models.classification import OFFLINE_HINT
+from hf_dtokd.models.classification import OFFLINE_HINT, check_model_reference
 
 #: Families whose head reads one backbone stage (the last); the others read several (multi-scale).
 SINGLE_SCALE = ("detr", "conditional_detr", "table_transformer")
@@ -36,6 +36,7 @@ DETECTION_HEADS = ("detr", "conditional_detr", "deformable_detr", "rt_detr", "rt
 
 def load_object_detector(name_or_path: str, role: str, **init_kwargs: Any) -> PreTrainedModel:
     """``AutoModelForObjectDetection.from_pretrained``; ``role`` names the model in the error."""
+    check_model_reference(name_or_path, role)
     try:
         return AutoModelForObjectDetection.from_pretrained(name_or_path, **init_kwargs)
     except (OSError, ValueError, KeyError) as error:

@@ -104,7 +104,7 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
                 "representation_layer (e.g. a DETR decoder's final layer norm) or use gradient_placement='parameters'"
             )
         teacher, teacher_processing_class = load_teacher(
-            teacher_model, args, teacher_processing_class, loader=load_object_detector
+            teacher_model, args, teacher_processing_class, loader=load_object_detector, student=model
         )
         self.box_threshold, self.group_distillation = box_threshold, group_distillation
         self.token_kd = token_projector is not None
