@@ -203,3 +203,29 @@ def test_a_checkpoint_for_other_objectives_is_refused(tmp_path):
     three = ThreeObjectives(model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=DATA)
     with pytest.raises(ValueError, match=r"balances the objectives \('distill', 'task'\) but this run has"):
         three.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("dto", {}), ("dto_amortized", {}), ("dto", {"gradient_placement": "representation"})],
+)
+def test_the_per_step_trace_and_the_logged_figures_survive_a_resume(tmp_path, method, options):
+    """Saved every 2 steps, logged every 3: the checkpoint at step 4 holds step 4's values, not yet logged,
+    and the trace of steps 1-3; the resumed run's tradeoff_steps.json and logs equal the uninterrupted run's."""
+    settings = dict(max_steps=6, logging_steps=3, save_steps=2, plot_tradeoff=True, **options)
+    straight = make(tmp_path / "straight", method, **settings)
+    straight.train()
+    killed = make(tmp_path / "run", method, callbacks=[CrashAtStep(5)], **settings)
+    with pytest.raises(Crash):
+        killed.train()
+    resumed = make(tmp_path / "run", method, **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))
+    expected = json.loads((tmp_path / "straight" / "tradeoff_steps.json").read_text())
+    got = json.loads((tmp_path / "run" / "tradeoff_steps.json").read_text())
+    assert got.keys() == expected.keys() and "weight_distill" in got
+    for name in expected:
+        assert got[name]["step"] == expected[name]["step"], name
+        assert got[name]["value"] == pytest.approx(expected[name]["value"], abs=1e-6, nan_ok=True), name
+    assert len(got["weight_distill"]["step"]) == 6  # one value per optimizer step, none lost
+    for key in ("pi_distill", "weight_distill", "distill_loss", "task_loss"):
+        assert train_logs(resumed, key) == pytest.approx(train_logs(straight, key), abs=1e-6), key

@@ -7,6 +7,9 @@ where the figure is set per micro-batch) to a ``StepTrace``, which places them e
 steps; the trade-off plot draws them beside the interval means, and ``tradeoff_steps.json`` in the output
 folder holds them.
 
+The trace is saved with every checkpoint (``state_dict``) and continued on resume, so a resumed run's
+trace and plot equal the uninterrupted run's.
+
 Memory stays bounded: past ``max_points`` values per figure, every other point is dropped and later
 values are kept at half the rate (the points that remain are still single steps, never averages).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,6 +55,20 @@ class StepTrace:
             if len(kept) > self.max_points:
                 del positions[1::2], kept[1::2]
                 stride = self._stride[name] = 2 * stride
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the trace after a resume (saved with each checkpoint)."""
+        return {
+            "max_points": self.max_points,
+            "points": {name: (list(p), list(v)) for name, (p, v) in self.points.items()},
+            "stride": dict(self._stride),
+            "seen": dict(self._seen),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.max_points = state["max_points"]
+        self.points = {name: (list(p), list(v)) for name, (p, v) in state["points"].items()}
+        self._stride, self._seen = dict(state["stride"]), dict(state["seen"])
 
     def to_dict(self) -> dict[str, dict[str, list[float]]]:
         return {name: {"step": list(p), "value": list(v)} for name, (p, v) in self.points.items()}

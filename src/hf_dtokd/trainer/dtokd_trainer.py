@@ -828,6 +828,15 @@ class DTOKDTrainer(Trainer):
                 "balancer": self.balancer.state_dict(),
                 "nonfinite_losses": self._nonfinite_losses.cpu(),
                 "distillation_only_windows": self._distillation_only_windows,
+                # the per-step trace so far, and the values recorded since the last log (logged at the next
+                # one): a resumed run logs and plots what the uninterrupted run does
+                "step_trace": self.step_trace.state_dict(),
+                "trace_from_step": self._trace_from_step,
+                "pending_metrics": {
+                    name: torch.stack([v.detach().double() for v in values]).cpu()
+                    for name, values in self._metrics.items()
+                    if values
+                },
             }
             if self.window.previous_losses is not None:
                 state["previous_window_losses"] = self.window.previous_losses.cpu()
@@ -840,6 +849,12 @@ class DTOKDTrainer(Trainer):
             self.balancer.load_state_dict(state["balancer"])
             self._nonfinite_losses = state["nonfinite_losses"].to(self.args.device)
             self._distillation_only_windows = state.get("distillation_only_windows", 0)
+            if "step_trace" in state:  # absent from checkpoints of hf-dtokd before the trace was saved
+                self.step_trace.load_state_dict(state["step_trace"])
+                self._trace_from_step = state["trace_from_step"]
+                self._metrics.clear()
+                for name, values in state["pending_metrics"].items():
+                    self._metrics[name] = list(values.to(self.args.device).unbind())
             previous = state.get("previous_window_losses")
             self.window.previous_losses = None if previous is None else previous.to(self.args.device)
 
