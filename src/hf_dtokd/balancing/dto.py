@@ -78,6 +78,7 @@ class DTOExact(GramianBalancer):
         "temperature",
         "gradient_placement",
         "gram_parameters",
+        "one_loss_parameters",
         "rescale",
         "log_gradients",
         "min_loss",

@@ -57,6 +57,9 @@ class WindowGradients:
         self.reached = [[False] * len(self.parameters) for _ in range(num_buffers + 1)]
         self.batched_unsupported = False
         self.gram_included = [True] * len(self.parameters)
+        #: ``"own"``: a parameter reached by one objective alone gets that objective's gradient at weight 1 in
+        #: ``combine_into_grad`` (``"weighted"``: the applied weight, like every parameter)
+        self.one_loss_rule = "weighted"
 
     @property
     def num_objectives(self) -> int:
@@ -147,12 +150,29 @@ class WindowGradients:
                 gram[m, m] += torch.dot(grad, grad).double()
         return gram
 
+    def shared_parameters(self) -> list[bool]:
+        """Per parameter: reached by every objective during the window (see ``mark_reached``)."""
+        return [all(row[j] for row in self.reached) for j in range(len(self.parameters))]
+
+    def only_objective(self, j: int) -> int | None:
+        """The one objective that reached parameter ``j`` during the window, or None (several, or none)."""
+        reaching = [k for k, row in enumerate(self.reached) if row[j]]
+        return reaching[0] if len(reaching) == 1 else None
+
     def combine_into_grad(self, weights: torch.Tensor) -> None:
-        """``.grad <- w_{K-1} * .grad + sum_k w_k * buffer_k`` in the parameters' dtype."""
+        """``.grad <- w_{K-1} * .grad + sum_k w_k * buffer_k`` in the parameters' dtype; with
+        ``one_loss_rule="own"`` a parameter one objective alone reached takes that objective's gradient at
+        weight 1."""
         if weights.numel() != self.num_objectives:
             raise ValueError(f"expected {self.num_objectives} weights, got {weights.numel()}")
         buffer_weights, grad_weight = weights[:-1].float(), weights[-1]
+        own = self.one_loss_rule == "own"
         for j, param in enumerate(self.parameters):
+            only = self.only_objective(j) if own else None
+            if only is not None:
+                if only < len(self.views):  # a buffered objective: its gradient replaces .grad
+                    param.grad = self.views[only][j].detach().clone().to(param.dtype)
+                continue  # the task's own gradient already is .grad (weight 1)
             combined = sum(w * views[j] for w, views in zip(buffer_weights, self.views))
             if param.grad is None:
                 param.grad = combined.to(param.dtype)

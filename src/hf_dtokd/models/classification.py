@@ -32,7 +32,7 @@ def check_model_reference(name_or_path: str, role: str) -> None:
     except HFValidationError:
         raise ValueError(
             f"the {role} {name_or_path!r} is neither a local folder (no such folder, seen from "
-            f"{os.getcwd()}) nor a Hub id (name or namespace/name): check the path, or pass a Hub id"
+            f"{os.getcwd()}) nor a Hub id (name or namespace/name): check the path (a folder written by save_pretrained), or pass a Hub id"
         ) from None
 
 

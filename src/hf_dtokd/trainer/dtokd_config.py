@@ -13,7 +13,8 @@ from hf_dtokd.balancing import GRAMIAN_METHODS, METHODS, RESCALE_RULES
 from hf_dtokd.runtime.precision import FP8_BACKENDS, check_fp8_backend
 
 GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters", "representation")
-GRAM_PARAMETERS: tuple[str, ...] = ("all", "student")
+GRAM_PARAMETERS: tuple[str, ...] = ("all", "student", "shared")
+ONE_LOSS_RULES: tuple[str, ...] = ("weighted", "own")
 LOOK_AHEADS: tuple[str, ...] = ("same_batch", "next_batch")
 NONFINITE_POLICIES: tuple[str, ...] = ("continue", "skip_step", "stop")
 
@@ -139,8 +140,23 @@ class DTOKDConfig(TrainingArguments):
             "help": "gradient_placement='parameters': which trainable parameters the per-loss Gram (and so pi and "
             "the logged cosines) is computed over. 'all' = every trainable parameter, projectors included; "
             "'student' = the student's own parameters (projectors and other training-only modules left out of "
-            "the Gram; they still receive their weighted gradient). Same thing when there are no projectors.",
+            "the Gram; they still receive their weighted gradient). Same thing when there are no projectors. "
+            "'shared' = the parameters every objective reaches (read off the autograd graph each micro-batch): "
+            "heads, projectors and query selection that one loss alone trains are left out, as MGDA's reference "
+            "code takes the Gram over the shared encoder only.",
             "choices": list(GRAM_PARAMETERS),
+        },
+    )
+    one_loss_parameters: str = field(
+        default="weighted",
+        metadata={
+            "help": "Gram methods with gradient_placement='parameters': the update of a parameter that one "
+            "objective alone reaches (a task-only head, a distillation-only projector). 'weighted' = that "
+            "objective's gradient times its applied weight, like every other parameter (MGDA's reference code "
+            "scales each head's loss by its task weight); 'own' = that objective's raw gradient at full weight 1 "
+            "(MGDA's Algorithm 2: task-specific parameters follow their own loss). Parameters reached by several "
+            "objectives but not all keep the weighted sum.",
+            "choices": list(ONE_LOSS_RULES),
         },
     )
     look_ahead: str = field(
@@ -248,6 +264,10 @@ class DTOKDConfig(TrainingArguments):
             raise ValueError(
                 f"unknown gradient_placement {self.gradient_placement!r}; valid values: {', '.join(GRADIENT_PLACEMENTS)}"
             )
+        if self.one_loss_parameters not in ONE_LOSS_RULES:
+            raise ValueError(
+                f"unknown one_loss_parameters {self.one_loss_parameters!r}; valid values: {', '.join(ONE_LOSS_RULES)}"
+            )
         if self.gram_parameters not in GRAM_PARAMETERS:
             raise ValueError(
                 f"unknown gram_parameters {self.gram_parameters!r}; valid values: {', '.join(GRAM_PARAMETERS)}"
@@ -340,6 +360,14 @@ class DTOKDConfig(TrainingArguments):
                 f"gram_parameters={self.gram_parameters!r} applies to the Gram methods with "
                 f"gradient_placement='parameters', not to method={self.method!r} with "
                 f"gradient_placement={self.gradient_placement!r}; leave it at 'all'"
+            )
+        if self.one_loss_parameters != "weighted" and (
+            self.method not in GRAMIAN_METHODS or self.gradient_placement != "parameters"
+        ):
+            raise ValueError(
+                f"one_loss_parameters={self.one_loss_parameters!r} applies to the Gram methods with "
+                f"gradient_placement='parameters', not to method={self.method!r} with "
+                f"gradient_placement={self.gradient_placement!r}; leave it at 'weighted'"
             )
         if self.look_ahead not in LOOK_AHEADS:
             raise ValueError(

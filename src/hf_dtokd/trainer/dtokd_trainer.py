@@ -481,7 +481,7 @@ class DTOKDTrainer(Trainer):
         capture(False)
         teacher_signal = self._teacher_signal_of(student_inputs, teacher_pixels)
         losses = self.objective_losses(outputs, teacher_signal, labels)
-        if self.balancer.needs_reachability:
+        if self.placement.needs_reach:
             self.placement.mark_reached(losses)
         scales = None
         if self.window.counts is not None:  # exact window means whatever the micro-batch counts

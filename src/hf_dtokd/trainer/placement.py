@@ -92,6 +92,11 @@ class Placement(ABC):
         """Switch the representation capture on / off around the student's forward (default: no capture)."""
         return lambda active: None
 
+    @property
+    def needs_reach(self) -> bool:
+        """Whether the trainer records which parameters each loss reaches (``mark_reached``) every micro-batch."""
+        return self.trainer.balancer.needs_reachability
+
     def mark_reached(self, losses: torch.Tensor) -> None:
         """Record which parameters each loss reaches (methods with ``needs_reachability``)."""
         raise ValueError(
@@ -121,6 +126,7 @@ class ParameterGradients(Placement):
             if trainer.args.gram_parameters == "student":
                 left_out = {id(p) for p in trainer.training_only_parameters()}
                 self.gradients.restrict_gram([id(p) not in left_out for p in self.gradients.parameters])
+            self.gradients.one_loss_rule = trainer.args.one_loss_parameters
             trainer.balancer.configure(
                 self.gradients, trainer._weight_decays(self.gradients), trainer.args.max_grad_norm
             )
@@ -136,6 +142,15 @@ class ParameterGradients(Placement):
         backward(trainer.accelerator, losses[-1] / steps)
         return torch.zeros((), device=losses.device)
 
+    @property
+    def needs_reach(self) -> bool:
+        args = self.trainer.args
+        return (
+            self.trainer.balancer.needs_reachability
+            or args.gram_parameters == "shared"
+            or args.one_loss_parameters == "own"
+        )
+
     def mark_reached(self, losses: torch.Tensor) -> None:
         """Which parameters each loss reaches, from the graph (a zero gradient is not "unreached")."""
         self.gradients.mark_reached(objective_reach(losses, self.gradients.parameters))
@@ -143,6 +158,8 @@ class ParameterGradients(Placement):
     def close_window(self, window_losses: torch.Tensor, logged: torch.Tensor, skip: bool) -> torch.Tensor:
         trainer = self.trainer
         self.gradients.all_reduce_mean(trainer.accelerator)
+        if trainer.args.gram_parameters == "shared":
+            self._restrict_to_shared()
         gram = self.gradients.gram_with_grad()
         if trainer.window.distillation_only:
             if not skip:
@@ -159,6 +176,20 @@ class ParameterGradients(Placement):
             trainer._record_weights(weights)
         trainer._record_gradient_diagnostics(gram)
         return logged
+
+    def _restrict_to_shared(self) -> None:
+        """``gram_parameters="shared"``: the Gram over the parameters every objective reached in this window
+        (the reach is structural, so the same on every process; the mask is reset only when it changes)."""
+        shared = self.gradients.shared_parameters()
+        if shared == self.gradients.gram_included:
+            return
+        if not any(shared):
+            names = ", ".join(self.trainer.objective_names)
+            raise ValueError(
+                f"gram_parameters='shared': no trainable parameter is reached by every objective ({names}) in this "
+                "window, so there is no shared trunk to balance on; use gram_parameters='all'"
+            )
+        self.gradients.restrict_gram(shared)
 
 
 class RepresentationGradients(Placement):

@@ -112,7 +112,11 @@ def test_a_detector_saved_locally_loads_by_path_and_a_missing_one_names_the_offl
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key])
     with pytest.raises(ValueError, match="(?s)could not load the student detector .*save_pretrained"):
-        load_object_detector(str(tmp_path / "missing"), "student")
+        load_object_detector("someone/missing-detector", "student")  # a Hub id, offline
+    with pytest.raises(
+        ValueError, match="(?s)the student .*missing' is neither a local folder.*save_pretrained"
+    ):
+        load_object_detector(str(tmp_path / "missing"), "student")  # a path: refused before any loading
 
 
 def test_head_kinds_and_denoising_queries() -> None:
