@@ -268,6 +268,20 @@ class RecordingHub:
         return SimpleNamespace(commit_url="recorded")
 
 
+class NaNTeacherAt:
+    """The teacher's logits are NaN on the given forward calls (one call per optimizer step here)."""
+
+    def __init__(self, teacher, calls):
+        self.count, self.calls = 0, set(calls)
+        teacher.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.count += 1
+        if self.count in self.calls:
+            output.logits = torch.full_like(output.logits, float("nan"))
+        return output
+
+
 class Crash(RuntimeError):
     pass
 

@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from hf_dtokd import DTOKDTrainer, NonFiniteLossError
-from testing_utils import Crash, CrashAtStep, random_images, tiny_args, tiny_resnet, tiny_vit, train_logs
+from testing_utils import (
+    Crash,
+    CrashAtStep,
+    NaNTeacherAt,
+    random_images,
+    tiny_args,
+    tiny_resnet,
+    tiny_vit,
+    train_logs,
+)
 
 DATA = random_images(32)
 
@@ -130,22 +139,10 @@ def test_an_output_dir_that_cannot_be_written_surfaces_the_error(tmp_path):
         make(blocker / "out", max_steps=2).train()
 
 
-class NaNTeacherCalls:
-    def __init__(self, teacher, bad_calls):
-        self.calls, self.bad_calls = 0, set(bad_calls)
-        teacher.register_forward_hook(self)
-
-    def __call__(self, module, args, output):
-        self.calls += 1
-        if self.calls in self.bad_calls:
-            output.logits = torch.full_like(output.logits, float("nan"))
-        return output
-
-
 @pytest.mark.parametrize("method", ["dto", "dto_amortized", "upgrad", "dot", "uncertainty"])
 def test_several_nonfinite_steps_freeze_pi_count_the_events_and_training_goes_on(tmp_path, method):
     teacher = tiny_resnet()
-    NaNTeacherCalls(teacher, bad_calls={2, 3, 4})
+    NaNTeacherAt(teacher, calls={2, 3, 4})
     args = tiny_args(
         tmp_path, method=method, max_steps=5, per_device_train_batch_size=16, on_nonfinite_loss="skip_step"
     )
@@ -166,7 +163,7 @@ def test_several_nonfinite_steps_freeze_pi_count_the_events_and_training_goes_on
 
 def test_nonfinite_policy_continue_is_the_trainers_and_stop_ends_the_run(tmp_path):
     teacher = tiny_resnet()
-    NaNTeacherCalls(teacher, bad_calls={2})
+    NaNTeacherAt(teacher, calls={2})
     args = tiny_args(tmp_path / "c", max_steps=3, per_device_train_batch_size=16)
     trainer = DTOKDTrainer(
         model=tiny_vit(), teacher_model=teacher, args=args, train_dataset=random_images(16)
@@ -175,7 +172,7 @@ def test_nonfinite_policy_continue_is_the_trainers_and_stop_ends_the_run(tmp_pat
     assert trainer.state.global_step == 3 and not torch.isfinite(flat(trainer.model)).all()
 
     teacher = tiny_resnet()
-    NaNTeacherCalls(teacher, bad_calls={2})
+    NaNTeacherAt(teacher, calls={2})
     args = tiny_args(tmp_path / "s", max_steps=4, per_device_train_batch_size=16, on_nonfinite_loss="stop")
     trainer = DTOKDTrainer(
         model=tiny_vit(), teacher_model=teacher, args=args, train_dataset=random_images(16)

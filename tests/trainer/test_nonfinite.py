@@ -9,21 +9,7 @@ from transformers import TrainerCallback
 
 from hf_dtokd import DTOKDTrainer, NonFiniteLossError
 from hf_dtokd.trainer.nonfinite import skip_next_call
-from testing_utils import random_images, tiny_args, tiny_resnet, tiny_vit
-
-
-class NaNTeacherAt:
-    """The teacher's logits are NaN on the given forward calls (one call per optimizer step here)."""
-
-    def __init__(self, teacher, calls):
-        self.count, self.calls = 0, set(calls)
-        teacher.register_forward_hook(self)
-
-    def __call__(self, module, args, output):
-        self.count += 1
-        if self.count in self.calls:
-            output.logits = torch.full_like(output.logits, float("nan"))
-        return output
+from testing_utils import NaNTeacherAt, random_images, tiny_args, tiny_resnet, tiny_vit
 
 
 class Snapshots(TrainerCallback):

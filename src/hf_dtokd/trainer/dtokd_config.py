@@ -159,6 +159,19 @@ class DTOKDConfig(TrainingArguments):
             "choices": list(ONE_LOSS_RULES),
         },
     )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep an exponential moving average of the student's weights with this decay (timm's "
+            "ModelEmaV3; 0 = off; DeiT and RT-DETR train with 0.9999 over long runs): it is what evaluate() "
+            "scores during training, it is saved with checkpoints, and it replaces the student's weights at the "
+            "end of training (the saved and pushed model)."
+        },
+    )
+    ema_warmup: bool = field(
+        default=False,
+        metadata={"help": "With ema_decay: ramp the decay up as 1 - (1 + step)^(-2/3), capped at ema_decay."},
+    )
     look_ahead: str = field(
         default="same_batch",
         metadata={
@@ -264,6 +277,12 @@ class DTOKDConfig(TrainingArguments):
             raise ValueError(
                 f"unknown gradient_placement {self.gradient_placement!r}; valid values: {', '.join(GRADIENT_PLACEMENTS)}"
             )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                f"ema_decay must lie in [0, 1) (0 = no moving average; e.g. 0.999), got {self.ema_decay}"
+            )
+        if self.ema_warmup and self.ema_decay == 0.0:
+            raise ValueError("ema_warmup=True needs a moving average: set ema_decay (e.g. 0.999), or drop it")
         if self.one_loss_parameters not in ONE_LOSS_RULES:
             raise ValueError(
                 f"unknown one_loss_parameters {self.one_loss_parameters!r}; valid values: {', '.join(ONE_LOSS_RULES)}"

@@ -77,6 +77,7 @@ from hf_dtokd.trainer.checkpoints import (
     save_tradeoff_state,
 )
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
+from hf_dtokd.trainer.ema import StudentEMA
 from hf_dtokd.trainer.metrics import classification_metrics
 from hf_dtokd.trainer.nonfinite import (
     NonFiniteLossError,
@@ -106,6 +107,23 @@ class _LookAheadCallback(TrainerCallback):
 
     def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         self.trainer._look_ahead_update()
+
+
+class _EMACallback(TrainerCallback):
+    """Updates the student's moving average after every optimizer step it took, and puts the average in the
+    student at the end of training (``trainer/ema.py``)."""
+
+    def __init__(self, trainer: DTOKDTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        trainer = self.trainer
+        if not trainer._step_skipped:  # a skipped step changes nothing, the average included
+            trainer.ema.update(trainer.accelerator.unwrap_model(trainer.model), state.global_step + 1)
+
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.ema.copy_into(self.trainer.accelerator.unwrap_model(self.trainer.model))
+        logger.info("the student's weights are now their moving average (ema_decay=%s)", args.ema_decay)
 
 
 class DTOKDTrainer(Trainer):
@@ -233,6 +251,15 @@ class DTOKDTrainer(Trainer):
         self._distillation_only_windows = 0
         #: restores of the optimizer / scheduler ``step`` a skipped window disarmed (``on_nonfinite_loss``)
         self._skipped_step_restores: list[Callable[[], None]] = []
+        self._step_skipped = False
+        #: the moving average of the student's weights (``ema_decay > 0``)
+        self.ema = (
+            StudentEMA(self.accelerator.unwrap_model(self.model), args.ema_decay, args.ema_warmup)
+            if args.ema_decay > 0
+            else None
+        )
+        if self.ema is not None:
+            self.add_callback(_EMACallback(self))
         self.window = AccumulationWindow()
 
     # ------------------------------------------------------------------ set-up
@@ -583,6 +610,7 @@ class DTOKDTrainer(Trainer):
                 param.grad.zero_()
         if self.balancer.handles_clipping:
             self.balancer.last_grad_norm = torch.zeros((), device=self.args.device)
+        self._step_skipped = True
         self._skipped_step_restores = [skip_next_call(self.optimizer)]
         if self.lr_scheduler is not None:
             self._skipped_step_restores.append(skip_next_call(self.lr_scheduler))
@@ -597,6 +625,7 @@ class DTOKDTrainer(Trainer):
         for restore in self._skipped_step_restores:
             restore()
         self._skipped_step_restores = []
+        self._step_skipped = False
 
     def _record_gradient_diagnostics(self, gram: torch.Tensor) -> None:
         """Gradient conflict (cosine) and dominance (norm ratio) of each objective against the task."""
@@ -831,6 +860,7 @@ class DTOKDTrainer(Trainer):
                 # the per-step trace so far, and the values recorded since the last log (logged at the next
                 # one): a resumed run logs and plots what the uninterrupted run does
                 "step_trace": self.step_trace.state_dict(),
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
                 "trace_from_step": self._trace_from_step,
                 "pending_metrics": {
                     name: torch.stack([v.detach().double() for v in values]).cpu()
@@ -849,6 +879,7 @@ class DTOKDTrainer(Trainer):
             self.balancer.load_state_dict(state["balancer"])
             self._nonfinite_losses = state["nonfinite_losses"].to(self.args.device)
             self._distillation_only_windows = state.get("distillation_only_windows", 0)
+            self._load_ema(checkpoint, state)
             if "step_trace" in state:  # absent from checkpoints of hf-dtokd before the trace was saved
                 self.step_trace.load_state_dict(state["step_trace"])
                 self._trace_from_step = state["trace_from_step"]
@@ -882,6 +913,32 @@ class DTOKDTrainer(Trainer):
             self.state.best_metric,
         )
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+        if self.ema is not None:  # the best checkpoint's average, put in the student at the end of training
+            checkpoint = self.state.best_model_checkpoint
+            self._load_ema(
+                checkpoint, load_tradeoff_state(checkpoint, self._method_name(), self.objective_names)
+            )
+
+    def _load_ema(self, checkpoint: str, state: dict[str, Any]) -> None:
+        if self.ema is None:
+            if "ema" in state:
+                logger.warning(
+                    "checkpoint %s holds a moving average but ema_decay=0: it is not used", checkpoint
+                )
+            return
+        if "ema" not in state:
+            raise ValueError(
+                f"checkpoint {checkpoint} holds no moving average of the student (written with ema_decay=0); "
+                "resume with ema_decay=0, or start afresh"
+            )
+        self.ema.load_state_dict(state["ema"])
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """``Trainer.evaluate``; with ``ema_decay`` the moving average is what is scored."""
+        if self.ema is None:
+            return super().evaluate(*args, **kwargs)
+        with self.ema.swapped_in(self.accelerator.unwrap_model(self.model)):
+            return super().evaluate(*args, **kwargs)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint.
