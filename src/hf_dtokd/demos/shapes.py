@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from hf_dtokd.data import SHAPE_CLASSES, load_shapes_splits
+from hf_dtokd.data import SHAPE_CLASSES, generate_shapes, load_shapes_splits
 from hf_dtokd.demos.digits import write_summary
 from hf_dtokd.demos.paired_seeds import paired_difference, runs_by_seed
 from hf_dtokd.hub.plotting import plot_tradeoff
@@ -55,8 +55,23 @@ from hf_dtokd.signals.detection.models import build_detector
 from hf_dtokd.signals.detection.trainer import DetectionKDTrainer
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 
-RUNS = ("no_kd", "fixed", "dto")
-DEFAULT_RUNS = RUNS  # no KD (alpha 0), fixed alpha and DTO-KD: the ranking the demo is for
+#: run name -> (method, alpha or None for the demo's --alpha, extra DTOKDConfig fields)
+RUN_SETTINGS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
+    "no_kd": ("fixed", 0.0, {}),
+    "fixed": ("fixed", None, {}),
+    "fixed_0.1": ("fixed", 0.1, {}),
+    "fixed_0.9": ("fixed", 0.9, {}),
+    "dto": ("dto", None, {}),
+    "dto_shared": ("dto", None, {"gram_parameters": "shared"}),
+    "dto_shared_own": ("dto", None, {"gram_parameters": "shared", "one_loss_parameters": "own"}),
+    "dto_amortized": ("dto_amortized", None, {}),
+}
+RUNS = tuple(RUN_SETTINGS)
+DEFAULT_RUNS = (
+    "no_kd",
+    "fixed",
+    "dto",
+)  # no KD (alpha 0), fixed alpha and DTO-KD: the ranking the demo is for
 ID2LABEL = dict(enumerate(SHAPE_CLASSES))
 TEACHER_SEED = 1234  # the teacher's initialisation (its data order: seed 0), whatever the students' seeds
 IMAGE_SIZE = 64  # a multiple of 32: RT-DETR's strides 8 / 16 / 32 must give maps its FPN can merge
@@ -69,6 +84,21 @@ class DetectionDemoArguments:
     )
     runs: list[str] = field(
         default_factory=lambda: list(DEFAULT_RUNS), metadata={"help": f"Student runs among {RUNS}."}
+    )
+    teacher_train_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Generated images the teacher trains on (default: train_size). Larger than train_size, the "
+            "teacher sees the students' images and more, as real teachers are trained on more data."
+        },
+    )
+    teacher_width: int = field(
+        default=16, metadata={"help": "Teacher backbone width (stages: w, w, 2w, 2w)."}
+    )
+    teacher_d_model: int = field(default=64, metadata={"help": "Teacher transformer width."})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={"help": "Students: evaluate and keep a moving average of the weights (0 = off)."},
     )
     max_steps: int = field(default=2400, metadata={"help": "Optimizer steps of every student run."})
     teacher_steps: int = field(default=2400, metadata={"help": "Optimizer steps of the teacher (cached)."})
@@ -127,7 +157,7 @@ def processor(size: int = IMAGE_SIZE) -> RTDetrImageProcessor:
 
 
 def build_model(role: str, seed: int, width: int = 16, d_model: int = 64) -> Any:
-    """The teacher (widths 16-32, d_model 64, 10 queries) or a student (given widths, 8 queries)."""
+    """The teacher (10 queries) or a student (8 queries) of the given backbone width and transformer width."""
     queries = 10 if role == "teacher" else 8
     backbone = ResNetConfig(
         embedding_size=width,
@@ -185,7 +215,17 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
     # reused only when it was trained on the same data and budget
     settings = {
         k: getattr(demo, k)
-        for k in ("image_size", "max_objects", "train_size", "teacher_steps", "batch_size", "learning_rate")
+        for k in (
+            "image_size",
+            "max_objects",
+            "train_size",
+            "teacher_train_size",
+            "teacher_width",
+            "teacher_d_model",
+            "teacher_steps",
+            "batch_size",
+            "learning_rate",
+        )
     }
     marker = folder / "demo_settings.json"
     cached = (
@@ -194,11 +234,11 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
         and json.loads(marker.read_text()) == settings
         and not demo.retrain_teacher
     )
-    model = build_model("teacher", TEACHER_SEED)
+    model = build_model("teacher", TEACHER_SEED, demo.teacher_width, demo.teacher_d_model)
     trainer = Trainer(
         model=model,
         args=TrainingArguments(**common_args(folder / "run", demo, demo.teacher_steps, seed=0)),
-        train_dataset=splits["train"],
+        train_dataset=splits.get("teacher_train", splits["train"]),
         eval_dataset=splits["validation"],
         data_collator=collate_detection,
         compute_metrics=DetectionMetrics(processor(demo.image_size), ID2LABEL),
@@ -237,10 +277,12 @@ def train_student(
     run: str, demo: DetectionDemoArguments, splits: dict[str, Any], teacher: str, seed: int
 ) -> dict[str, Any]:
     """One student run from the seed's initialisation (shared by the runs); its mAP and trade-off trace."""
-    method, alpha = (
-        ("fixed", 0.0) if run == "no_kd" else ("fixed", demo.alpha) if run == "fixed" else ("dto", 0.5)
-    )
+    method, alpha, extra = RUN_SETTINGS[run]
+    alpha = demo.alpha if alpha is None else alpha
+    if demo.ema_decay:
+        extra = {**extra, "ema_decay": demo.ema_decay}
     config = DTOKDConfig(
+        **extra,
         **common_args(Path(demo.output_dir) / f"{run}_seed{seed}", demo, demo.max_steps, seed),
         method=method,
         alpha=alpha,
@@ -272,11 +314,21 @@ def train_student(
         "wall_seconds": wall,
         "threads": torch.get_num_threads(),
         **_maps(metrics),
-        "final_pi_distill": pis[-1] if pis and method == "dto" else None,
-        "mean_pi_distill": sum(pis) / len(pis) if pis and method == "dto" else None,
+        "final_pi_distill": pis[-1] if pis and method != "fixed" else None,
+        "mean_pi_distill": sum(pis) / len(pis) if pis and method != "fixed" else None,
+        "vertex_share": vertex_share(trainer.step_trace.to_dict()) if method == "dto" else None,
         "log_history": trainer.state.log_history,
         "step_trace": trainer.step_trace.to_dict(),
     }
+
+
+def vertex_share(trace: dict[str, Any], tolerance: float = 1e-3) -> float | None:
+    """Share of optimizer steps whose applied distillation weight is within ``tolerance`` of 0 or 1 (a vertex of
+    the simplex: one objective alone)."""
+    weights = trace.get("weight_distill", {}).get("value", [])
+    if not weights:
+        return None
+    return sum(w <= tolerance or w >= 1 - tolerance for w in weights) / len(weights)
 
 
 def per_step_summary(traces: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -373,7 +425,14 @@ def format_table(teacher: dict[str, Any], rows: list[dict[str, Any]], demo: Dete
 
 def load_splits(demo: DetectionDemoArguments) -> dict[str, Any]:
     """The generated train / validation splits (a pure function of the arguments), prepared for RT-DETR."""
-    raw = load_shapes_splits(demo.train_size, demo.validation_size, demo.image_size, demo.max_objects, seed=0)
+    raw = dict(
+        load_shapes_splits(demo.train_size, demo.validation_size, demo.image_size, demo.max_objects, seed=0)
+    )
+    if demo.teacher_train_size and demo.teacher_train_size != demo.train_size:
+        # the same generator and seed: the students' images are the first train_size of the teacher's
+        raw["teacher_train"] = generate_shapes(
+            demo.teacher_train_size, demo.image_size, demo.max_objects, seed=0
+        )
     transform = DetectionTransform(processor(demo.image_size), len(SHAPE_CLASSES))
     return {name: split.with_transform(transform) for name, split in raw.items()}
 
@@ -394,16 +453,54 @@ def train_students(
     side 230 s each), so independent runs side by side nearly halve the demo's time; their results are
     the same as in sequence up to the threads' float summation order."""
     jobs = [(run, seed) for seed in range(demo.seed, demo.seed + demo.seeds) for run in demo.runs]
+    done = {job: found for job in jobs if (found := finished_run(demo, *job)) is not None}
+    if done:
+        print(f"{len(done)} of {len(jobs)} runs already finished with these settings: reused", flush=True)
+    todo = [job for job in jobs if job not in done]
     if demo.workers == 1:
-        return [train_student(run, demo, splits, teacher, seed) for run, seed in jobs]
+        for run, seed in todo:
+            done[(run, seed)] = record_run(demo, train_student(run, demo, splits, teacher, seed))
+        return [done[job] for job in jobs]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // demo.workers)
     context = multiprocessing.get_context("spawn")  # fork would copy this process's torch thread pools
     # DTO-KD runs (two backward passes a step) are the longest: started first, so the workers end together
-    order = sorted(jobs, key=lambda job: job[0] != "dto")
+    order = sorted(todo, key=lambda job: not job[0].startswith("dto"))
     with ProcessPoolExecutor(max_workers=demo.workers, mp_context=context) as pool:
-        futures = {job: pool.submit(_student_in_worker, *job, demo, teacher, threads) for job in order}
-        return [futures[job].result() for job in jobs]
+        futures = {pool.submit(_student_in_worker, *job, demo, teacher, threads): job for job in order}
+        for future in as_completed(futures):  # each run is written as it finishes: a stopped demo resumes
+            done[futures[future]] = record_run(demo, future.result())
+    return [done[job] for job in jobs]
+
+
+#: DetectionDemoArguments fields that do not change a run's result (which runs, where, how many at once)
+NOT_RUN_SETTINGS = ("output_dir", "runs", "seed", "seeds", "workers", "retrain_teacher")
+
+
+def run_settings(demo: DetectionDemoArguments) -> dict[str, Any]:
+    return {k: v for k, v in asdict(demo).items() if k not in NOT_RUN_SETTINGS}
+
+
+def _run_file(demo: DetectionDemoArguments, run: str, seed: int) -> Path:
+    return Path(demo.output_dir) / "runs" / f"{run}_seed{seed}.json"
+
+
+def finished_run(demo: DetectionDemoArguments, run: str, seed: int) -> dict[str, Any] | None:
+    """A run's recorded result, when it was trained with these settings (else None: it is trained again)."""
+    path = _run_file(demo, run, seed)
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text())
+    return recorded["result"] if recorded.get("settings") == run_settings(demo) else None
+
+
+def record_run(demo: DetectionDemoArguments, result: dict[str, Any]) -> dict[str, Any]:
+    path = _run_file(demo, result["run"], result["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"settings": run_settings(demo), "result": result}))
+    partial.replace(path)
+    return result
 
 
 def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
