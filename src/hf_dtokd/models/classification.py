@@ -75,6 +75,30 @@ def load_image_processor(name_or_path: str) -> Any | None:
         return None
 
 
+def check_teacher_is_not_the_student(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    """Refuse a teacher that is the student object or shares weights with it: the teacher is frozen
+    (``requires_grad_(False)``), which would freeze the student's shared weights, and a teacher whose weights
+    train with the student is no fixed target."""
+    fix = (
+        "pass a teacher with weights of its own: a trained model loaded by Hub id or folder, or a copy "
+        "(copy.deepcopy(model)) if distilling a model into itself is really meant"
+    )
+    if teacher is student:
+        raise ValueError(f"the teacher is the student object itself (a {type(student).__name__}); {fix}")
+    owned = {id(p) for p in student.parameters()}
+    storages = {p.data_ptr() for p in student.parameters() if p.numel() and p.data_ptr()}
+    shared = [
+        name
+        for name, p in teacher.named_parameters()
+        if id(p) in owned or (p.numel() and p.data_ptr() and p.data_ptr() in storages)
+    ]
+    if shared:
+        shown = ", ".join(shared[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
+        raise ValueError(
+            f"the teacher shares {len(shared)} weight tensor(s) with the student ({shown}); {fix}"
+        )
+
+
 def prepare_frozen(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode and no gradients: what a teacher must be before any forward."""
     model.eval()

@@ -60,6 +60,7 @@ from hf_dtokd.hub.step_trace import StepTrace
 from hf_dtokd.losses import IGNORE_INDEX, logit_kd_loss, task_cross_entropy
 from hf_dtokd.models.classification import (
     check_label_spaces,
+    check_teacher_is_not_the_student,
     classification_logits,
     load_image_classifier,
     load_image_processor,
@@ -77,7 +78,7 @@ from hf_dtokd.trainer.checkpoints import (
     save_tradeoff_state,
 )
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
-from hf_dtokd.trainer.ema import StudentEMA
+from hf_dtokd.trainer.ema import EMACallback, StudentEMA
 from hf_dtokd.trainer.metrics import classification_metrics
 from hf_dtokd.trainer.nonfinite import (
     NonFiniteLossError,
@@ -107,23 +108,6 @@ class _LookAheadCallback(TrainerCallback):
 
     def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         self.trainer._look_ahead_update()
-
-
-class _EMACallback(TrainerCallback):
-    """Updates the student's moving average after every optimizer step it took, and puts the average in the
-    student at the end of training (``trainer/ema.py``)."""
-
-    def __init__(self, trainer: DTOKDTrainer) -> None:
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        trainer = self.trainer
-        if not trainer._step_skipped:  # a skipped step changes nothing, the average included
-            trainer.ema.update(trainer.accelerator.unwrap_model(trainer.model), state.global_step + 1)
-
-    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.trainer.ema.copy_into(self.trainer.accelerator.unwrap_model(self.trainer.model))
-        logger.info("the student's weights are now their moving average (ema_decay=%s)", args.ema_decay)
 
 
 class DTOKDTrainer(Trainer):
@@ -259,7 +243,7 @@ class DTOKDTrainer(Trainer):
             else None
         )
         if self.ema is not None:
-            self.add_callback(_EMACallback(self))
+            self.add_callback(EMACallback(self))
         self.window = AccumulationWindow()
 
     # ------------------------------------------------------------------ set-up
@@ -1015,30 +999,6 @@ def load_teacher(
     if student is not None:
         check_teacher_is_not_the_student(student, teacher_model)
     return teacher_model, teacher_processing_class
-
-
-def check_teacher_is_not_the_student(student: nn.Module, teacher: nn.Module) -> None:
-    """Refuse a teacher that is the student object or shares weights with it: the teacher is frozen
-    (``requires_grad_(False)``), which would freeze the student's shared weights, and a teacher whose weights
-    train with the student is no fixed target."""
-    fix = (
-        "pass a teacher with weights of its own: a trained model loaded by Hub id or folder, or a copy "
-        "(copy.deepcopy(model)) if distilling a model into itself is really meant"
-    )
-    if teacher is student:
-        raise ValueError(f"the teacher is the student object itself (a {type(student).__name__}); {fix}")
-    owned = {id(p) for p in student.parameters()}
-    storages = {p.data_ptr() for p in student.parameters() if p.numel() and p.data_ptr()}
-    shared = [
-        name
-        for name, p in teacher.named_parameters()
-        if id(p) in owned or (p.numel() and p.data_ptr() and p.data_ptr() in storages)
-    ]
-    if shared:
-        shown = ", ".join(shared[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
-        raise ValueError(
-            f"the teacher shares {len(shared)} weight tensor(s) with the student ({shown}); {fix}"
-        )
 
 
 def _model_name(model: nn.Module) -> str:

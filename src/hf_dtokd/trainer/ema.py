@@ -13,11 +13,18 @@ checkpoint's average is the one kept.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from transformers import TrainerCallback, TrainingArguments
+
+if TYPE_CHECKING:
+    from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
+
+logger = logging.getLogger(__name__)
 
 
 class StudentEMA:
@@ -63,3 +70,20 @@ class StudentEMA:
 def _tensors(model: nn.Module) -> list[Any]:
     """Parameters then buffers, in the order both copies of the model list them."""
     return [*model.parameters(), *model.buffers()]
+
+
+class EMACallback(TrainerCallback):
+    """Updates the student's moving average after every optimizer step it took, and puts the average in the
+    student at the end of training (``trainer/ema.py``)."""
+
+    def __init__(self, trainer: DTOKDTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        trainer = self.trainer
+        if not trainer._step_skipped:  # a skipped step changes nothing, the average included
+            trainer.ema.update(trainer.accelerator.unwrap_model(trainer.model), state.global_step + 1)
+
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.ema.copy_into(self.trainer.accelerator.unwrap_model(self.trainer.model))
+        logger.info("the student's weights are now their moving average (ema_decay=%s)", args.ema_decay)
