@@ -235,7 +235,6 @@ class DTOKDTrainer(Trainer):
         self._distillation_only_windows = 0
         #: restores of the optimizer / scheduler ``step`` a skipped window disarmed (``on_nonfinite_loss``)
         self._skipped_step_restores: list[Callable[[], None]] = []
-        self._step_skipped = False
         #: the moving average of the student's weights (``ema_decay > 0``)
         self.ema = (
             StudentEMA(self.accelerator.unwrap_model(self.model), args.ema_decay, args.ema_warmup)
@@ -594,7 +593,6 @@ class DTOKDTrainer(Trainer):
                 param.grad.zero_()
         if self.balancer.handles_clipping:
             self.balancer.last_grad_norm = torch.zeros((), device=self.args.device)
-        self._step_skipped = True
         self._skipped_step_restores = [skip_next_call(self.optimizer)]
         if self.lr_scheduler is not None:
             self._skipped_step_restores.append(skip_next_call(self.lr_scheduler))
@@ -604,12 +602,16 @@ class DTOKDTrainer(Trainer):
             self.state.global_step + 1,
         )
 
+    @property
+    def step_skipped(self) -> bool:
+        """Whether this window's optimizer step is (or was) skipped: its one-shot skips are still recorded."""
+        return bool(self._skipped_step_restores)
+
     def _restore_skipped_step(self) -> None:
         """Put back a ``step`` left disarmed (a scheduler the Trainer did not call, e.g. ReduceLROnPlateau)."""
         for restore in self._skipped_step_restores:
             restore()
         self._skipped_step_restores = []
-        self._step_skipped = False
 
     def _record_gradient_diagnostics(self, gram: torch.Tensor) -> None:
         """Gradient conflict (cosine) and dominance (norm ratio) of each objective against the task."""

@@ -81,7 +81,7 @@ class EMACallback(TrainerCallback):
 
     def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         trainer = self.trainer
-        if not trainer._step_skipped:  # a skipped step changes nothing, the average included
+        if not trainer.step_skipped:  # a skipped step changes nothing, the average included
             trainer.ema.update(trainer.accelerator.unwrap_model(trainer.model), state.global_step + 1)
 
     def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:

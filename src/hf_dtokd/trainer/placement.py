@@ -69,9 +69,6 @@ class AccumulationWindow:
     def close(self) -> None:
         self.is_open, self.counts = False, None
 
-    def weights_without_labels(self, losses: torch.Tensor) -> torch.Tensor:
-        return distillation_only_weights(losses.numel(), losses.device)
-
 
 class Placement(ABC):
     """One micro-batch's losses -> one backward; the window's end -> the balancer's update."""
@@ -163,7 +160,7 @@ class ParameterGradients(Placement):
         gram = self.gradients.gram_with_grad()
         if trainer.window.distillation_only:
             if not skip:
-                weights = trainer.window.weights_without_labels(window_losses)
+                weights = distillation_only_weights(window_losses.numel(), window_losses.device)
                 self.gradients.combine_into_grad(weights)
                 logged = (weights * window_losses).sum()
                 trainer._record_weights(weights)
@@ -218,7 +215,7 @@ class RepresentationGradients(Placement):
             if self._capture is not None:
                 self._capture.take()  # drop this forward's capture
             trainer._record_pi()
-            weights = trainer.window.weights_without_labels(losses)
+            weights = distillation_only_weights(losses.numel(), losses.device)
             trainer._record_weights(weights)
             backward(trainer.accelerator, (weights * losses).sum() / steps)
             return (weights * losses.detach()).sum() / steps
@@ -244,7 +241,7 @@ class WeightedLoss(Placement):
     def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
         trainer = self.trainer
         if trainer.window.distillation_only:
-            weights = trainer.window.weights_without_labels(losses)
+            weights = distillation_only_weights(losses.numel(), losses.device)
         else:
             weights = trainer.balancer.loss_weights(trainer._reduce_mean(losses.detach()))
         trainer._record_weights(weights)
