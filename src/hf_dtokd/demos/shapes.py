@@ -213,19 +213,21 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
     folder = Path(demo.output_dir) / "teacher"
     start = time.perf_counter()
     # reused only when it was trained on the same data and budget
+    # (its images are the first teacher_train_size generated ones, whatever the students' train_size)
     settings = {
-        k: getattr(demo, k)
-        for k in (
-            "image_size",
-            "max_objects",
-            "train_size",
-            "teacher_train_size",
-            "teacher_width",
-            "teacher_d_model",
-            "teacher_steps",
-            "batch_size",
-            "learning_rate",
-        )
+        "teacher_images": demo.teacher_train_size or demo.train_size,
+        **{
+            k: getattr(demo, k)
+            for k in (
+                "image_size",
+                "max_objects",
+                "teacher_width",
+                "teacher_d_model",
+                "teacher_steps",
+                "batch_size",
+                "learning_rate",
+            )
+        },
     }
     marker = folder / "demo_settings.json"
     cached = (
