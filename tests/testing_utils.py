@@ -315,13 +315,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two_processes(script: str, output_dir: Path) -> None:
-    """``accelerate launch --multi_gpu --num_processes 2`` of a worker in this folder (gloo on CPU)."""
+def launch_two_processes(script: str, output_dir: Path, *args: str, config_file: Path | None = None) -> None:
+    """``accelerate launch --num_processes 2`` of a worker in this folder (gloo on CPU): ``--multi_gpu`` (DDP), or
+    the launcher settings of ``config_file`` (an accelerate YAML: FSDP2, DeepSpeed)."""
+    launcher = ["--multi_gpu"] if config_file is None else ["--config_file", str(config_file)]
     command = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
+        *launcher,
         "--num_processes",
         "2",
         "--num_machines",
@@ -334,6 +336,7 @@ def launch_two_processes(script: str, output_dir: Path) -> None:
         str(free_port()),
         str(HERE / "distributed" / script),
         str(output_dir),
+        *args,
     ]
     env = {
         **os.environ,
@@ -341,7 +344,7 @@ def launch_two_processes(script: str, output_dir: Path) -> None:
             [str(HERE), str(HERE / "distributed"), os.environ.get("PYTHONPATH", "")]
         ),
     }
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-4000:]
 
 

@@ -92,6 +92,54 @@ def deepspeed_teacher_config(training_config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def allow_fsdp2_sharding(model: torch.nn.Module) -> torch.nn.Module:
+    """Let accelerate's ``fsdp2_prepare_model`` shard a vision model (in place; returns the model).
+
+    ``fsdp2_prepare_model`` (accelerate 1.16) gives ``model.get_input_embeddings()`` an FSDP unit of its own
+    after wrapping the model's ``_no_split_modules``. Two vision cases break it, on GPUs as here:
+    transformers (5.x) raises ``NotImplementedError`` for models without token embeddings (ResNet,
+    ConvNeXt, RT-DETR, ...), and a ViT's patch embedding sits inside ``ViTEmbeddings``, a no-split module
+    already sharded, so sharding it again fails. Such a model answers ``None`` (what accelerate expects of a
+    model without embeddings; the embedding stays in the unit that holds it). No kept library offers the
+    switch, hence the override of the instance's method.
+    """
+    getter = getattr(model, "get_input_embeddings", None)
+    if getter is None:
+        return model
+    try:
+        embeddings = getter()
+    except NotImplementedError:
+        embeddings = None
+    no_split = set(getattr(model, "_no_split_modules", None) or ())
+    inside_a_unit = embeddings is not None and any(
+        type(module).__name__ in no_split and module is not embeddings and embeddings in module.modules()
+        for module in model.modules()
+    )
+    if embeddings is None or inside_a_unit:
+        model.get_input_embeddings = lambda: None
+    return model
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Free the parameters FSDP2 left gathered after a forward without backward (the teacher, a look-ahead).
+
+    FSDP2 keeps the root unit's parameters gathered after its forward (the backward would need them at once) and
+    reshards them in the backward. A forward under ``no_grad`` between ``optimizer.step()`` and
+    ``zero_grad()`` (the amortized methods' look-ahead) has no backward: ``model.parameters()`` then yields the
+    gathered tensors, ``zero_grad`` clears their (empty) gradients instead of the sharded ones, and the next
+    window would accumulate onto the last one's; a sharded teacher, never backpropagated, would hold its root unit
+    gathered for the whole run. Resharding every FSDP unit restores the sharded parameters.
+    Nothing to do for other backends.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch build without FSDP2
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def prepare_teacher(teacher: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
     """Freeze the teacher and place it for the backend (see the module docstring)."""
     teacher = prepare_frozen(teacher)
@@ -105,7 +153,15 @@ def prepare_teacher(teacher: torch.nn.Module, accelerator: Accelerator) -> torch
     if getattr(accelerator, "is_fsdp2", False):
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-        return prepare_frozen(fsdp2_prepare_model(accelerator, teacher.to(accelerator.device)))
+        # fsdp2_prepare_model fixes the plugin's wrap policy to the first model's layer classes: the teacher gets
+        # a copy, so the student is wrapped by its own layers (a ResNet teacher's would not exist in a ViT)
+        plugin = accelerator.state.fsdp_plugin
+        accelerator.state.fsdp_plugin = copy.copy(plugin)
+        try:
+            sharded = fsdp2_prepare_model(accelerator, allow_fsdp2_sharding(teacher.to(accelerator.device)))
+        finally:
+            accelerator.state.fsdp_plugin = plugin
+        return prepare_frozen(sharded)
     if accelerator.distributed_type == DistributedType.FSDP:
         return prepare_frozen(accelerator.prepare_model(teacher))
     return prepare_frozen(accelerator.prepare_model(teacher, evaluation_mode=True))

@@ -66,7 +66,7 @@ from hf_dtokd.models.classification import (
     load_image_processor,
     num_labels,
 )
-from hf_dtokd.runtime.backends import check_backend_support, prepare_teacher
+from hf_dtokd.runtime.backends import allow_fsdp2_sharding, check_backend_support, prepare_teacher, reshard
 from hf_dtokd.runtime.precision import fp8_recipe
 from hf_dtokd.trainer.checkpoints import (
     TRAINER_STATE_NAME,
@@ -182,6 +182,8 @@ class DTOKDTrainer(Trainer):
         # the Trainer finds label names in forward()'s signature: none for wrapped or two-head students
         if args.label_names is None:
             self.label_names = list(LABEL_COLUMNS[:1])
+        if getattr(self.accelerator, "is_fsdp2", False):
+            allow_fsdp2_sharding(self.model)
         self.teacher_label_index = check_label_spaces(self.model, teacher_model, args.teacher_label_indices)
         self.teacher = self._prepare_teacher(teacher_model)
         self.teacher_inputs = self._build_teacher_input_converter(teacher_processing_class)
@@ -396,6 +398,7 @@ class DTOKDTrainer(Trainer):
             outputs = self.teacher(
                 **self.teacher_model_inputs(student_inputs, teacher_pixels), **self.teacher_forward_kwargs
             )
+        reshard(self.teacher)  # a sharded teacher has no backward to free its gathered root (FSDP2)
         return self.teacher_signal(outputs)
 
     def teacher_model_inputs(
@@ -693,6 +696,7 @@ class DTOKDTrainer(Trainer):
             for student_inputs, teacher_logits, labels, scales in self.window.batches:
                 losses = self.objective_losses(model(**student_inputs), teacher_logits, labels)
                 after += losses if scales is None else losses * scales
+        reshard(model)
         after = self._reduce_mean(after / len(self.window.batches))
         self.balancer.update(self.window.losses, after)
         self.window.batches = []

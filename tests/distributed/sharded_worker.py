@@ -1,0 +1,105 @@
+"""Launched by test_sharded.py through ``accelerate launch --config_file <fsdp2 / deepspeed YAML>`` (2 processes).
+
+``sharded_harness.enable()`` first (the CPU adjustment it documents), then each variant trains for a few steps
+on 16 examples with a per-process batch half the single-process one (same global batch), and rank 0 writes the
+backend, the world size, the logged pi, every rank's pi, every rank's gathered parameters and teacher
+checks to ``sharded_results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import sharded_harness
+import torch
+from ddp_worker import GA, make_trainer
+
+from hf_dtokd import DTOKDTrainer
+from testing_utils import train_logs
+
+#: name -> (config overrides, per-process batch here, batch of the single process it must equal)
+VARIANTS = {
+    "fixed": ({"method": "fixed"}, 8, 16),
+    "dto_amortized": ({"method": "dto_amortized"}, 8, 16),
+    "dto_representation": ({"method": "dto", "gradient_placement": "representation"}, 8, 16),
+    "dto_amortized_next_batch": ({"method": "dto_amortized", "look_ahead": "next_batch"}, 8, 16),
+    "fixed_accumulation": ({"method": "fixed", **GA}, 4, 8),
+    "dto_amortized_accumulation": ({"method": "dto_amortized", **GA}, 4, 8),
+    "dto_representation_accumulation": (
+        {"method": "dto", "gradient_placement": "representation", **GA},
+        4,
+        8,
+    ),
+    "dto_amortized_next_batch_accumulation": (
+        {"method": "dto_amortized", "look_ahead": "next_batch", **GA},
+        4,
+        8,
+    ),
+    "dto_teacher_cache": (
+        {"method": "dto_amortized", "teacher_cache": True, "per_device_eval_batch_size": 3},
+        8,
+        16,
+    ),
+    "feature_kd_vkd_amortized": ({"method": "dto_amortized", "trainer": "features"}, 8, 16),
+}
+
+#: a broken run the checks must catch: the losses the weights are computed from are not averaged over processes
+BROKEN = "dto_amortized_without_loss_reduce"
+REDUCE_MEAN = DTOKDTrainer._reduce_mean
+
+
+def full_parameters(backend: str, model: torch.nn.Module) -> torch.Tensor:
+    """Every parameter of ``model`` whole, on every rank: FSDP2's DTensors gathered, ZeRO-3's partitions gathered."""
+    params = list(model.parameters())
+    if backend == "zero3":
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params):
+            return torch.cat([p.detach().reshape(-1).clone() for p in params])
+    return torch.cat(
+        [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().reshape(-1) for p in params]
+    )
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s parameters are sharded over the ranks (FSDP2's DTensors, ZeRO-3's partitions)."""
+    return all(hasattr(p, "full_tensor") or hasattr(p, "ds_id") for p in model.parameters())
+
+
+def run(backend: str, name: str, overrides: dict, batch: int, output_dir: str) -> dict:
+    DTOKDTrainer._reduce_mean = (lambda self, tensor: tensor) if name == BROKEN else REDUCE_MEAN
+    trainer = make_trainer(f"{output_dir}/{name}", overrides, batch)
+    teacher = trainer.teacher
+    teacher_before = full_parameters(backend, teacher)
+    trainer.train()
+    accelerator = trainer.accelerator
+    params = full_parameters(backend, trainer.model)
+    teacher_after = full_parameters(backend, teacher)
+    return {
+        "distributed_type": str(accelerator.distributed_type),
+        "world_size": accelerator.num_processes,
+        "pi_distill": train_logs(trainer, "pi_distill"),
+        "pi_every_rank": accelerator.gather(trainer.balancer.pi.float()[None]).tolist(),
+        "params": accelerator.gather(params[None]).tolist(),
+        "student_sharded": is_sharded(trainer.model),
+        "teacher_sharded": is_sharded(teacher),
+        "teacher_frozen": bool(torch.equal(teacher_before, teacher_after))
+        and not any(p.requires_grad for p in teacher.parameters()),
+    }
+
+
+def main(output_dir: str, names: list[str]) -> None:
+    backend = sharded_harness.enable()
+    cases = {**VARIANTS, BROKEN: ({"method": "dto_amortized"}, 8, 16)}
+    results = {"backend": backend}
+    for name in names or list(cases):
+        overrides, batch, _ = cases[name]
+        results[name] = run(backend, name, overrides, batch, output_dir)
+    if torch.distributed.get_rank() == 0:
+        with open(f"{output_dir}/sharded_results.json", "w") as handle:
+            json.dump(results, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

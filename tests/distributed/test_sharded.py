@@ -1,0 +1,92 @@
+"""FSDP2 and DeepSpeed ZeRO-2 / 3 with two real processes (CPU, gloo) give the same pi and weights as one
+process with the global batch.
+
+Each backend is launched from its shipped YAML (``examples/accelerate/``) with ``--num_processes 2``; the
+worker applies ``sharded_harness`` (the CPU adjustment documented there and in docs/distributed.md), so
+``accelerator.prepare`` runs accelerate's own FSDP2 / DeepSpeed code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from ddp_worker import make_trainer
+from sharded_worker import BROKEN, VARIANTS
+
+from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
+from testing_utils import launch_two_processes, train_logs
+
+YAMLS = Path(__file__).parents[2] / "examples" / "accelerate"
+#: backend (the YAML's name) -> the distributed type accelerate must have run
+BACKENDS = {
+    "fsdp2": "DistributedType.FSDP",
+    "deepspeed_zero2": "DistributedType.DEEPSPEED",
+    "deepspeed_zero3": "DistributedType.DEEPSPEED",
+}
+#: parameters and pi against one process: float32 sums in another order (shards, reduce-scatter, partitions)
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def sharded_results(request, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp(request.param)
+    launch_two_processes("sharded_worker.py", output_dir, config_file=YAMLS / f"{request.param}.yaml")
+    results = json.loads((output_dir / "sharded_results.json").read_text())
+    return request.param, results
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    """One process with the global batch, per variant, trained once for every backend."""
+    runs = {}
+
+    def run(variant: str):
+        if variant not in runs:
+            overrides, _, single_batch = VARIANTS[variant]
+            trainer = make_trainer(str(tmp_path_factory.mktemp(variant)), overrides, single_batch)
+            trainer.train()
+            runs[variant] = trainer
+        return runs[variant]
+
+    return run
+
+
+def check_ran_sharded(backend: str, result: dict) -> None:
+    assert result["world_size"] == 2, "accelerate ran one process: the launch did not give two ranks"
+    assert result["distributed_type"] == BACKENDS[backend], f"{backend} ran as {result['distributed_type']}"
+    if backend != "deepspeed_zero2":  # ZeRO-2 partitions gradients and optimizer state, not parameters
+        assert result["student_sharded"] and result["teacher_sharded"]
+    assert result["teacher_frozen"], "the teacher's weights changed or require grad"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_two_sharded_processes_equal_one_process_with_the_global_batch(
+    sharded_results, single_process, variant
+):
+    backend, results = sharded_results
+    result = results[variant]
+    check_ran_sharded(backend, result)
+    rank0, rank1 = (torch.tensor(p) for p in result["params"])
+    assert torch.equal(rank0, rank1), "the ranks gathered different weights"
+    pi0, pi1 = (torch.tensor(p) for p in result["pi_every_rank"])
+    assert torch.equal(pi0, pi1), "the ranks hold different pi"
+
+    single = single_process(variant)
+    single_params = torch.cat([p.detach().reshape(-1) for p in single.model.parameters()])
+    assert result["pi_distill"] == pytest.approx(train_logs(single, "pi_distill"), abs=ATOL)
+    assert torch.allclose(rank0, single_params, atol=ATOL), (rank0 - single_params).abs().max()
+
+
+def test_the_checks_catch_ranks_that_skip_the_loss_reduction(sharded_results, single_process):
+    backend, results = sharded_results
+    result = results[BROKEN]
+    check_ran_sharded(backend, result)
+    pi0, pi1 = (torch.tensor(p) for p in result["pi_every_rank"])
+    rank0 = torch.tensor(result["params"][0])
+    single_params = torch.cat(
+        [p.detach().reshape(-1) for p in single_process("dto_amortized").model.parameters()]
+    )
+    assert not torch.equal(pi0, pi1) and not torch.allclose(rank0, single_params, atol=ATOL)
