@@ -16,6 +16,7 @@ import torch
 from ddp_worker import GA, make_trainer
 
 from hf_dtokd import DTOKDTrainer
+from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
 from testing_utils import train_logs
 
 #: name -> (config overrides, per-process batch here, batch of the single process it must equal)
@@ -76,7 +77,7 @@ def run(backend: str, name: str, overrides: dict, batch: int, output_dir: str) -
     accelerator = trainer.accelerator
     params = full_parameters(backend, trainer.model)
     teacher_after = full_parameters(backend, teacher)
-    return {
+    result = {
         "distributed_type": str(accelerator.distributed_type),
         "world_size": accelerator.num_processes,
         "pi_distill": train_logs(trainer, "pi_distill"),
@@ -87,6 +88,10 @@ def run(backend: str, name: str, overrides: dict, batch: int, output_dir: str) -
         "teacher_frozen": bool(torch.equal(teacher_before, teacher_after))
         and not any(p.requires_grad for p in teacher.parameters()),
     }
+    if trainer.args.teacher_cache:  # every rank holds the whole column, in row order
+        column = trainer.train_dataset[:][TEACHER_LOGITS].to(accelerator.device)
+        result["teacher_logits_every_rank"] = accelerator.gather(column[None]).tolist()
+    return result
 
 
 def main(output_dir: str, names: list[str]) -> None:

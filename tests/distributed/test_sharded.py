@@ -78,6 +78,12 @@ def test_two_sharded_processes_equal_one_process_with_the_global_batch(
     single_params = torch.cat([p.detach().reshape(-1) for p in single.model.parameters()])
     assert result["pi_distill"] == pytest.approx(train_logs(single, "pi_distill"), abs=ATOL)
     assert torch.allclose(rank0, single_params, atol=ATOL), (rank0 - single_params).abs().max()
+    if (
+        "teacher_logits_every_rank" in result
+    ):  # the cache was filled by the sharded teacher, every rank together
+        expected = single.train_dataset[:][TEACHER_LOGITS]
+        for column in result["teacher_logits_every_rank"]:
+            assert torch.allclose(torch.tensor(column), expected, atol=1e-6)
 
 
 def test_the_checks_catch_ranks_that_skip_the_loss_reduction(sharded_results, single_process):

@@ -23,7 +23,9 @@ student; other stages replicate it with ZeRO disabled), as trl does for its refe
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -79,6 +81,35 @@ def backward(accelerator: Accelerator, loss: torch.Tensor) -> None:
         accelerator.backward(loss, scale_wrt_gas=False)
     else:
         accelerator.backward(loss)
+
+
+@contextlib.contextmanager
+def inside_the_engine_backward(model: torch.nn.Module) -> Iterator[None]:
+    """Per-loss gradients at a representation (``autograd.grad``) without DeepSpeed ending the backward early.
+
+    A DeepSpeed engine (0.16+) hooks the outputs of its forward so that a plain ``loss.backward()`` works: the
+    first backward through them opens its backward state, and when that graph finishes the engine reduces
+    and partitions the gradients, unless the engine's own ``backward`` is running. An ``autograd.grad`` from a
+    loss to a layer passes through those outputs too, and would reduce gradients that do not exist yet. Inside
+    this context the engine counts as running its ``backward`` (its own counter, as ``engine.backward`` sets it),
+    so the side call only opens the backward state, which the micro-batch's ``engine.backward`` then closes
+    after reducing the real gradients. The side call's gradients pass the engine's hook divided by the
+    accumulation steps, every loss alike (the Gram's scale, which no weighting reads). No kept library offers
+    this switch; any other model: nothing to do.
+    """
+    lock = getattr(model, "_running_engine_backward_lock", None)
+    if lock is None:
+        yield
+        return
+    with lock:
+        model._running_engine_backward_count += 1
+        model._running_engine_backward = True
+    try:
+        yield
+    finally:
+        with lock:
+            model._running_engine_backward_count -= 1
+            model._running_engine_backward = model._running_engine_backward_count > 0
 
 
 def deepspeed_teacher_config(training_config: dict[str, Any]) -> dict[str, Any]:

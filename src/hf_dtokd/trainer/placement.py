@@ -37,7 +37,7 @@ from hf_dtokd.gradients.representation import (
     representation_gram,
 )
 from hf_dtokd.models.classification import classification_logits
-from hf_dtokd.runtime.backends import backward
+from hf_dtokd.runtime.backends import backward, inside_the_engine_backward
 from hf_dtokd.trainer.window_means import WindowCounts
 
 if TYPE_CHECKING:
@@ -220,7 +220,8 @@ class RepresentationGradients(Placement):
             backward(trainer.accelerator, (weights * losses).sum() / steps)
             return (weights * losses.detach()).sum() / steps
         representation = classification_logits(outputs) if self._capture is None else self._capture.take()
-        gradients = representation_gradients(losses, representation, trainer.objective_names)
+        with inside_the_engine_backward(trainer.window.model):
+            gradients = representation_gradients(losses, representation, trainer.objective_names)
         if not self._coordinates_checked:  # once: a host sync
             check_shared_coordinates(gradients, trainer.objective_names, self.layer)
             self._coordinates_checked = True
