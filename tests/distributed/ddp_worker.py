@@ -56,7 +56,8 @@ def make_trainer(output_dir: str, overrides: dict, batch: int) -> DTOKDTrainer:
     if overrides.pop("unlabelled", False):
         data = partly_labelled(data, {0, 1, 2})
     student, teacher = conflicting_pair()
-    args = tiny_args(output_dir, temperature=2.0, max_steps=3, per_device_train_batch_size=batch, **overrides)
+    settings = {"temperature": 2.0, "max_steps": 3, "per_device_train_batch_size": batch, **overrides}
+    args = tiny_args(output_dir, **settings)
     if kind == "features":
         torch.manual_seed(5)  # the projector's initialisation
         return FeatureKDTrainer(

@@ -45,6 +45,21 @@ VARIANTS = {
     "feature_kd_vkd_amortized": ({"method": "dto_amortized", "trainer": "features"}, 8, 16),
 }
 
+#: resumed at step 2 of 4 from a sharded checkpoint (AdamW: the optimizer state matters), then saved and pushed
+RESUMED = {
+    "resume_dto_amortized": {"method": "dto_amortized"},
+    "resume_dto_representation": {"method": "dto", "gradient_placement": "representation"},
+    "resume_dto_amortized_next_batch": {"method": "dto_amortized", "look_ahead": "next_batch"},
+}
+RESUME_SETTINGS = {
+    "max_steps": 4,
+    "save_strategy": "steps",
+    "save_steps": 2,
+    "optim": "adamw_torch",
+    "learning_rate": 0.01,
+    "weight_decay": 0.1,
+}
+
 #: a broken run the checks must catch: the losses the weights are computed from are not averaged over processes
 BROKEN = "dto_amortized_without_loss_reduce"
 REDUCE_MEAN = DTOKDTrainer._reduce_mean
@@ -94,11 +109,55 @@ def run(backend: str, name: str, overrides: dict, batch: int, output_dir: str) -
     return result
 
 
+def run_resumed(backend: str, name: str, overrides: dict, output_dir: str) -> dict:
+    """Straight 4 steps; 2 steps, killed, resumed from checkpoint-2 to 4; the resumed student saved and pushed."""
+    import transformers.trainer
+
+    from testing_utils import Crash, CrashAtStep, RecordingHub
+
+    DTOKDTrainer._reduce_mean = REDUCE_MEAN
+    settings = {**overrides, **RESUME_SETTINGS}
+    straight = make_trainer(f"{output_dir}/{name}_straight", settings, 8)
+    straight.train()
+    killed = make_trainer(f"{output_dir}/{name}", settings, 8)
+    killed.add_callback(CrashAtStep(3))
+    try:
+        killed.train()
+    except Crash:
+        pass
+    hub = RecordingHub()
+    transformers.trainer.hf_api = lambda: hub  # nothing reaches the Hub
+    resumed = make_trainer(
+        f"{output_dir}/{name}",
+        {**settings, "push_to_hub": True, "hub_model_id": name, "hub_strategy": "end"},
+        8,
+    )
+    resumed.train(resume_from_checkpoint=True)
+    resumed.save_model(f"{output_dir}/{name}_student")
+    resumed.push_to_hub()
+    accelerator = resumed.accelerator
+    result = {"world_size": accelerator.num_processes, "global_step": resumed.state.global_step}
+    for key, trainer in (("straight", straight), ("resumed", resumed)):
+        params = full_parameters(backend, trainer.model)
+        state = {k: v for k, v in trainer.balancer.state_dict().items() if isinstance(v, torch.Tensor)}
+        result[key] = {
+            "params": accelerator.gather(params[None]).tolist(),
+            "pi_distill": train_logs(trainer, "pi_distill"),
+            "balancer": {k: v.double().reshape(-1).tolist() for k, v in state.items()},
+        }
+    result["student_folder"] = f"{output_dir}/{name}_student"
+    result["uploads"] = [upload["files"] for upload in hub.uploads]
+    return result
+
+
 def main(output_dir: str, names: list[str]) -> None:
     backend = sharded_harness.enable()
     cases = {**VARIANTS, BROKEN: ({"method": "dto_amortized"}, 8, 16)}
     results = {"backend": backend}
-    for name in names or list(cases):
+    for name in names or [*cases, *RESUMED]:
+        if name in RESUMED:
+            results[name] = run_resumed(backend, name, RESUMED[name], output_dir)
+            continue
         overrides, batch, _ = cases[name]
         results[name] = run(backend, name, overrides, batch, output_dir)
     if torch.distributed.get_rank() == 0:

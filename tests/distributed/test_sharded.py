@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_worker import make_trainer
-from sharded_worker import BROKEN, VARIANTS
+from sharded_worker import BROKEN, RESUMED, VARIANTS
+from transformers import AutoModelForImageClassification
 
 from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
 from testing_utils import launch_two_processes, train_logs
@@ -96,3 +97,30 @@ def test_the_checks_catch_ranks_that_skip_the_loss_reduction(sharded_results, si
         [p.detach().reshape(-1) for p in single_process("dto_amortized").model.parameters()]
     )
     assert not torch.equal(pi0, pi1) and not torch.allclose(rank0, single_params, atol=ATOL)
+
+
+@pytest.mark.parametrize("variant", RESUMED)
+def test_a_sharded_run_resumed_from_its_checkpoint_ends_like_the_uninterrupted_one(sharded_results, variant):
+    backend, results = sharded_results
+    result = results[variant]
+    assert result["world_size"] == 2 and result["global_step"] == 4
+    straight, resumed = result["straight"], result["resumed"]
+    for rank in range(2):  # weights (AdamW with weight decay: its moments came back too), pi, balancer state
+        assert torch.equal(torch.tensor(resumed["params"][rank]), torch.tensor(straight["params"][rank]))
+    assert resumed["pi_distill"] == pytest.approx(straight["pi_distill"], abs=1e-7)
+    assert resumed["balancer"].keys() == straight["balancer"].keys()
+    for key, value in straight["balancer"].items():
+        assert resumed["balancer"][key] == pytest.approx(value, abs=1e-7), key
+
+
+@pytest.mark.parametrize("variant", RESUMED)
+def test_the_sharded_student_is_saved_whole_and_only_the_student_is_pushed(sharded_results, variant):
+    backend, results = sharded_results
+    result = results[variant]
+    student = AutoModelForImageClassification.from_pretrained(result["student_folder"])  # one process
+    reloaded = torch.cat([p.detach().reshape(-1) for p in student.parameters()])
+    assert torch.equal(reloaded, torch.tensor(result["resumed"]["params"][0]))
+    assert result["uploads"], "push_to_hub uploaded nothing"
+    for files in result["uploads"]:
+        assert {"model.safetensors", "config.json", "README.md"} <= set(files)
+        assert not [f for f in files if f.startswith(("checkpoint-", "optimizer", "dtokd_state"))], files

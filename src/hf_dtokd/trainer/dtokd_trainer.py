@@ -84,6 +84,7 @@ from hf_dtokd.trainer.nonfinite import (
     NonFiniteLossError,
     nonfinite_loss_message,
     nonfinite_parameters,
+    nonfinite_parameters_everywhere,
     refuse_nonfinite_publish,
     run_health_warnings,
     skip_next_call,
@@ -233,6 +234,8 @@ class DTOKDTrainer(Trainer):
 
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._nonfinite_losses = torch.zeros((), dtype=torch.long, device=self.args.device)
+        #: the student's non-finite tensors found by the last check over every rank (end of training, a push)
+        self._nonfinite_weight_names: list[str] = []
         #: windows without a labelled example, trained on the distillation objectives alone
         self._distillation_only_windows = 0
         #: restores of the optimizer / scheduler ``step`` a skipped window disarmed (``on_nonfinite_loss``)
@@ -743,7 +746,7 @@ class DTOKDTrainer(Trainer):
     def _add_run_health(self, logs: dict[str, float]) -> None:
         count = int(self._nonfinite_losses.item())
         logs["nonfinite_losses"] = count
-        bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
+        bad = self._nonfinite_weights()
         logs["nonfinite_weights"] = len(bad)
         if bad:
             logger.warning(
@@ -806,7 +809,12 @@ class DTOKDTrainer(Trainer):
             signal_fields=self.signal_fields,
             warnings=run_health_warnings(
                 int(self._nonfinite_losses.item()),
-                nonfinite_parameters(self.accelerator.unwrap_model(self.model)),
+                sorted(
+                    {
+                        *nonfinite_parameters(self.accelerator.unwrap_model(self.model)),
+                        *self._nonfinite_weight_names,
+                    }
+                ),
             ),
         )
         card = os.path.join(self.args.output_dir, "README.md")
@@ -820,13 +828,13 @@ class DTOKDTrainer(Trainer):
 
     def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.push_to_hub``, refused (``ValueError``) when the student's weights are not finite."""
-        refuse_nonfinite_publish(self.accelerator.unwrap_model(self.model))
+        refuse_nonfinite_publish(self._nonfinite_weights())
         return super().push_to_hub(*args, **kwargs)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """The Trainer's push at a save (``hub_strategy``), skipped with a warning while the weights are not
         finite."""
-        bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
+        bad = self._nonfinite_weights()  # every rank calls it (the Trainer's save runs on all of them)
         if bad:
             logger.warning(
                 "not pushing %s to the Hub: %d tensor(s) of the student are not finite",
@@ -835,6 +843,14 @@ class DTOKDTrainer(Trainer):
             )
             return
         super()._push_from_checkpoint(checkpoint_folder)
+
+    def _nonfinite_weights(self) -> list[str]:
+        """The student's tensors holding NaN or inf, over every rank's shards (every rank must call it); kept for
+        the model card, which the main process writes alone."""
+        self._nonfinite_weight_names = nonfinite_parameters_everywhere(
+            self.accelerator.unwrap_model(self.model), self.accelerator
+        )
+        return self._nonfinite_weight_names
 
     def _method_name(self) -> str:
         """The name checkpoints record: the config's method, or the class of a custom balancer."""

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch import nn
 
 
@@ -55,13 +57,33 @@ def skip_next_call(target: Any, method: str = "step") -> Callable[[], None]:
 
 
 def nonfinite_parameters(model: nn.Module) -> list[str]:
-    """Names of the parameters and buffers holding a NaN or an infinity."""
+    """Names of the parameters and buffers holding a NaN or an infinity, in this process's data.
+
+    No collective: a sharded tensor (FSDP2's DTensor, a ZeRO-3 partition) is checked on its local shard, so the
+    call is safe on one rank alone; ``nonfinite_parameters_everywhere`` combines every rank's answer.
+    """
     named = list(model.named_parameters()) + list(model.named_buffers())
-    return [
-        name
-        for name, tensor in named
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
-    ]
+    return [name for name, tensor in named if _has_nonfinite(_local_data(tensor))]
+
+
+def nonfinite_parameters_everywhere(model: nn.Module, accelerator: Accelerator) -> list[str]:
+    """``nonfinite_parameters`` over every process's shards (a collective when there are several: every rank
+    must call it)."""
+    local = nonfinite_parameters(model)
+    if accelerator.num_processes == 1:
+        return local
+    return sorted({name for names in gather_object([local]) for name in names})
+
+
+def _local_data(tensor: torch.Tensor) -> torch.Tensor:
+    if hasattr(tensor, "to_local"):  # FSDP2: a DTensor
+        return tensor.to_local()
+    partition = getattr(tensor, "ds_tensor", None)  # ZeRO-3: the parameter's data is this rank's partition
+    return tensor if partition is None else partition
+
+
+def _has_nonfinite(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and bool(tensor.numel()) and not bool(torch.isfinite(tensor).all())
 
 
 def nonfinite_loss_message(
@@ -101,9 +123,8 @@ def run_health_warnings(nonfinite_losses: int, nonfinite_weights: Sequence[str])
     return warnings
 
 
-def refuse_nonfinite_publish(model: nn.Module) -> None:
-    """Raise before a student whose weights are not finite is pushed to the Hub."""
-    bad = nonfinite_parameters(model)
+def refuse_nonfinite_publish(bad: Sequence[str]) -> None:
+    """Raise before a student whose weights are not finite (``bad``: the names of those tensors) is pushed."""
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ValueError(
