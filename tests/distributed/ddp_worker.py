@@ -52,6 +52,7 @@ def make_trainer(output_dir: str, overrides: dict, batch: int) -> DTOKDTrainer:
     """A variant's trainer on the conflicting pair: DTOKDTrainer, or FeatureKDTrainer (VkD projector)."""
     overrides = dict(overrides)
     kind = overrides.pop("trainer", "logits")
+    group_features = overrides.pop("group_features", None)
     data = random_images(16)
     if overrides.pop("unlabelled", False):
         data = partly_labelled(data, {0, 1, 2})
@@ -61,7 +62,12 @@ def make_trainer(output_dir: str, overrides: dict, batch: int) -> DTOKDTrainer:
     if kind == "features":
         torch.manual_seed(5)  # the projector's initialisation
         return FeatureKDTrainer(
-            model=student, teacher_model=teacher, args=args, projector="vkd", train_dataset=data
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            projector="vkd",
+            group_features=group_features,
+            train_dataset=data,
         )
     return DTOKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
 

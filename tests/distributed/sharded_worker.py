@@ -16,6 +16,7 @@ import torch
 from ddp_worker import GA, make_trainer
 
 from hf_dtokd import DTOKDTrainer
+from hf_dtokd.gradients.sharded import ShardedWindowGradients
 from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
 from testing_utils import train_logs
 
@@ -45,6 +46,24 @@ VARIANTS = {
     "feature_kd_vkd_amortized": ({"method": "dto_amortized", "trainer": "features"}, 8, 16),
 }
 
+#: Gram methods at the parameters: FSDP2 keeps a shard of each per-loss gradient and all-reduces the Gram;
+#: DeepSpeed refuses them at start
+GRAM_VARIANTS = {
+    "dto": ({"method": "dto"}, 8, 16),
+    "dto_accumulation": ({"method": "dto", **GA}, 4, 8),
+    "upgrad": ({"method": "upgrad"}, 8, 16),
+    "dto_student_gram_feature_kd": (
+        {"method": "dto", "trainer": "features", "gram_parameters": "student"},
+        8,
+        16,
+    ),
+    "dto_three_objectives_feature_kd": (
+        {"method": "dto", "trainer": "features", "group_features": False, **GA},
+        4,
+        8,
+    ),
+}
+
 #: resumed at step 2 of 4 from a sharded checkpoint (AdamW: the optimizer state matters), then saved and pushed
 RESUMED = {
     "resume_dto_amortized": {"method": "dto_amortized"},
@@ -60,9 +79,12 @@ RESUME_SETTINGS = {
     "weight_decay": 0.1,
 }
 
-#: a broken run the checks must catch: the losses the weights are computed from are not averaged over processes
+#: broken runs the checks must catch: the losses the weights are computed from are not averaged over processes;
+#: the shards' Gram is not summed over ranks
 BROKEN = "dto_amortized_without_loss_reduce"
+BROKEN_GRAM = "dto_without_gram_sum_over_ranks"
 REDUCE_MEAN = DTOKDTrainer._reduce_mean
+SUM_OVER_RANKS = ShardedWindowGradients.sum_over_ranks
 
 
 def full_parameters(backend: str, model: torch.nn.Module) -> torch.Tensor:
@@ -85,7 +107,13 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 def run(backend: str, name: str, overrides: dict, batch: int, output_dir: str) -> dict:
     DTOKDTrainer._reduce_mean = (lambda self, tensor: tensor) if name == BROKEN else REDUCE_MEAN
-    trainer = make_trainer(f"{output_dir}/{name}", overrides, batch)
+    ShardedWindowGradients.sum_over_ranks = (
+        (lambda self, gram: gram) if name == BROKEN_GRAM else SUM_OVER_RANKS
+    )
+    try:
+        trainer = make_trainer(f"{output_dir}/{name}", overrides, batch)
+    except ValueError as error:  # refused at start: recorded for the test to read
+        return {"refused": str(error)}
     teacher = trainer.teacher
     teacher_before = full_parameters(backend, teacher)
     trainer.train()
@@ -96,6 +124,7 @@ def run(backend: str, name: str, overrides: dict, batch: int, output_dir: str) -
         "distributed_type": str(accelerator.distributed_type),
         "world_size": accelerator.num_processes,
         "pi_distill": train_logs(trainer, "pi_distill"),
+        "grad_cos": train_logs(trainer, "grad_cos") if trainer.balancer.needs_gradients else [],
         "pi_every_rank": accelerator.gather(trainer.balancer.pi.float()[None]).tolist(),
         "params": accelerator.gather(params[None]).tolist(),
         "student_sharded": is_sharded(trainer.model),
@@ -152,7 +181,12 @@ def run_resumed(backend: str, name: str, overrides: dict, output_dir: str) -> di
 
 def main(output_dir: str, names: list[str]) -> None:
     backend = sharded_harness.enable()
-    cases = {**VARIANTS, BROKEN: ({"method": "dto_amortized"}, 8, 16)}
+    cases = {
+        **VARIANTS,
+        **GRAM_VARIANTS,
+        BROKEN: ({"method": "dto_amortized"}, 8, 16),
+        BROKEN_GRAM: ({"method": "dto"}, 8, 16),
+    }
     results = {"backend": backend}
     for name in names or [*cases, *RESUMED]:
         if name in RESUMED:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_worker import make_trainer
-from sharded_worker import BROKEN, RESUMED, VARIANTS
+from sharded_worker import BROKEN, BROKEN_GRAM, GRAM_VARIANTS, RESUMED, VARIANTS
 from transformers import AutoModelForImageClassification
 
+from hf_dtokd import DTOKDTrainer
 from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
 from testing_utils import launch_two_processes, train_logs
 
@@ -46,7 +47,7 @@ def single_process(tmp_path_factory):
 
     def run(variant: str):
         if variant not in runs:
-            overrides, _, single_batch = VARIANTS[variant]
+            overrides, _, single_batch = {**VARIANTS, **GRAM_VARIANTS}[variant]
             trainer = make_trainer(str(tmp_path_factory.mktemp(variant)), overrides, single_batch)
             trainer.train()
             runs[variant] = trainer
@@ -63,28 +64,53 @@ def check_ran_sharded(backend: str, result: dict) -> None:
     assert result["teacher_frozen"], "the teacher's weights changed or require grad"
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_two_sharded_processes_equal_one_process_with_the_global_batch(
-    sharded_results, single_process, variant
-):
-    backend, results = sharded_results
-    result = results[variant]
+def check_equals_one_process(backend: str, result: dict, single: DTOKDTrainer) -> None:
     check_ran_sharded(backend, result)
     rank0, rank1 = (torch.tensor(p) for p in result["params"])
     assert torch.equal(rank0, rank1), "the ranks gathered different weights"
     pi0, pi1 = (torch.tensor(p) for p in result["pi_every_rank"])
     assert torch.equal(pi0, pi1), "the ranks hold different pi"
 
-    single = single_process(variant)
     single_params = torch.cat([p.detach().reshape(-1) for p in single.model.parameters()])
     assert result["pi_distill"] == pytest.approx(train_logs(single, "pi_distill"), abs=ATOL)
     assert torch.allclose(rank0, single_params, atol=ATOL), (rank0 - single_params).abs().max()
-    if (
-        "teacher_logits_every_rank" in result
-    ):  # the cache was filled by the sharded teacher, every rank together
+    if "teacher_logits_every_rank" in result:  # the cache, filled by the sharded teacher
         expected = single.train_dataset[:][TEACHER_LOGITS]
         for column in result["teacher_logits_every_rank"]:
             assert torch.allclose(torch.tensor(column), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_two_sharded_processes_equal_one_process_with_the_global_batch(
+    sharded_results, single_process, variant
+):
+    backend, results = sharded_results
+    check_equals_one_process(backend, results[variant], single_process(variant))
+
+
+@pytest.mark.parametrize("variant", GRAM_VARIANTS)
+def test_exact_dto_at_the_parameters_under_fsdp2_equals_one_process(sharded_results, single_process, variant):
+    """FSDP2: per-loss gradient shards and the Gram summed over ranks; DeepSpeed: refused at start, saying why."""
+    backend, results = sharded_results
+    result = results[variant]
+    if backend.startswith("deepspeed"):
+        assert "DeepSpeed reduces the gradients into its own partitioned buffers" in result["refused"]
+        return
+    check_equals_one_process(backend, result, single_process(variant))
+    assert result["grad_cos"] == pytest.approx(train_logs(single_process(variant), "grad_cos"), abs=ATOL)
+
+
+def test_the_checks_catch_ranks_that_skip_the_gram_sum(sharded_results, single_process):
+    backend, results = sharded_results
+    result = results[BROKEN_GRAM]
+    if backend.startswith("deepspeed"):
+        assert "refused" in result
+        return
+    check_ran_sharded(backend, result)
+    pi0, pi1 = (torch.tensor(p) for p in result["pi_every_rank"])
+    rank0 = torch.tensor(result["params"][0])
+    single_params = torch.cat([p.detach().reshape(-1) for p in single_process("dto").model.parameters()])
+    assert not torch.equal(pi0, pi1) and not torch.allclose(rank0, single_params, atol=ATOL)
 
 
 def test_the_checks_catch_ranks_that_skip_the_loss_reduction(sharded_results, single_process):

@@ -5,11 +5,12 @@ in the same order):
 
 * gradient methods at the parameters (``dto``, the torchjd weightings, DOT): the per-loss gradient
   buffers are all-reduced (mean) at the window's end, so ``pi`` is computed from the global-batch
-  gradients: the run equals one process with the global batch. This needs the full ``.grad`` of
-  every parameter after the backward, which DDP gives and FSDP (sharded gradients) and DeepSpeed
-  (the engine owns the gradients and steps inside ``backward``) do not: there they are refused at
-  start, naming ``gradient_placement="representation"`` (one backward of the balanced loss; not
-  for DOT) and the weighted-loss methods;
+  gradients: the run equals one process with the global batch. Under FSDP2 the Gram methods keep
+  one local shard per objective (one backward each, reduce-scattered by FSDP2) and all-reduce the
+  ``K x K`` Gram instead (``gradients/sharded.py``). DeepSpeed (the engine reduces the gradients into
+  its own partitioned buffers inside ``backward`` and steps from them), FSDP1, and DOT under any
+  sharding are refused at start, naming ``gradient_placement="representation"`` (one backward of the
+  balanced loss; not for DOT) and the weighted-loss methods;
 * representation placement: the micro-batch Gram is summed over processes (``gradients/representation.py``);
 * weighted-loss methods (``fixed``, ``dto_amortized`` / ``famo``, ``uncertainty``): losses are
   all-reduced before any weight is computed, the backward is ``sum_i w_i L_i(local)`` with weights
@@ -44,23 +45,32 @@ def check_backend_support(
     fsdp: bool,
     deepspeed: bool,
     fp16: bool,
+    fsdp2: bool = False,
+    gram_parameters: str = "all",
+    one_loss_parameters: str = "weighted",
+    batched_gradients: bool = False,
 ) -> None:
     """Refuse, at start and with the alternative, a method / backend combination that cannot be correct."""
     if not needs_gradients or placement == "representation":
         return
-    backend = "DeepSpeed" if deepspeed else "FSDP" if fsdp else None
-    if backend is not None:
+    if fsdp2 and not deepspeed and not owns_update:  # sharded per-loss gradients (gradients/sharded.py)
+        _check_sharded_options(method, gram_parameters, one_loss_parameters, batched_gradients)
+    elif deepspeed or fsdp:
         alternatives = (
             "method='dto_amortized' or 'fixed', or plain DDP"
             if owns_update
             else "gradient_placement='representation' (gradients at a layer every loss shares, one backward), "
-            "method='dto_amortized', or plain DDP"
+            "method='dto_amortized', FSDP2 (fsdp_version: 2), or plain DDP"
         )
-        reason = (
-            "DeepSpeed owns the gradients and steps the optimizer inside backward"
-            if deepspeed
-            else "FSDP shards the gradients"
-        )
+        if deepspeed:
+            reason = (
+                "DeepSpeed reduces the gradients into its own partitioned buffers inside its backward and steps "
+                "from them, so no per-loss gradient can be read or written back"
+            )
+        elif owns_update:
+            reason = "FSDP shards the gradients and DOT's update reads which parameters each loss reaches"
+        else:
+            reason = "FSDP1 shards the gradients (FSDP2 supports it)"
         raise ValueError(
             f"method={method!r} needs the full per-loss gradient of every student parameter, but {reason}. Use "
             f"{alternatives}"
@@ -74,13 +84,39 @@ def check_backend_support(
         )
 
 
-def backward(accelerator: Accelerator, loss: torch.Tensor) -> None:
-    """The micro-batch's single backward. Losses are already divided by the accumulation steps, so DeepSpeed
-    must not divide again (``scale_wrt_gas=False``, as ``Trainer.training_step`` does)."""
+def _check_sharded_options(
+    method: str, gram_parameters: str, one_loss_parameters: str, batched_gradients: bool
+) -> None:
+    why = (
+        "under FSDP2 the autograd graph holds the gathered parameters, not the sharded ones, so which parameters "
+        "each loss reaches cannot be read off it"
+    )
+    if gram_parameters == "shared":
+        raise ValueError(
+            f"method={method!r} with gram_parameters='shared': {why}; use gram_parameters='all' or 'student', or "
+            "plain DDP"
+        )
+    if one_loss_parameters == "own":
+        raise ValueError(
+            f"method={method!r} with one_loss_parameters='own': {why}; use one_loss_parameters='weighted', or "
+            "plain DDP"
+        )
+    if batched_gradients:
+        raise ValueError(
+            "batched_gradients batches the autograd.grad calls of the per-loss gradients; under FSDP2 they come "
+            "from one backward per objective instead (FSDP2 reduce-scatters only in a backward). Leave it False"
+        )
+
+
+def backward(accelerator: Accelerator, loss: torch.Tensor, retain_graph: bool = False) -> None:
+    """A backward through accelerate (the micro-batch's single one, or under FSDP2 one per objective with the
+    graph retained). Losses are already divided by the accumulation steps, so DeepSpeed must not divide again
+    (``scale_wrt_gas=False``, as ``Trainer.training_step`` does)."""
+    kwargs = {"retain_graph": True} if retain_graph else {}
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.backward(loss, scale_wrt_gas=False)
+        accelerator.backward(loss, scale_wrt_gas=False, **kwargs)
     else:
-        accelerator.backward(loss)
+        accelerator.backward(loss, **kwargs)
 
 
 @contextlib.contextmanager

@@ -316,6 +316,10 @@ class DTOKDTrainer(Trainer):
             fsdp=self.is_fsdp_enabled,
             deepspeed=self.is_deepspeed_enabled,
             fp16=self.args.fp16,
+            fsdp2=getattr(self.accelerator, "is_fsdp2", False),
+            gram_parameters=self.args.gram_parameters,
+            one_loss_parameters=self.args.one_loss_parameters,
+            batched_gradients=self.args.batched_gradients,
         )
 
     def _representation_layer_to_use(self) -> str | None:

@@ -36,8 +36,9 @@ from hf_dtokd.gradients.representation import (
     representation_gradients,
     representation_gram,
 )
+from hf_dtokd.gradients.sharded import ShardedWindowGradients
 from hf_dtokd.models.classification import classification_logits
-from hf_dtokd.runtime.backends import backward, inside_the_engine_backward
+from hf_dtokd.runtime.backends import backward, inside_the_engine_backward, reshard
 from hf_dtokd.trainer.window_means import WindowCounts
 
 if TYPE_CHECKING:
@@ -189,6 +190,40 @@ class ParameterGradients(Placement):
         self.gradients.restrict_gram(shared)
 
 
+class ShardedParameterGradients(ParameterGradients):
+    """``ParameterGradients`` for an FSDP2-sharded student: one backward per objective, sharded buffers, the
+    Gram all-reduced (``gradients/sharded.py``)."""
+
+    def open_window(self, model: nn.Module) -> None:
+        if self.gradients is None:
+            trainer = self.trainer
+            reshard(model)  # the sharded parameters, even after a no-grad forward left the root gathered
+            self.gradients = ShardedWindowGradients(
+                model.parameters(), len(trainer.objective_names), trainer.accelerator
+            )
+            if trainer.args.gram_parameters == "student":
+                left_out = {id(p) for p in trainer.training_only_parameters()}
+                self.gradients.restrict_gram([id(p) not in left_out for p in self.gradients.parameters])
+            trainer.balancer.configure(
+                self.gradients, trainer._weight_decays(self.gradients), trainer.args.max_grad_norm
+            )
+        self.gradients.reset()
+
+    @property
+    def needs_reach(self) -> bool:
+        return False  # refused at start: the graph's leaves are the gathered parameters
+
+    def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
+        trainer = self.trainer
+        # a deferred reduction (the Trainer's no_sync between micro-batches) would sum the objectives together
+        trainer.window.model.set_requires_gradient_sync(True)
+        last = len(losses) - 1
+        for index in range(len(losses)):
+            backward(trainer.accelerator, losses[index] / steps, retain_graph=index < last)
+            self.gradients.take_gradients(index)
+        return torch.zeros((), device=losses.device)
+
+
 class RepresentationGradients(Placement):
     """Per-loss gradients at a shared layer's output, ``pi`` per micro-batch (see module)."""
 
@@ -255,5 +290,6 @@ def build_placement(trainer: DTOKDTrainer, student: nn.Module, layer: str | None
     if layer is not None:
         return RepresentationGradients(trainer, student, layer)
     if trainer.balancer.needs_gradients:
-        return ParameterGradients(trainer)
+        sharded = getattr(trainer.accelerator, "is_fsdp2", False)
+        return ShardedParameterGradients(trainer) if sharded else ParameterGradients(trainer)
     return WeightedLoss(trainer)
