@@ -1,4 +1,5 @@
-"""The accelerate YAMLs under examples/accelerate/ are valid for the installed accelerate's launcher."""
+"""The accelerate YAMLs under examples/accelerate/ are valid for the installed accelerate's launcher (the FSDP2 and
+DeepSpeed ones are also launched from these files, on 2 CPU processes, by tests/distributed/test_sharded.py)."""
 
 from pathlib import Path
 
@@ -35,3 +36,14 @@ def test_config_loads_and_every_nested_key_is_a_launcher_flag(path):
         assert config.mixed_precision == "fp8" and config.fp8_config["backend"] == path.stem[4:].upper()
     if path.stem.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_names_its_backend(path):
+    """The backend the file's name promises; the FSDP2 and DeepSpeed files are also launched, on 2 CPU processes,
+    by tests/distributed/test_sharded.py."""
+    config = ClusterConfig.from_yaml_file(str(path))
+    expected = {"fsdp2": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
+    assert config.distributed_type == expected.get(path.stem, "MULTI_GPU")
+    if path.stem == "fsdp2":
+        assert config.fsdp_config["fsdp_version"] == 2

@@ -18,9 +18,16 @@ from testing_utils import tiny_args, tiny_resnet, tiny_vit
             True,
             False,
             "fsdp",
-            "FSDP shards the gradients.*gradient_placement='representation'",
+            "FSDP1 shards the gradients.*gradient_placement='representation'.*FSDP2",
         ),
-        ("upgrad", "parameters", True, False, "deepspeed", "DeepSpeed owns the gradients.*'representation'"),
+        (
+            "upgrad",
+            "parameters",
+            True,
+            False,
+            "deepspeed",
+            "DeepSpeed reduces the gradients into its own partitioned buffers.*'representation'",
+        ),
         (
             "dot",
             "parameters",
@@ -49,6 +56,31 @@ def test_combinations_that_cannot_be_correct_are_refused_with_the_alternative(
 def test_one_backward_methods_run_on_every_backend(backend, method, placement, needs_gradients):
     flags = {"fsdp": backend == "fsdp", "deepspeed": backend == "deepspeed", "fp16": backend == "fp16"}
     check_backend_support(method, placement, needs_gradients, False, **flags)
+
+
+def test_fsdp2_takes_the_gram_methods_at_the_parameters_but_not_dot():
+    flags = {"fsdp": True, "fsdp2": True, "deepspeed": False, "fp16": False}
+    check_backend_support("dto", "parameters", True, False, **flags)
+    check_backend_support("upgrad", "parameters", True, False, gram_parameters="student", **flags)
+    with pytest.raises(ValueError, match="DOT's update reads which parameters each loss reaches"):
+        check_backend_support("dot", "parameters", True, True, **flags)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"gram_parameters": "shared"},
+            "gram_parameters='shared'.*gathered parameters.*use gram_parameters='all'",
+        ),
+        ({"one_loss_parameters": "own"}, "one_loss_parameters='own'.*use one_loss_parameters='weighted'"),
+        ({"batched_gradients": True}, "one backward per objective instead.*Leave it False"),
+    ],
+)
+def test_fsdp2_refuses_the_options_that_read_the_graph_s_parameters(options, message):
+    flags = {"fsdp": True, "fsdp2": True, "deepspeed": False, "fp16": False}
+    with pytest.raises(ValueError, match=message):
+        check_backend_support("dto", "parameters", True, False, **flags, **options)
 
 
 def test_the_trainer_runs_the_check_at_start(tmp_path):
