@@ -23,6 +23,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``compare-paper-compact`` (README): the same benchmark's headline columns, from its JSON;
 * ``compare-paper-selection`` (compare-methods page): one row per validation pilot that fixed the paper
   regime's settings, from ``benchmarks/results/paper_regime/selection/*.json``;
+* ``sharded-equivalence`` (multi-GPU page): ``benchmarks/results/sharded_equivalence.md``, how far FSDP2 and
+  DeepSpeed on 2 CPU processes end from one process;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
 
 Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]``.
@@ -218,6 +220,9 @@ def main() -> None:
     selection = benchmarks / "paper_regime" / "selection"
     if selection.is_dir():
         pages.fill("compare-paper-selection", selection_table(selection))
+    sharded = benchmarks / "sharded_equivalence.md"
+    if sharded.is_file():
+        pages.fill("sharded-equivalence", sharded.read_text())
     pages.fill("config", config_table())
     pages.write()
 

@@ -26,6 +26,7 @@ VARIANTS = {
     "dto_amortized": ({"method": "dto_amortized"}, 8, 16),
     "dto_representation": ({"method": "dto", "gradient_placement": "representation"}, 8, 16),
     "dto_amortized_next_batch": ({"method": "dto_amortized", "look_ahead": "next_batch"}, 8, 16),
+    "uncertainty": ({"method": "uncertainty"}, 8, 16),
     "fixed_accumulation": ({"method": "fixed", **GA}, 4, 8),
     "dto_amortized_accumulation": ({"method": "dto_amortized", **GA}, 4, 8),
     "dto_representation_accumulation": (
@@ -38,7 +39,7 @@ VARIANTS = {
         4,
         8,
     ),
-    "dto_teacher_cache": (
+    "dto_amortized_teacher_cache": (
         {"method": "dto_amortized", "teacher_cache": True, "per_device_eval_batch_size": 3},
         8,
         16,

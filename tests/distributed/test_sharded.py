@@ -28,8 +28,9 @@ BACKENDS = {
     "deepspeed_zero2": "DistributedType.DEEPSPEED",
     "deepspeed_zero3": "DistributedType.DEEPSPEED",
 }
-#: parameters and pi against one process: float32 sums in another order (shards, reduce-scatter, partitions)
-ATOL = 1e-5
+#: parameters and pi against one process: float32 sums in another order (shards, reduce-scatter, partitions);
+#: measured up to 7.5e-8, the broken runs 3.8e-4 and more (benchmarks/results/sharded_equivalence.md)
+ATOL = 1e-6
 
 
 @pytest.fixture(scope="module", params=list(BACKENDS))

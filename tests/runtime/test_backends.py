@@ -130,3 +130,30 @@ def test_deepspeed_teacher_config_keeps_zero3_and_disables_other_stages():
         {**training, "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}
     )
     assert zero3["zero_optimization"] == {"stage": 3, "offload_param": {"device": "cpu"}}
+
+
+def test_fsdp2_sharding_is_allowed_for_models_without_a_separate_token_embedding():
+    """accelerate's fsdp2_prepare_model shards get_input_embeddings() on its own: a ResNet has none (transformers
+    raises) and a ViT's patch embedding already sits in a no-split unit; both must answer None. A module whose
+    embedding is its own stays as it was."""
+    from hf_dtokd.runtime.backends import allow_fsdp2_sharding
+
+    resnet, vit = tiny_resnet(), tiny_vit()
+    with pytest.raises(NotImplementedError):
+        resnet.get_input_embeddings()
+    assert allow_fsdp2_sharding(resnet).get_input_embeddings() is None
+    assert vit.get_input_embeddings() is not None
+    assert allow_fsdp2_sharding(vit).get_input_embeddings() is None
+
+    class WithEmbedding(torch.nn.Module):
+        _no_split_modules = ["Linear"]
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = torch.nn.Embedding(4, 2), torch.nn.Linear(2, 2)
+
+        def get_input_embeddings(self):
+            return self.embed
+
+    model = WithEmbedding()
+    assert allow_fsdp2_sharding(model).get_input_embeddings() is model.embed

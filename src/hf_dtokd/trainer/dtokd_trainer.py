@@ -183,7 +183,8 @@ class DTOKDTrainer(Trainer):
         # the Trainer finds label names in forward()'s signature: none for wrapped or two-head students
         if args.label_names is None:
             self.label_names = list(LABEL_COLUMNS[:1])
-        if getattr(self.accelerator, "is_fsdp2", False):
+        self._fsdp2 = bool(getattr(self.accelerator, "is_fsdp2", False))
+        if self._fsdp2:
             allow_fsdp2_sharding(self.model)
         self.teacher_label_index = check_label_spaces(self.model, teacher_model, args.teacher_label_indices)
         self.teacher = self._prepare_teacher(teacher_model)
@@ -316,7 +317,7 @@ class DTOKDTrainer(Trainer):
             fsdp=self.is_fsdp_enabled,
             deepspeed=self.is_deepspeed_enabled,
             fp16=self.args.fp16,
-            fsdp2=getattr(self.accelerator, "is_fsdp2", False),
+            fsdp2=self._fsdp2,
             gram_parameters=self.args.gram_parameters,
             one_loss_parameters=self.args.one_loss_parameters,
             batched_gradients=self.args.batched_gradients,
@@ -405,7 +406,8 @@ class DTOKDTrainer(Trainer):
             outputs = self.teacher(
                 **self.teacher_model_inputs(student_inputs, teacher_pixels), **self.teacher_forward_kwargs
             )
-        reshard(self.teacher)  # a sharded teacher has no backward to free its gathered root (FSDP2)
+        if self._fsdp2:  # a sharded teacher has no backward to free its gathered root
+            reshard(self.teacher)
         return self.teacher_signal(outputs)
 
     def teacher_model_inputs(
@@ -703,7 +705,8 @@ class DTOKDTrainer(Trainer):
             for student_inputs, teacher_logits, labels, scales in self.window.batches:
                 losses = self.objective_losses(model(**student_inputs), teacher_logits, labels)
                 after += losses if scales is None else losses * scales
-        reshard(model)
+        if self._fsdp2:  # before zero_grad, which must see the sharded parameters
+            reshard(model)
         after = self._reduce_mean(after / len(self.window.batches))
         self.balancer.update(self.window.losses, after)
         self.window.batches = []
