@@ -1,9 +1,10 @@
 """Launched by test_sharded.py through ``accelerate launch --config_file <fsdp2 / deepspeed YAML>`` (2 processes).
 
 ``sharded_harness.enable()`` first (the CPU adjustment it documents), then each variant trains for a few steps
-on 16 examples with a per-process batch half the single-process one (same global batch), and rank 0 writes the
-backend, the world size, the logged pi, every rank's pi, every rank's gathered parameters and teacher
-checks to ``sharded_results.json``.
+on 16 examples with a per-process batch half the single-process one (same global batch); a variant the backend
+refuses at start records the refusal. The ``RESUMED`` cases train straight, then are killed and resumed from a
+sharded checkpoint, saved and pushed (to a recorder). Rank 0 writes the backend, the world size, the logged pi,
+every rank's pi, every rank's gathered parameters and the teacher checks to ``sharded_results.json``.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ RESUME_SETTINGS = {
 #: the shards' Gram is not summed over ranks
 BROKEN = "dto_amortized_without_loss_reduce"
 BROKEN_GRAM = "dto_without_gram_sum_over_ranks"
-REDUCE_MEAN = DTOKDTrainer._reduce_mean
+REDUCE_MEAN = DTOKDTrainer.reduce_mean
 SUM_OVER_RANKS = ShardedWindowGradients.sum_over_ranks
 
 
@@ -107,7 +108,7 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 def run(backend: str, name: str, overrides: dict, batch: int, output_dir: str) -> dict:
-    DTOKDTrainer._reduce_mean = (lambda self, tensor: tensor) if name == BROKEN else REDUCE_MEAN
+    DTOKDTrainer.reduce_mean = (lambda self, tensor: tensor) if name == BROKEN else REDUCE_MEAN
     ShardedWindowGradients.sum_over_ranks = (
         (lambda self, gram: gram) if name == BROKEN_GRAM else SUM_OVER_RANKS
     )
@@ -145,7 +146,7 @@ def run_resumed(backend: str, name: str, overrides: dict, output_dir: str) -> di
 
     from testing_utils import Crash, CrashAtStep, RecordingHub
 
-    DTOKDTrainer._reduce_mean = REDUCE_MEAN
+    DTOKDTrainer.reduce_mean = REDUCE_MEAN
     settings = {**overrides, **RESUME_SETTINGS}
     straight = make_trainer(f"{output_dir}/{name}_straight", settings, 8)
     straight.train()

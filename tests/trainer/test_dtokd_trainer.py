@@ -433,7 +433,7 @@ def test_tradeoff_scalars_reach_tensorboard(tmp_path, monkeypatch):
 
 
 def test_conflict_figures_count_the_negative_steps_and_keep_the_most_negative():
-    from hf_dtokd.trainer.dtokd_trainer import conflict_figures
+    from hf_dtokd.trainer.tradeoff_log import conflict_figures
 
     cosines = torch.tensor([0.5, -0.2, float("nan"), -0.1], dtype=torch.float64)
     assert conflict_figures("grad_cos", cosines) == pytest.approx(
@@ -450,9 +450,9 @@ def test_a_logging_interval_reports_per_step_conflict_and_the_applied_weights(tm
     of the three defined steps conflict; the logged weights are the mean of those applied."""
     trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path))
     for cosine in (0.5, -0.2, float("nan"), -0.1):
-        trainer._metrics["grad_cos"].append(torch.tensor(cosine))
+        trainer.tradeoff_log.record("grad_cos", torch.tensor(cosine))
     for weights in ((0.2, 0.8), (0.4, 0.6)):
-        trainer._record_weights(torch.tensor(weights))
+        trainer.tradeoff_log.record_weights(torch.tensor(weights))
     trainer.log({"loss": 1.0})
     logged = trainer.state.log_history[-1]
     assert logged["grad_cos"] == pytest.approx(0.2 / 3, abs=1e-7)

@@ -155,7 +155,7 @@ class FeatureKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         task = task_cross_entropy(logits, labels, self.args.label_smoothing_factor)
         if self.group_features:
             if torch.is_grad_enabled():  # the parts of the grouped objective, logged as the task's parts are
-                self._metrics["logit_kd_loss"].append(distill.detach())
-                self._metrics["feature_loss"].append(feature.detach())
+                self.tradeoff_log.record("logit_kd_loss", distill.detach())
+                self.tradeoff_log.record("feature_loss", feature.detach())
             return torch.stack([distill + feature, task])
         return torch.stack([distill, feature, task])

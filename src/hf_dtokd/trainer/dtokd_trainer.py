@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -93,6 +92,7 @@ from hf_dtokd.trainer.norm_statistics import preserved_running_statistics
 from hf_dtokd.trainer.placement import AccumulationWindow, build_placement
 from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS, add_teacher_logits, check_cacheable
 from hf_dtokd.trainer.teacher_inputs import PixelSpace, TeacherInputConverter
+from hf_dtokd.trainer.tradeoff_log import TradeoffLog
 from hf_dtokd.trainer.window_means import count_window, micro_batch_scales
 
 logger = logging.getLogger(__name__)
@@ -213,9 +213,8 @@ class DTOKDTrainer(Trainer):
         self.placement = build_placement(self, self.accelerator.unwrap_model(self.model), layer)
         if self.balancer.needs_look_ahead and args.look_ahead == "same_batch":
             self.add_callback(_LookAheadCallback(self))
-        #: per-step cosines and applied weights between logging intervals (the plot and tradeoff_steps.json)
-        self.step_trace = StepTrace()
-        self._trace_from_step: int | None = None
+        #: the logged trade-off figures and the per-step trace (the plot and tradeoff_steps.json)
+        self.tradeoff_log = TradeoffLog(self.objective_names)
         if args.plot_tradeoff:
             self.add_callback(TradeoffPlotCallback(trace=self.step_trace))
         if self.train_dataset is not None:
@@ -233,7 +232,6 @@ class DTOKDTrainer(Trainer):
                 )
             self.train_dataset = self._cache_teacher_logits(self.train_dataset)
 
-        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._nonfinite_losses = torch.zeros((), dtype=torch.long, device=self.args.device)
         #: the student's non-finite tensors found by the last check over every rank (end of training, a push)
         self._nonfinite_weight_names: list[str] = []
@@ -460,7 +458,8 @@ class DTOKDTrainer(Trainer):
         task = task_cross_entropy(student_logits, labels, self.args.label_smoothing_factor)
         return torch.stack([distill, task])
 
-    def _reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+    def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` averaged over processes (as it is on one process)."""
         if self.accelerator.num_processes == 1:
             return tensor
         return self.accelerator.reduce(tensor.clone(), reduction="mean")
@@ -490,8 +489,7 @@ class DTOKDTrainer(Trainer):
         steps = self.current_gradient_accumulation_steps
         if not self.window.is_open:
             self._restore_skipped_step()
-            if self._trace_from_step is None:  # the first step of this train() call (a resumed run: its step)
-                self._trace_from_step = self.state.global_step
+            self.tradeoff_log.start(self.state.global_step)
             self.window.open(model, len(self.objective_names), self.args.device)
             self.window.distillation_only = self._window_has_no_labels()
             self.placement.open_window(model)
@@ -529,16 +527,11 @@ class DTOKDTrainer(Trainer):
             return cached
         return self._teacher_logits(student_inputs, teacher_pixels)
 
-    def _record_pi(self) -> None:
-        pi = self.balancer.pi
-        for index, name in enumerate(self.objective_names[:-1]):
-            self._metrics[f"pi_{name}"].append(pi[index])
-
     def _close_window(self, logged: torch.Tensor) -> torch.Tensor:
         """Once per optimizer step: reduce the window's losses, the placement's update, metrics."""
         window = self.window
         window.close()
-        window_losses = self._reduce_mean(window.losses)
+        window_losses = self.reduce_mean(window.losses)
         window.losses = window_losses
         nonfinite = ~torch.isfinite(window_losses).all()
         self._nonfinite_losses += nonfinite.long()
@@ -557,7 +550,7 @@ class DTOKDTrainer(Trainer):
         if not window.distillation_only:
             self.balancer.observe_window(window_losses)
         if not self.placement.pi_per_micro_batch:
-            self._record_pi()
+            self.tradeoff_log.record_pi(self.balancer.pi)
         if window.distillation_only:  # no trade-off measured: the next_batch pair is broken
             window.previous_losses = None
         elif self.balancer.needs_look_ahead and self.args.look_ahead == "next_batch":
@@ -567,8 +560,7 @@ class DTOKDTrainer(Trainer):
             window.previous_losses = window_losses
         if skip:
             self._drop_window_gradient()
-        for index, name in enumerate(self.objective_names):
-            self._metrics[f"{name}_loss"].append(window_losses[index])
+        self.tradeoff_log.record_losses(window_losses)
         return logged
 
     def _window_has_no_labels(self) -> bool:
@@ -615,6 +607,11 @@ class DTOKDTrainer(Trainer):
         )
 
     @property
+    def step_trace(self) -> StepTrace:
+        """The per-step cosines and applied weights so far (``tradeoff_log.trace``)."""
+        return self.tradeoff_log.trace
+
+    @property
     def step_skipped(self) -> bool:
         """Whether this window's optimizer step is (or was) skipped: its one-shot skips are still recorded."""
         return bool(self._skipped_step_restores)
@@ -625,35 +622,12 @@ class DTOKDTrainer(Trainer):
             restore()
         self._skipped_step_restores = []
 
-    def _record_gradient_diagnostics(self, gram: torch.Tensor) -> None:
-        """Gradient conflict (cosine) and dominance (norm ratio) of each objective against the task."""
-        norms = gram.diagonal().sqrt()
-        task = len(self.objective_names) - 1
-        undefined = torch.full_like(norms[task], float("nan"))
-        for index, name in enumerate(self.objective_names[:-1]):
-            suffix = "" if name == "distill" else f"_{name}"
-            # undefined (NaN, left out of the logged mean) when a gradient is zero, e.g. a micro-batch whose
-            # examples are all unlabelled has no task gradient
-            both = norms[index] * norms[task]
-            self._metrics[f"grad_cos{suffix}"].append(
-                torch.where(both > 0, gram[index, task] / both, undefined)
-            )
-            self._metrics[f"grad_norm_ratio{suffix}"].append(
-                torch.where(norms[task] > 0, norms[index] / norms[task], undefined)
-            )
-
-    def _record_weights(self, weights: torch.Tensor) -> None:
-        """The raw-loss weights applied to each objective (``weight_<name>``): what pi becomes once divided by
-        the losses and rescaled, i.e. what the update really gives each loss."""
-        for index, name in enumerate(self.objective_names):
-            self._metrics[f"weight_{name}"].append(weights[index].detach().float())
-
     def training_only_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters that are not the student's (projectors); left out of the Gram when
         ``gram_parameters='student'``. None here: the trainable model is the student."""
         return []
 
-    def _weight_decays(self, gradients: WindowGradients) -> list[float]:
+    def weight_decays(self, gradients: WindowGradients) -> list[float]:
         """Per-parameter weight decay under the Trainer's rule (no decay on biases and norm layers)."""
         model = self.accelerator.unwrap_model(self.model)
         decay = set(self.get_decay_parameter_names(model))
@@ -707,7 +681,7 @@ class DTOKDTrainer(Trainer):
                 after += losses if scales is None else losses * scales
         if self._fsdp2:  # before zero_grad, which must see the sharded parameters
             reshard(model)
-        after = self._reduce_mean(after / len(self.window.batches))
+        after = self.reduce_mean(after / len(self.window.batches))
         self.balancer.update(self.window.losses, after)
         self.window.batches = []
 
@@ -730,22 +704,10 @@ class DTOKDTrainer(Trainer):
 
     # ------------------------------------------------------------------ logging and checkpoints
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._metrics:
-            first_step = self.state.global_step if self._trace_from_step is None else self._trace_from_step
-            self._trace_from_step = self.state.global_step
-            for name, values in self._metrics.items():
-                stacked = torch.stack([v.detach().double() for v in values])
-                if name.startswith(("grad_cos", "weight_")):  # the per-step values behind the interval mean
-                    self.step_trace.add(name, first_step, self.state.global_step, stacked)
-                # gradient diagnostics are NaN where undefined (a zero gradient); losses, pi and weights stay
-                # plain means
-                logs[name] = (stacked.nanmean() if name.startswith("grad_") else stacked.mean()).item()
-                if name.startswith("grad_cos"):
-                    logs.update(conflict_figures(name, stacked))
+        if "loss" in logs and self.tradeoff_log.flush_into(logs, self.state.global_step):
             logs["nonfinite_losses"] = int(self._nonfinite_losses.item())
             logs["distillation_only_windows"] = self._distillation_only_windows
             logs["tradeoff_skipped"] = int(self.balancer.nonfinite_events.item())
-            self._metrics.clear()
         if "train_runtime" in logs:  # the Trainer's final summary (also train()'s metrics): the run's health
             self._add_run_health(logs)
         super().log(logs, start_time)
@@ -872,14 +834,8 @@ class DTOKDTrainer(Trainer):
                 "distillation_only_windows": self._distillation_only_windows,
                 # the per-step trace so far, and the values recorded since the last log (logged at the next
                 # one): a resumed run logs and plots what the uninterrupted run does
-                "step_trace": self.step_trace.state_dict(),
+                **self.tradeoff_log.state_dict(),
                 **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
-                "trace_from_step": self._trace_from_step,
-                "pending_metrics": {
-                    name: torch.stack([v.detach().double() for v in values]).cpu()
-                    for name, values in self._metrics.items()
-                    if values
-                },
             }
             if self.window.previous_losses is not None:
                 state["previous_window_losses"] = self.window.previous_losses.cpu()
@@ -893,12 +849,7 @@ class DTOKDTrainer(Trainer):
             self._nonfinite_losses = state["nonfinite_losses"].to(self.args.device)
             self._distillation_only_windows = state.get("distillation_only_windows", 0)
             self._load_ema(checkpoint, state)
-            if "step_trace" in state:  # absent from checkpoints of hf-dtokd before the trace was saved
-                self.step_trace.load_state_dict(state["step_trace"])
-                self._trace_from_step = state["trace_from_step"]
-                self._metrics.clear()
-                for name, values in state["pending_metrics"].items():
-                    self._metrics[name] = list(values.to(self.args.device).unbind())
+            self.tradeoff_log.load_state_dict(state, self.args.device)
             previous = state.get("previous_window_losses")
             self.window.previous_losses = None if previous is None else previous.to(self.args.device)
 
@@ -985,21 +936,6 @@ class DTOKDTrainer(Trainer):
         if isinstance(resume_from_checkpoint, str):
             check_readable(resume_from_checkpoint)  # a damaged file is named before anything is loaded
         return super().train(resume_from_checkpoint, *args, **kwargs)
-
-
-def conflict_figures(name: str, cosines: torch.Tensor) -> dict[str, float]:
-    """Per-step conflict over a logging interval, from the cosines of each optimizer step (or micro-batch, for
-    the representation placement): ``grad_conflict_rate<suffix>`` = share of the defined cosines that are
-    negative, ``grad_cos_min<suffix>`` = the most negative one. A mean cosine can be positive while a fifth of
-    the steps conflict; these figures show it."""
-    suffix = name[len("grad_cos") :]
-    defined = cosines[~torch.isnan(cosines)]
-    if defined.numel() == 0:
-        return {f"grad_conflict_rate{suffix}": float("nan"), f"grad_cos_min{suffix}": float("nan")}
-    return {
-        f"grad_conflict_rate{suffix}": (defined < 0).double().mean().item(),
-        f"grad_cos_min{suffix}": defined.min().item(),
-    }
 
 
 def load_teacher(

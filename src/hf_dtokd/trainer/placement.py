@@ -126,7 +126,7 @@ class ParameterGradients(Placement):
                 self.gradients.restrict_gram([id(p) not in left_out for p in self.gradients.parameters])
             self.gradients.one_loss_rule = trainer.args.one_loss_parameters
             trainer.balancer.configure(
-                self.gradients, trainer._weight_decays(self.gradients), trainer.args.max_grad_norm
+                self.gradients, trainer.weight_decays(self.gradients), trainer.args.max_grad_norm
             )
         self.gradients.reset()
 
@@ -164,15 +164,15 @@ class ParameterGradients(Placement):
                 weights = distillation_only_weights(window_losses.numel(), window_losses.device)
                 self.gradients.combine_into_grad(weights)
                 logged = (weights * window_losses).sum()
-                trainer._record_weights(weights)
-            trainer._record_gradient_diagnostics(gram)
+                trainer.tradeoff_log.record_weights(weights)
+            trainer.tradeoff_log.record_gradient_diagnostics(gram)
             return logged
         trainer.balancer.update_from_gram(gram, window_losses)
         if not skip:
             weights = trainer.balancer.combine_gradients(self.gradients, window_losses)
             logged = (weights.to(window_losses.device) * window_losses).sum()
-            trainer._record_weights(weights)
-        trainer._record_gradient_diagnostics(gram)
+            trainer.tradeoff_log.record_weights(weights)
+        trainer.tradeoff_log.record_gradient_diagnostics(gram)
         return logged
 
     def _restrict_to_shared(self) -> None:
@@ -205,7 +205,7 @@ class ShardedParameterGradients(ParameterGradients):
                 left_out = {id(p) for p in trainer.training_only_parameters()}
                 self.gradients.restrict_gram([id(p) not in left_out for p in self.gradients.parameters])
             trainer.balancer.configure(
-                self.gradients, trainer._weight_decays(self.gradients), trainer.args.max_grad_norm
+                self.gradients, trainer.weight_decays(self.gradients), trainer.args.max_grad_norm
             )
         self.gradients.reset()
 
@@ -249,9 +249,9 @@ class RepresentationGradients(Placement):
         if trainer.window.distillation_only:
             if self._capture is not None:
                 self._capture.take()  # drop this forward's capture
-            trainer._record_pi()
+            trainer.tradeoff_log.record_pi(trainer.balancer.pi)
             weights = distillation_only_weights(losses.numel(), losses.device)
-            trainer._record_weights(weights)
+            trainer.tradeoff_log.record_weights(weights)
             backward(trainer.accelerator, (weights * losses).sum() / steps)
             return (weights * losses.detach()).sum() / steps
         representation = classification_logits(outputs) if self._capture is None else self._capture.take()
@@ -261,12 +261,12 @@ class RepresentationGradients(Placement):
             check_shared_coordinates(gradients, trainer.objective_names, self.layer)
             self._coordinates_checked = True
         gram = representation_gram(gradients, trainer.accelerator)
-        global_losses = trainer._reduce_mean(losses.detach())
+        global_losses = trainer.reduce_mean(losses.detach())
         trainer.balancer.update_from_gram(gram, global_losses)
-        trainer._record_gradient_diagnostics(gram)
-        trainer._record_pi()
+        trainer.tradeoff_log.record_gradient_diagnostics(gram)
+        trainer.tradeoff_log.record_pi(trainer.balancer.pi)
         weights = trainer.balancer.loss_weights(global_losses).to(losses.device)
-        trainer._record_weights(weights)
+        trainer.tradeoff_log.record_weights(weights)
         backward(trainer.accelerator, (weights * losses).sum() / steps)
         return (weights * losses.detach()).sum() / steps
 
@@ -279,8 +279,8 @@ class WeightedLoss(Placement):
         if trainer.window.distillation_only:
             weights = distillation_only_weights(losses.numel(), losses.device)
         else:
-            weights = trainer.balancer.loss_weights(trainer._reduce_mean(losses.detach()))
-        trainer._record_weights(weights)
+            weights = trainer.balancer.loss_weights(trainer.reduce_mean(losses.detach()))
+        trainer.tradeoff_log.record_weights(weights)
         backward(trainer.accelerator, (weights * losses).sum() / steps)
         return (weights * losses.detach()).sum() / steps
 

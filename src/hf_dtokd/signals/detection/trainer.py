@@ -224,11 +224,11 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DTOKDTrainer):
         task = outputs["loss"].float()
         if torch.is_grad_enabled():  # the training forward (not the look-ahead's re-evaluation)
             for name, value in outputs["loss_dict"].items():
-                self._metrics[f"task_{name}"].append(value.detach().float())
+                self.tradeoff_log.record(f"task_{name}", value.detach().float())
         if self.group_distillation:
             if torch.is_grad_enabled():  # the parts of the grouped objective, logged by name
                 for name, term in zip(("class_kd", "box_kd", "token_kd"), terms):
-                    self._metrics[f"{name}_loss"].append(term.detach())
+                    self.tradeoff_log.record(f"{name}_loss", term.detach())
             return torch.stack([sum(terms), task])
         return torch.stack([*terms, task])
 
