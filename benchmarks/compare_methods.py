@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -75,6 +76,9 @@ PAPER_ROWS = (
     *(f"feature_vkd_{method}" for method in PAPER_METHODS),
 )
 ALL_ROWS = tuple(dict.fromkeys(ROWS + SIGNAL_ROWS + PAPER_ROWS))
+#: DOT with another momentum gap (opt-in with --rows, e.g. ``dot_adamw_delta0`` or ``feature_vkd_dot_delta0.02``):
+#: the sweep that explains the AdamW form's rows
+DOT_DELTA_ROW = re.compile(r"^(dot|dot_adamw)_delta([0-9]*\.?[0-9]+)$")
 
 
 @dataclass
@@ -183,7 +187,7 @@ class CompareArguments:
             self.results_dir = str(RESULTS / "paper_regime" if paper else RESULTS)
         if self.regime == "paper" and self.student_family != "vit":
             raise ValueError("the paper regime has a ViT student: pass --student_family vit")
-        unknown = [r for r in self.rows if r not in ALL_ROWS]
+        unknown = [r for r in self.rows if r not in ALL_ROWS and not DOT_DELTA_ROW.match(split_row(r)[1])]
         if unknown:
             raise ValueError(f"unknown rows {unknown}; valid values: {', '.join(ALL_ROWS)}")
         if self.regime == "transfer" and BASELINE not in self.rows:
@@ -353,6 +357,9 @@ def parse_method(method_row: str) -> tuple[str, float, dict[str, Any]]:
         return "fixed", float(method_row.split("_")[1]), {}
     if method_row == "dto_representation":
         return "dto", 0.5, {"gradient_placement": "representation"}
+    dot = DOT_DELTA_ROW.match(method_row)
+    if dot:
+        return dot.group(1), 0.5, {"dot_delta": float(dot.group(2))}
     return method_row, 0.5, {}
 
 
@@ -412,10 +419,11 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=512,
         max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
+        # DOT's reference SGD form has its own learning rate and weight decay (the transfer regime's)
+        learning_rate=args.sgd_learning_rate if method == "dot" else args.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=int(0.05 * args.max_steps),
-        weight_decay=0.05,
+        weight_decay=5e-4 if method == "dot" else 0.05,
         label_smoothing_factor=0.0 if mixing else args.label_smoothing,
         eval_strategy="steps",
         eval_steps=args.eval_steps,

@@ -214,3 +214,43 @@ def test_twenty_steps_with_one_loss_parameters_equal_the_authors_rule():
     task_rows, distill_rows = (row.split(sizes) for row in dot.buffers)
     assert all(float(task_rows[j].abs().max()) == 0.0 for j in (4, 5))
     assert all(float(distill_rows[j].abs().max()) == 0.0 for j in (2, 3))
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1.0])
+def test_dot_adamw_without_the_momentum_gap_is_the_trainers_adamw_on_the_fixed_alpha_loss(
+    tmp_path, max_grad_norm
+):
+    """dot_delta=0 gives both branches beta1: the sum of the two first moments is AdamW's first moment of
+    alpha g_d + (1 - alpha) g_t, so 15 steps must land where torch.optim.AdamW (the Trainer's adamw_torch)
+    takes method='fixed' with the same alpha, weight decay, clipping and schedule."""
+    from hf_dtokd import DTOKDTrainer
+    from testing_utils import random_images, tiny_args, tiny_resnet, tiny_vit
+
+    data = random_images(32)
+    common = dict(
+        max_steps=15,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        lr_scheduler_type="cosine",
+        weight_decay=0.05,
+        adam_beta1=0.9,
+        adam_beta2=0.99,
+        adam_epsilon=1e-7,
+        max_grad_norm=max_grad_norm,
+        alpha=0.3,
+        temperature=2.0,
+    )
+    runs = {}
+    for name, overrides in {
+        "adamw": {"method": "fixed", "optim": "adamw_torch"},
+        "dot_adamw": {"method": "dot_adamw", "dot_delta": 0.0, "dot_momentum": 0.9},
+    }.items():
+        args = tiny_args(tmp_path / name, **common, **overrides)
+        trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=data)
+        trainer.train()
+        runs[name] = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    start = torch.cat([p.detach().reshape(-1) for p in tiny_vit().parameters()])
+    assert (runs["adamw"] - start).abs().max() > 1e-3, "the reference did not move"
+    assert torch.allclose(runs["dot_adamw"], runs["adamw"], atol=1e-5), (
+        (runs["dot_adamw"] - runs["adamw"]).abs().max()
+    )
