@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import TrainerCallback
 
 RESULTS = Path(__file__).parent / "results"
 BASELINE = "fixed_0.5"
@@ -452,6 +453,9 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
     trainer = (
         FeatureKDTrainer(projector="vkd", **kwargs) if signal == "feature_vkd" else DTOKDTrainer(**kwargs)
     )
+    update_size = UpdateSize() if method in ("dot", "dot_adamw") else None
+    if update_size is not None:
+        trainer.add_callback(update_size)
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
@@ -467,7 +471,27 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
         "per_step": per_step_figures(history),
         "seconds_per_step": wall / args.max_steps,
         "threads": torch.get_num_threads(),
+        **({"update_size": update_size.figures} if update_size is not None else {}),
     }
+
+
+class UpdateSize(TrainerCallback):
+    """DOT rows: per optimizer step, the RMS and the largest magnitude of the update direction DOT writes into
+    ``.grad`` (its optimizer then steps ``p <- p - lr .grad``). For the AdamW form this is the Adam-normalised
+    direction, whose entries AdamW keeps near or below 1; ``dot_delta=0`` is exactly AdamW."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, list[float]] = {"rms": [], "max": []}
+
+    def on_pre_optimizer_step(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
+        import torch
+
+        grads = [p.grad.detach().reshape(-1).float() for p in model.parameters() if p.grad is not None]
+        flat = torch.cat(grads)
+        self.figures["rms"].append(flat.pow(2).mean().sqrt().item())
+        self.figures["max"].append(flat.abs().max().item())
 
 
 def per_step_conflict(trainer: Any) -> float | None:

@@ -25,6 +25,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
   regime's settings, from ``benchmarks/results/paper_regime/selection/*.json``;
 * ``sharded-equivalence`` (multi-GPU page): ``benchmarks/results/sharded_equivalence.md``, how far FSDP2 and
   DeepSpeed on 2 CPU processes end from one process;
+* ``dot-sweep`` (compare-methods page): ``benchmarks/results/paper_regime/dot_sweep/compare_methods.md``, DOT's
+  momentum gap swept in the paper regime, and ``dot-update-size``: the size of the update DOT wrote each step;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
 
 Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]``.
@@ -37,6 +39,7 @@ import dataclasses
 import json
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 from transformers import TrainingArguments
@@ -168,6 +171,24 @@ def pool_detection_seeds(pages: Pages, *folders: Path) -> None:
     pages.fill("detection-demo-pooled", format_table(reports[0]["teacher"], rows, demo))
 
 
+def dot_update_table(report: dict) -> str:
+    """Per DOT row of a sweep: the update direction's per-step RMS (median over steps, then over runs) and its
+    largest entry (largest over steps, median over runs), from each run's ``update_size``."""
+    rows: dict[str, list[dict]] = {}
+    for run in report["runs"]:
+        if "update_size" in run:
+            rows.setdefault(run["row"], []).append(run["update_size"])
+    lines = [
+        "| row | update RMS per step (median) | largest update entry per run (median over runs) | runs |",
+        "|---|---|---|---|",
+    ]
+    for row, sizes in rows.items():
+        rms = statistics.median(statistics.median(s["rms"]) for s in sizes)
+        largest = statistics.median(max(s["max"]) for s in sizes)
+        lines.append(f"| {row} | {rms:.3f} | {largest:.2f} | {len(sizes)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--demo-dir", default=str(ROOT / "outputs" / "digits"))
@@ -220,6 +241,10 @@ def main() -> None:
     selection = benchmarks / "paper_regime" / "selection"
     if selection.is_dir():
         pages.fill("compare-paper-selection", selection_table(selection))
+    dot_sweep = benchmarks / "paper_regime" / "dot_sweep" / "compare_methods.md"
+    if dot_sweep.is_file():
+        pages.fill("dot-sweep", dot_sweep.read_text())
+        pages.fill("dot-update-size", dot_update_table(json.loads(dot_sweep.with_suffix(".json").read_text())))
     sharded = benchmarks / "sharded_equivalence.md"
     if sharded.is_file():
         pages.fill("sharded-equivalence", sharded.read_text())

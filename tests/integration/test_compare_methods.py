@@ -168,3 +168,13 @@ def test_paper_regime_arguments_are_checked():
         compare_methods.CompareArguments(regime="paper", student_family="vit", rows=["dto"])
     args = compare_methods.CompareArguments(regime="paper", student_family="vit")
     assert args.rows == list(compare_methods.PAPER_ROWS) and args.results_dir.endswith("paper_regime")
+
+
+def test_dot_rows_take_another_momentum_gap_and_other_names_are_refused():
+    assert compare_methods.parse_method("dot_adamw_delta0") == ("dot_adamw", 0.5, {"dot_delta": 0.0})
+    assert compare_methods.split_row("feature_vkd_dot_delta0.02") == ("feature_vkd", "dot_delta0.02")
+    assert compare_methods.parse_method("dot_delta0.02") == ("dot", 0.5, {"dot_delta": 0.02})
+    arguments = dict(regime="paper", student_family="vit")
+    compare_methods.CompareArguments(rows=["fixed_0.5", "dot_adamw_delta0.02"], **arguments)
+    with pytest.raises(ValueError, match="unknown rows \\['dto_delta0'\\]"):
+        compare_methods.CompareArguments(rows=["fixed_0.5", "dto_delta0"], **arguments)
