@@ -6,7 +6,8 @@ hook into it). What happens around it depends on the method:
 * ``ParameterGradients`` (gradient methods: exact DTO-KD, the torchjd weightings, DOT): the gradients of
   every objective but the task go into window buffers with ``autograd.grad``, the backward is the task
   loss's; at the window's end the buffers are averaged over processes, the balancer weighs their Gram
-  and writes its update into ``.grad``.
+  and writes its update into ``.grad``. Under FSDP2, ``ShardedParameterGradients``: one backward per
+  objective, each reduce-scattered into a local shard buffer, the Gram all-reduced.
 * ``RepresentationGradients`` (Gram methods with ``gradient_placement="representation"``): the per-loss
   gradients at a layer every loss shares, this micro-batch's ``pi`` from their Gram, then the backward
   of the balanced loss.
@@ -120,7 +121,7 @@ class ParameterGradients(Placement):
     def open_window(self, model: nn.Module) -> None:
         trainer = self.trainer
         if self.gradients is None:
-            self.gradients = WindowGradients(model.parameters(), len(trainer.objective_names) - 1)
+            self.gradients = self.window_gradients(model)
             if trainer.args.gram_parameters == "student":
                 left_out = {id(p) for p in trainer.training_only_parameters()}
                 self.gradients.restrict_gram([id(p) not in left_out for p in self.gradients.parameters])
@@ -129,6 +130,10 @@ class ParameterGradients(Placement):
                 self.gradients, trainer.weight_decays(self.gradients), trainer.args.max_grad_norm
             )
         self.gradients.reset()
+
+    def window_gradients(self, model: nn.Module) -> WindowGradients:
+        """The window's per-loss gradient buffers: every objective but the task (whose gradient is ``.grad``)."""
+        return WindowGradients(model.parameters(), len(self.trainer.objective_names) - 1)
 
     def backward(self, losses: torch.Tensor, outputs: Any, steps: int) -> torch.Tensor:
         trainer = self.trainer
@@ -194,20 +199,12 @@ class ShardedParameterGradients(ParameterGradients):
     """``ParameterGradients`` for an FSDP2-sharded student: one backward per objective, sharded buffers, the
     Gram all-reduced (``gradients/sharded.py``)."""
 
-    def open_window(self, model: nn.Module) -> None:
-        if self.gradients is None:
-            trainer = self.trainer
-            reshard(model)  # the sharded parameters, even after a no-grad forward left the root gathered
-            self.gradients = ShardedWindowGradients(
-                model.parameters(), len(trainer.objective_names), trainer.accelerator
-            )
-            if trainer.args.gram_parameters == "student":
-                left_out = {id(p) for p in trainer.training_only_parameters()}
-                self.gradients.restrict_gram([id(p) not in left_out for p in self.gradients.parameters])
-            trainer.balancer.configure(
-                self.gradients, trainer.weight_decays(self.gradients), trainer.args.max_grad_norm
-            )
-        self.gradients.reset()
+    def window_gradients(self, model: nn.Module) -> WindowGradients:
+        """A local-shard buffer per objective, the task's included (``gradients/sharded.py``)."""
+        reshard(model)  # the sharded parameters, even after a no-grad forward left the root gathered
+        return ShardedWindowGradients(
+            model.parameters(), len(self.trainer.objective_names), self.trainer.accelerator
+        )
 
     @property
     def needs_reach(self) -> bool:
