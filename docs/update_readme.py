@@ -244,7 +244,9 @@ def main() -> None:
     dot_sweep = benchmarks / "paper_regime" / "dot_sweep" / "compare_methods.md"
     if dot_sweep.is_file():
         pages.fill("dot-sweep", dot_sweep.read_text())
-        pages.fill("dot-update-size", dot_update_table(json.loads(dot_sweep.with_suffix(".json").read_text())))
+        pages.fill(
+            "dot-update-size", dot_update_table(json.loads(dot_sweep.with_suffix(".json").read_text()))
+        )
     sharded = benchmarks / "sharded_equivalence.md"
     if sharded.is_file():
         pages.fill("sharded-equivalence", sharded.read_text())

@@ -66,6 +66,9 @@ GRAM_VARIANTS = {
     ),
 }
 
+#: refused at start under every sharded backend
+REFUSED = {"ema_refused": ({"method": "fixed", "ema_decay": 0.9}, 8, 16)}
+
 #: resumed at step 2 of 4 from a sharded checkpoint (AdamW: the optimizer state matters), then saved and pushed
 RESUMED = {
     "resume_dto_amortized": {"method": "dto_amortized"},
@@ -186,6 +189,7 @@ def main(output_dir: str, names: list[str]) -> None:
     cases = {
         **VARIANTS,
         **GRAM_VARIANTS,
+        **REFUSED,
         BROKEN: ({"method": "dto_amortized"}, 8, 16),
         BROKEN_GRAM: ({"method": "dto"}, 8, 16),
     }

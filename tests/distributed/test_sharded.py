@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_worker import make_trainer
-from sharded_worker import BROKEN, BROKEN_GRAM, GRAM_VARIANTS, RESUMED, VARIANTS
+from sharded_worker import BROKEN, BROKEN_GRAM, GRAM_VARIANTS, REFUSED, RESUMED, VARIANTS
 from transformers import AutoModelForImageClassification
 
 from hf_dtokd import DTOKDTrainer
@@ -99,6 +99,12 @@ def test_exact_dto_at_the_parameters_under_fsdp2_equals_one_process(sharded_resu
         return
     check_equals_one_process(backend, result, single_process(variant))
     assert result["grad_cos"] == pytest.approx(train_logs(single_process(variant), "grad_cos"), abs=ATOL)
+
+
+@pytest.mark.parametrize("variant", REFUSED)
+def test_a_moving_average_of_the_weights_is_refused_under_sharding(sharded_results, variant):
+    backend, results = sharded_results
+    assert "not supported when FSDP or DeepSpeed shard them" in results[variant]["refused"]
 
 
 def test_the_checks_catch_ranks_that_skip_the_gram_sum(sharded_results, single_process):

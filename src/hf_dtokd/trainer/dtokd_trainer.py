@@ -239,6 +239,12 @@ class DTOKDTrainer(Trainer):
         self._distillation_only_windows = 0
         #: restores of the optimizer / scheduler ``step`` a skipped window disarmed (``on_nonfinite_loss``)
         self._skipped_step_restores: list[Callable[[], None]] = []
+        if args.ema_decay > 0 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError(
+                f"ema_decay={args.ema_decay} keeps a full copy of the student's weights beside the model, which is "
+                "not supported when FSDP or DeepSpeed shard them (the average would mix sharded and whole tensors); "
+                "set ema_decay=0 with sharding, or train with DDP"
+            )
         #: the moving average of the student's weights (``ema_decay > 0``)
         self.ema = (
             StudentEMA(self.accelerator.unwrap_model(self.model), args.ema_decay, args.ema_warmup)
