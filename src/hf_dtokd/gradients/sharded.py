@@ -6,7 +6,8 @@ parameter. Under FSDP2 no rank holds a whole gradient, but the Gram is a sum ove
     G_ij = sum_r <g_i^(r), g_j^(r)>        (g^(r): rank r's shard, already averaged over ranks)
 
 so each rank forms its local ``K x K`` products and one all-reduce (sum) of ``K^2`` scalars gives every rank the
-Gram of the global-batch gradients: less traffic than the per-loss gradients DDP all-reduces.
+Gram of the global-batch gradients (the gradients themselves cost one reduce-scatter per objective per
+micro-batch).
 
 The per-loss shards come from FSDP2 itself: ``autograd.grad`` cannot be used (the graph holds the gathered
 parameters, not the sharded ones, and FSDP2 reduce-scatters only in a backward), so each micro-batch runs one
