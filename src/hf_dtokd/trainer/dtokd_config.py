@@ -40,8 +40,8 @@ class DTOKDConfig(TrainingArguments):
       `log_gradients=True`);
     * `"uncertainty"`: Kendall et al.'s learned log-variances;
     * `"dot"`: DOT's two momenta (the reference SGD rule; replaces `optim`), `"dot_adamw"`: our AdamW
-      form of DOT (two first moments, one second moment), an experiment: at the default gap it loses about
-      30 pp to fixed alpha in the paper-regime benchmark (docs: comparing the methods).
+      form of DOT (two first moments, one second moment), an experiment: at the default gap it loses
+      39 pp to fixed alpha in the paper-regime benchmark (docs: comparing the methods).
     """
 
     teacher_model_name_or_path: str | None = field(
