@@ -315,6 +315,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def end_process_group() -> None:
+    """A launched worker's last step: every rank waits for the others, then the process group is destroyed
+    (left alive, gloo's threads can abort one rank at interpreter exit, failing a run whose results are written)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def launch_two_processes(script: str, output_dir: Path, *args: str, config_file: Path | None = None) -> None:
     """``accelerate launch --num_processes 2`` of a worker in this folder (gloo on CPU): ``--multi_gpu`` (DDP), or
     the launcher settings of ``config_file`` (an accelerate YAML: FSDP2, DeepSpeed)."""

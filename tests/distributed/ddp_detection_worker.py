@@ -13,7 +13,7 @@ from torch.utils.data import SequentialSampler
 
 from hf_dtokd import DetectionKDTrainer, DetectionTransform
 from hf_dtokd.data import generate_shapes
-from testing_utils import EMPTY, detection_args, evaluate, processor, tiny_detr
+from testing_utils import EMPTY, detection_args, end_process_group, evaluate, processor, tiny_detr
 
 
 class SequentialTrainer(DetectionKDTrainer):
@@ -61,3 +61,4 @@ def main(output_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_process_group()

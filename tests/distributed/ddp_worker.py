@@ -13,7 +13,14 @@ import torch
 from hf_dtokd import DTOKDTrainer, FeatureKDTrainer
 from hf_dtokd.gradients.parameters import WindowGradients
 from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
-from testing_utils import conflicting_pair, partly_labelled, random_images, tiny_args, train_logs
+from testing_utils import (
+    conflicting_pair,
+    end_process_group,
+    partly_labelled,
+    random_images,
+    tiny_args,
+    train_logs,
+)
 
 GA = {"gradient_accumulation_steps": 2}
 ALL_REDUCE = WindowGradients.all_reduce_mean
@@ -99,3 +106,4 @@ def main(output_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    end_process_group()

@@ -19,7 +19,7 @@ from ddp_worker import GA, make_trainer
 from hf_dtokd import DTOKDTrainer
 from hf_dtokd.gradients.sharded import ShardedWindowGradients
 from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
-from testing_utils import train_logs
+from testing_utils import end_process_group, train_logs
 
 #: name -> (config overrides, per-process batch here, batch of the single process it must equal)
 VARIANTS = {
@@ -207,3 +207,4 @@ def main(output_dir: str, names: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:])
+    end_process_group()
