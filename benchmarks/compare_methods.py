@@ -270,7 +270,7 @@ def train_teacher(args: CompareArguments, fold: int) -> float:
     from transformers import DefaultDataCollator, Trainer, TrainingArguments
 
     from hf_dtokd.demos.digits import build_teacher, teacher_processor
-    from hf_dtokd.trainer.metrics import classification_metrics
+    from hf_dtokd.tasks.classification.metrics import classification_metrics
 
     folder = teacher_dir(args, fold)
     metrics_file = folder / "metrics.json"
@@ -388,7 +388,7 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
     from hf_dtokd import DTOKDConfig, DTOKDTrainer, FeatureKDTrainer
     from hf_dtokd.data import MixupCollator, augmented_images
     from hf_dtokd.demos.digits import student_processor
-    from hf_dtokd.trainer.metrics import classification_metrics
+    from hf_dtokd.tasks.classification.metrics import classification_metrics
 
     hf_logging.set_verbosity_error()
     run_seed = 1000 * fold + seed
@@ -512,7 +512,7 @@ def run_one(args: CompareArguments, row: str, fold: int, seed: int) -> dict[str,
 
     from hf_dtokd import DeiTTokenTrainer, DTOKDConfig, DTOKDTrainer, FeatureKDTrainer
     from hf_dtokd.demos.digits import student_processor
-    from hf_dtokd.trainer.metrics import classification_metrics
+    from hf_dtokd.tasks.classification.metrics import classification_metrics
 
     hf_logging.set_verbosity_error()
     run_seed = 1000 * fold + seed

@@ -54,7 +54,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from hf_dtokd import DTOKDConfig, DTOKDTrainer
+from hf_dtokd import ClassificationTask, DTOKDConfig, DTOKDTrainer
 from hf_dtokd.balancing import GRAMIAN_METHODS
 from hf_dtokd.demos.digits import build_student, build_teacher
 from hf_dtokd.losses import logit_kd_loss
@@ -64,7 +64,7 @@ LABELS = [str(i) for i in range(10)]
 FLOOR = "fixed"
 
 
-class TwoTemperatures(DTOKDTrainer):
+class TwoTemperaturesTask(ClassificationTask):
     """Three objectives (logit KD at T and at 1, task): where batched per-loss gradients can apply."""
 
     objective_names = ("distill", "distill_t1", "task")
@@ -295,23 +295,28 @@ def build_trainer(name: str, student: str, teacher: torch.nn.Module, steps: int,
     model, data = STUDENTS[student](), random_pixels(batch * steps, IMAGE_SIZES[student])
     if settings.pop("no_kd", False):
         return Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=callbacks)
-    trainer_class = TwoTemperatures if settings.pop("trainer", None) == "three" else DTOKDTrainer
+    three = settings.pop("trainer", None) == "three"
     config = DTOKDConfig(**common, plot_tradeoff=False, **settings)
-    trainer = trainer_class(
-        model=model, teacher_model=teacher, args=config, train_dataset=data, callbacks=callbacks
+    trainer = DTOKDTrainer(
+        model=model,
+        teacher_model=teacher,
+        args=config,
+        train_dataset=data,
+        callbacks=callbacks,
+        task=TwoTemperaturesTask(config) if three else None,
     )
     trainer.teacher_times = []
-    teacher_logits = trainer._teacher_logits
+    teacher_signal_of = trainer.teacher_signal_of
 
     def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
         synchronize()
         start = time.perf_counter()
-        out = teacher_logits(*args, **kwargs)
+        out = teacher_signal_of(*args, **kwargs)
         synchronize()
         trainer.teacher_times.append(time.perf_counter() - start)
         return out
 
-    trainer._teacher_logits = timed
+    trainer.teacher_signal_of = timed
     return trainer
 
 

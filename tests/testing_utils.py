@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from hf_dtokd import (
+    ClassificationTask,
     DetectionKDTrainer,
     DetectionTransform,
     DTOKDConfig,
@@ -235,7 +236,18 @@ class GradRecorder(TrainerCallback):
         self.grads.append(torch.cat([p.grad.detach().reshape(-1).clone() for p in model.parameters()]))
 
 
-class ThreeObjectives(DTOKDTrainer):
+def trainer_with(task_class):
+    """A ``DTOKDTrainer`` whose task is ``task_class(args)`` (a ``ClassificationTask`` subclass)."""
+
+    class WithTask(DTOKDTrainer):
+        def __init__(self, model=None, args=None, **kwargs):
+            super().__init__(model=model, args=args, task=task_class(args), **kwargs)
+
+    WithTask.__name__ = f"DTOKDTrainer[{task_class.__name__}]"
+    return WithTask
+
+
+class ThreeObjectivesTask(ClassificationTask):
     """Adds logit KD at temperature 1 as a third signal (the multi-signal extension)."""
 
     objective_names = ("distill", "distill_t1", "task")
@@ -243,6 +255,9 @@ class ThreeObjectives(DTOKDTrainer):
     def compute_objective_losses(self, student_logits, teacher_logits, labels):
         two = super().compute_objective_losses(student_logits, teacher_logits, labels)
         return torch.stack([two[0], logit_kd_loss(student_logits, teacher_logits, 1.0), two[1]])
+
+
+ThreeObjectives = trainer_with(ThreeObjectivesTask)
 
 
 class RecordingHub:
@@ -452,3 +467,74 @@ def evaluate(output_dir: str) -> dict:
 
 
 EPS = 1e-8
+
+
+# ---------------------------------------------------------------------------------------------- segmentation
+SEGMENTATION_SIZE = 32
+SEGMENTATION_ID2LABEL = dict(enumerate(("background", "circle", "square", "triangle")))
+
+
+def tiny_segformer(seed: int = 0, width: int = 8, id2label: dict[int, str] = SEGMENTATION_ID2LABEL):
+    """A 2-stage SegFormer (logits at a quarter of the input size), dropout off."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(seed)
+    config = SegformerConfig(
+        num_channels=3,
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[width, 2 * width],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=2 * width,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout_prob=0.0,
+        drop_path_rate=0.0,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    return SegformerForSemanticSegmentation(config)
+
+
+def segformer_processor(size: int = SEGMENTATION_SIZE):
+    from transformers import SegformerImageProcessor
+
+    return SegformerImageProcessor(size={"height": size, "width": size}, do_reduce_labels=False)
+
+
+def shape_masks(n: int = 16, size: int = SEGMENTATION_SIZE, seed: int = 3, processor_size: int | None = None):
+    """Generated segmentation rows prepared for a SegFormer (``pixel_values``, ``labels``)."""
+    from hf_dtokd import SegmentationTransform
+    from hf_dtokd.data import generate_shape_masks
+
+    transform = SegmentationTransform(segformer_processor(processor_size or size))
+    return generate_shape_masks(n, image_size=max(size, 16), max_objects=2, seed=seed).with_transform(
+        transform
+    )
+
+
+def segmentation_args(tmp_path, **overrides):
+    from hf_dtokd import SegmentationKDConfig
+
+    settings = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        learning_rate=0.01,
+        remove_unused_columns=False,
+        seed=0,
+        data_seed=0,
+        plot_tradeoff=False,
+    )
+    settings.update(overrides)
+    return SegmentationKDConfig(**settings)

@@ -18,17 +18,32 @@ from hf_dtokd.balancing import (
     build_balancer,
     dto_closed_form,
 )
-from hf_dtokd.signals.deit_token import DeiTTokenTrainer
-from hf_dtokd.signals.detection.inputs import DetectionTransform, collate_detection
-from hf_dtokd.signals.detection.metrics import DetectionMetrics
-from hf_dtokd.signals.detection.models import build_detector, load_object_detector
-from hf_dtokd.signals.detection.trainer import DetectionKDTrainer
-from hf_dtokd.signals.feature_kd import FeatureKDTrainer, StudentWithProjectors
-from hf_dtokd.signals.signal_config import DeiTTokenConfig, DetectionKDConfig, FeatureKDConfig
+from hf_dtokd.signals.signal_config import (
+    DeiTTokenConfig,
+    DetectionKDConfig,
+    FeatureKDConfig,
+    SegmentationKDConfig,
+)
+from hf_dtokd.tasks.classification.deit_token import DeiTTokenTrainer
+from hf_dtokd.tasks.classification.feature_kd import FeatureKDTrainer, StudentWithProjectors
+from hf_dtokd.tasks.classification.metrics import classification_metrics
+from hf_dtokd.tasks.classification.task import ClassificationTask
+from hf_dtokd.tasks.classification.trainer import DTOKDTrainer
+from hf_dtokd.tasks.detection.inputs import DetectionTransform, collate_detection
+from hf_dtokd.tasks.detection.metrics import DetectionMetrics
+from hf_dtokd.tasks.detection.models import build_detector, load_object_detector
+from hf_dtokd.tasks.detection.task import DetectionTask
+from hf_dtokd.tasks.detection.trainer import DetectionKDTrainer
+from hf_dtokd.tasks.segmentation.inputs import SegmentationTransform
+from hf_dtokd.tasks.segmentation.metrics import SegmentationMetrics
+from hf_dtokd.tasks.segmentation.models import load_semantic_segmenter
+from hf_dtokd.tasks.segmentation.task import SegmentationTask
+from hf_dtokd.tasks.segmentation.trainer import SegmentationKDTrainer
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
-from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
-from hf_dtokd.trainer.metrics import classification_metrics
+from hf_dtokd.trainer.engine import DistillationTrainer
 from hf_dtokd.trainer.nonfinite import NonFiniteLossError
+from hf_dtokd.trainer.task import DistillationTask
+from hf_dtokd.trainer.teacher import DistillationTeacher
 
 __version__ = "0.1.0"
 
@@ -46,8 +61,13 @@ __all__ = [
     "PCGrad",
     "UPGrad",
     "UncertaintyWeighting",
+    "ClassificationTask",
     "DTOKDConfig",
     "DTOKDTrainer",
+    "DetectionTask",
+    "DistillationTask",
+    "DistillationTeacher",
+    "DistillationTrainer",
     "DeiTTokenConfig",
     "DeiTTokenTrainer",
     "DetectionKDConfig",
@@ -57,6 +77,12 @@ __all__ = [
     "build_detector",
     "collate_detection",
     "load_object_detector",
+    "SegmentationKDConfig",
+    "SegmentationKDTrainer",
+    "SegmentationMetrics",
+    "SegmentationTask",
+    "SegmentationTransform",
+    "load_semantic_segmenter",
     "FeatureKDConfig",
     "FeatureKDTrainer",
     "StudentWithProjectors",

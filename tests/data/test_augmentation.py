@@ -9,6 +9,7 @@ from transformers import DefaultDataCollator, ViTImageProcessor
 from hf_dtokd import DTOKDTrainer
 from hf_dtokd.data import MixupCollator, augmented_images, deit_train_transform, load_digits_splits
 from hf_dtokd.losses import task_cross_entropy
+from hf_dtokd.tasks.classification.task import ClassificationTask
 from hf_dtokd.trainer.window_means import count_window
 from testing_utils import NUM_LABELS, random_images, tiny_args, tiny_resnet, tiny_vit, train_logs
 
@@ -55,7 +56,9 @@ def test_every_soft_target_row_counts_as_labelled():
 
     soft = {"labels": torch.full((3, 4), 0.25)}
     hard = {"labels": torch.tensor([1, -100])}
-    counts = count_window([soft, hard], Accelerator(cpu=True), across_processes=False)
+    counts = count_window(
+        [soft, hard], ClassificationTask(None).example_counts, Accelerator(cpu=True), across_processes=False
+    )
     assert (float(counts.examples), float(counts.labelled)) == (5.0, 4.0)
 
 
@@ -91,7 +94,7 @@ def test_a_teacher_cache_with_mixed_batches_is_refused(tmp_path):
 def test_bad_soft_targets_are_named(tmp_path):
     trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path))
     with pytest.raises(ValueError, match="soft targets of shape"):
-        trainer._check_label_values(torch.full((2, NUM_LABELS + 1), 0.1).numpy(), "the batch")
+        trainer.task.check_label_values(torch.full((2, NUM_LABELS + 1), 0.1).numpy(), "the batch")
 
 
 def test_rand_augment_changes_the_images_on_access_and_keeps_the_labels():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hf_dtokd.data import SHAPE_CLASSES, generate_shapes, load_shapes_splits
-from hf_dtokd.signals.detection.inputs import check_coco_boxes
+from hf_dtokd.tasks.detection.inputs import check_coco_boxes
 
 
 def test_shapes_follow_the_hub_detection_layout_and_are_reproducible() -> None:

@@ -7,7 +7,7 @@ import torch
 from torchjd.aggregation import UPGradWeighting
 from transformers import TrainerCallback
 
-from hf_dtokd import DTOKDTrainer
+from hf_dtokd import ClassificationTask, DTOKDTrainer
 from hf_dtokd.losses import logit_kd_loss, task_cross_entropy
 from testing_utils import (
     GradRecorder,
@@ -20,6 +20,7 @@ from testing_utils import (
     reference_losses,
     tiny_args,
     train_logs,
+    trainer_with,
     whole_batch,
 )
 
@@ -70,8 +71,11 @@ def test_representation_at_the_logits_pi_from_the_logit_gram_and_the_exact_param
     assert abs(parameter_pi - pi) > 1e-3
 
 
-class FromTheLayerNorm(DTOKDTrainer):
+class FromTheLayerNormTask(ClassificationTask):
     losses_from_logits = False  # "auto" then takes the family's last shared layer
+
+
+FromTheLayerNorm = trainer_with(FromTheLayerNormTask)
 
 
 def layernorm_gradients(reference, teacher, x, y):
@@ -171,13 +175,16 @@ def test_representation_with_accumulation_sets_pi_per_micro_batch(tmp_path):
     assert torch.allclose(flat_params(trainer.model), flat_params(reference) - 0.1 * total, atol=1e-6)
 
 
-class DisjointHeads(DTOKDTrainer):
+class DisjointHeadsTask(ClassificationTask):
     """Distillation on the first two logits, the task on the last two: disjoint coordinates of the logits."""
 
     def compute_objective_losses(self, student_logits, teacher_logits, labels):
         distill = logit_kd_loss(student_logits[:, :2], teacher_logits[:, :2], self.args.temperature)
         task = task_cross_entropy(student_logits[:, 2:], labels % 2, 0.0)
         return torch.stack([distill, task])
+
+
+DisjointHeads = trainer_with(DisjointHeadsTask)
 
 
 def test_a_layer_where_the_losses_touch_disjoint_coordinates_is_refused(tmp_path):

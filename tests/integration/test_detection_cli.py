@@ -11,7 +11,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 from hf_dtokd.cli import main as hf_dtokd_main
 from hf_dtokd.cli.detect import DetectionModelArguments
 from hf_dtokd.demos.shapes import DetectionDemoArguments, run_demo
-from hf_dtokd.signals.detection.models import detection_processor
+from hf_dtokd.tasks.detection.models import detection_processor
 from testing_utils import console_script, tiny_detr
 
 

@@ -20,7 +20,7 @@ from transformers import (
 import hf_dtokd.cli.classify as classify
 import hf_dtokd.cli.detect as detect
 from hf_dtokd.data import generate_shapes
-from hf_dtokd.signals.detection.models import detection_processor
+from hf_dtokd.tasks.detection.models import detection_processor
 from testing_utils import tiny_detr
 
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"

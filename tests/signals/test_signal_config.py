@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_dtokd import DeiTTokenConfig, DetectionKDConfig, FeatureKDConfig, FeatureKDTrainer
-from hf_dtokd.signals.deit_token import DeiTTokenTrainer
+from hf_dtokd.tasks.classification.deit_token import DeiTTokenTrainer
 from testing_utils import random_images, tiny_args, tiny_resnet, tiny_vit, two_head_deit
 
 

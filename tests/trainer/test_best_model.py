@@ -7,7 +7,7 @@ from transformers import AutoModelForImageClassification, AutoModelForObjectDete
 
 from hf_dtokd import DetectionKDTrainer, DTOKDTrainer, FeatureKDTrainer
 from hf_dtokd.data import generate_shapes
-from hf_dtokd.signals.detection.inputs import DetectionTransform
+from hf_dtokd.tasks.detection.inputs import DetectionTransform
 from testing_utils import (
     SIZE,
     detection_args,

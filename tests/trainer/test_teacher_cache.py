@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hf_dtokd import DTOKDTrainer
-from hf_dtokd.signals.feature_kd import FeatureKDTrainer
+from hf_dtokd.tasks.classification.feature_kd import FeatureKDTrainer
 from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS, process_rows
 from testing_utils import (
     flat_params,

@@ -15,7 +15,7 @@ from torchjd.aggregation import (
     UPGradWeighting,
 )
 
-from hf_dtokd import DTOKDConfig, DTOKDTrainer
+from hf_dtokd import ClassificationTask, DTOKDConfig, DTOKDTrainer
 from hf_dtokd.balancing import FixedWeights, UncertaintyWeighting
 from testing_utils import (
     GradRecorder,
@@ -29,6 +29,7 @@ from testing_utils import (
     tiny_resnet,
     tiny_vit,
     train_logs,
+    trainer_with,
     whole_batch,
 )
 
@@ -263,11 +264,11 @@ def test_method_errors_name_the_fix(tmp_path):
             optimizers=(torch.optim.SGD(student.parameters(), lr=0.1), None),
         )
 
-    class BadNames(DTOKDTrainer):
+    class BadNames(ClassificationTask):
         objective_names = ("task", "distill")
 
     with pytest.raises(ValueError, match="ending with 'task'"):
-        BadNames(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path))
+        trainer_with(BadNames)(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path))
 
 
 def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch):

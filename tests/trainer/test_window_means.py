@@ -6,8 +6,11 @@ import torch
 from accelerate import Accelerator
 
 from hf_dtokd import DTOKDTrainer
+from hf_dtokd.tasks.classification.task import ClassificationTask
 from hf_dtokd.trainer.window_means import WindowCounts, count_window, micro_batch_scales
 from testing_utils import conflicting_pair, partly_labelled, random_images, tiny_args, train_logs
+
+COUNT = ClassificationTask(None).example_counts  # examples and labelled examples of a batch's labels
 
 
 def test_scales_turn_micro_batch_means_into_the_window_mean():
@@ -15,7 +18,9 @@ def test_scales_turn_micro_batch_means_into_the_window_mean():
     generator = torch.Generator().manual_seed(0)
     labels = [torch.tensor([0, -100, 2, 1]), torch.tensor([-100, -100, 3, -100]), torch.tensor([1, -100])]
     losses = [torch.rand(len(y), generator=generator) for y in labels]
-    counts = count_window([{"labels": y} for y in labels], Accelerator(cpu=True), across_processes=True)
+    counts = count_window(
+        [{"labels": y} for y in labels], COUNT, Accelerator(cpu=True), across_processes=True
+    )
     assert [counts.examples.item(), counts.labelled.item()] == [10, 5]
     assert (counts.micro_batches, counts.processes) == (3, 1)
 
@@ -23,7 +28,7 @@ def test_scales_turn_micro_batch_means_into_the_window_mean():
     for y, loss in zip(labels, losses):
         labelled = y != -100
         means = torch.stack([loss.mean(), loss[labelled].sum() / labelled.sum().clamp(min=1)])
-        scaled = means * micro_batch_scales(y, counts, 2)
+        scaled = means * micro_batch_scales(COUNT(y), counts, 2)
         distill, task = distill + scaled[0] / 3, task + scaled[1] / 3
     every = torch.cat(losses)
     labelled_every = every[torch.cat(labels) != -100]
@@ -33,18 +38,18 @@ def test_scales_turn_micro_batch_means_into_the_window_mean():
 
 def test_scales_by_hand_equal_counts_give_ones_and_a_window_without_labels():
     counts = WindowCounts(torch.tensor(10.0), torch.tensor(4.0), micro_batches=3, processes=2)
-    scales = micro_batch_scales(torch.tensor([0, 1, -100, 2]), counts, 3)
+    scales = micro_batch_scales(COUNT(torch.tensor([0, 1, -100, 2])), counts, 3)
     assert scales.tolist() == pytest.approx([4 * 6 / 10, 4 * 6 / 10, 3 * 6 / 4])
     even = WindowCounts(torch.tensor(16.0), torch.tensor(16.0), micro_batches=2, processes=2)
-    assert micro_batch_scales(torch.tensor([0, 1, 2, 3]), even, 2).tolist() == [1.0, 1.0]
+    assert micro_batch_scales(COUNT(torch.tensor([0, 1, 2, 3])), even, 2).tolist() == [1.0, 1.0]
     empty = WindowCounts(torch.tensor(8.0), torch.tensor(0.0), micro_batches=2, processes=1)
-    assert micro_batch_scales(torch.full((4,), -100), empty, 2).tolist() == [1.0, 0.0]
+    assert micro_batch_scales(COUNT(torch.full((4,), -100)), empty, 2).tolist() == [1.0, 0.0]
 
 
 def test_batches_without_a_labels_tensor_are_not_counted():
     accelerator = Accelerator(cpu=True)
-    assert count_window([{"labels": [{"boxes": torch.zeros(1, 4)}]}], accelerator, True) is None
-    assert count_window([{"pixel_values": torch.zeros(1)}], accelerator, True) is None
+    assert count_window([{"labels": [{"boxes": torch.zeros(1, 4)}]}], COUNT, accelerator, True) is None
+    assert count_window([{"pixel_values": torch.zeros(1)}], COUNT, accelerator, True) is None
 
 
 def train(tmp_path, data, method, batch, steps, **overrides):

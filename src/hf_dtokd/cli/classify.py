@@ -39,11 +39,11 @@ from hf_dtokd.data import (
     preprocess_images,
 )
 from hf_dtokd.models.classification import load_image_classifier, load_image_processor
-from hf_dtokd.signals.deit_token import DeiTTokenTrainer
-from hf_dtokd.signals.feature_kd import FeatureKDTrainer
 from hf_dtokd.signals.signal_config import DeiTTokenConfig, FeatureKDConfig
-from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
-from hf_dtokd.trainer.metrics import evaluate_metrics
+from hf_dtokd.tasks.classification.deit_token import DeiTTokenTrainer
+from hf_dtokd.tasks.classification.feature_kd import FeatureKDTrainer
+from hf_dtokd.tasks.classification.metrics import evaluate_metrics
+from hf_dtokd.tasks.classification.trainer import DTOKDTrainer
 from hf_dtokd.trainer.teacher_inputs import PixelSpace
 
 SIGNALS = ("logits", "features", "deit_token")

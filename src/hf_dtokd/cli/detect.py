@@ -29,15 +29,15 @@ from transformers import HfArgumentParser
 from hf_dtokd.cli.common import parse_script_args, train_evaluate_publish
 from hf_dtokd.data import load_shapes_splits
 from hf_dtokd.models.classification import load_image_processor
-from hf_dtokd.signals.detection.inputs import DetectionTransform
-from hf_dtokd.signals.detection.models import (
+from hf_dtokd.signals.signal_config import DetectionKDConfig
+from hf_dtokd.tasks.detection.inputs import DetectionTransform
+from hf_dtokd.tasks.detection.models import (
     DETECTION_HEADS,
     build_detector,
     detection_processor,
     load_object_detector,
 )
-from hf_dtokd.signals.detection.trainer import DetectionKDTrainer
-from hf_dtokd.signals.signal_config import DetectionKDConfig
+from hf_dtokd.tasks.detection.trainer import DetectionKDTrainer
 
 logger = logging.getLogger(__name__)
 

@@ -54,11 +54,11 @@ from transformers.utils import logging as hf_logging
 from hf_dtokd.data import load_digits_splits, preprocess_images, transfer_set
 from hf_dtokd.demos.paired_seeds import paired_difference, runs_by_seed
 from hf_dtokd.hub.plotting import plot_tradeoff
-from hf_dtokd.signals.deit_token import DeiTTokenTrainer
-from hf_dtokd.signals.feature_kd import FeatureKDTrainer
+from hf_dtokd.tasks.classification.deit_token import DeiTTokenTrainer
+from hf_dtokd.tasks.classification.feature_kd import FeatureKDTrainer
+from hf_dtokd.tasks.classification.metrics import classification_metrics
+from hf_dtokd.tasks.classification.trainer import DTOKDTrainer
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
-from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
-from hf_dtokd.trainer.metrics import classification_metrics
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 RUNS = ("no_kd", "fixed", "dto", "dto_amortized")

@@ -49,10 +49,10 @@ from hf_dtokd.data import SHAPE_CLASSES, generate_shapes, load_shapes_splits
 from hf_dtokd.demos.digits import write_summary
 from hf_dtokd.demos.paired_seeds import paired_difference, runs_by_seed
 from hf_dtokd.hub.plotting import plot_tradeoff
-from hf_dtokd.signals.detection.inputs import DetectionTransform, collate_detection
-from hf_dtokd.signals.detection.metrics import DetectionMetrics
-from hf_dtokd.signals.detection.models import build_detector
-from hf_dtokd.signals.detection.trainer import DetectionKDTrainer
+from hf_dtokd.tasks.detection.inputs import DetectionTransform, collate_detection
+from hf_dtokd.tasks.detection.metrics import DetectionMetrics
+from hf_dtokd.tasks.detection.models import build_detector
+from hf_dtokd.tasks.detection.trainer import DetectionKDTrainer
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 
 #: run name -> (method, alpha or None for the demo's --alpha, extra DTOKDConfig fields)

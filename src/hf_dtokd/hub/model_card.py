@@ -99,7 +99,14 @@ def distillation_section(
 #: Evaluation keys that are bookkeeping, not results.
 NOT_RESULTS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step")
 #: Readable names of the built-in metrics in the card's model-index.
-METRIC_NAMES = {"top1": "Top-1 accuracy", "top5": "Top-5 accuracy", "loss": "Loss", "map": "mAP"}
+METRIC_NAMES = {
+    "top1": "Top-1 accuracy",
+    "top5": "Top-5 accuracy",
+    "loss": "Loss",
+    "map": "mAP",
+    "mean_iou": "mIoU",
+    "overall_accuracy": "Pixel accuracy",
+}
 
 
 def final_evaluation(log_history: Sequence[Mapping[str, Any]]) -> dict[str, float]:

@@ -16,8 +16,20 @@ from hf_dtokd.losses.detection import (
     query_states,
     query_token_kd_loss,
 )
+from hf_dtokd.losses.segmentation import (
+    SEGMENTATION_KD_TERMS,
+    channel_kd_loss,
+    pixel_kd_loss,
+    resample_logits,
+    segmentation_cross_entropy,
+)
 
 __all__ = [
+    "SEGMENTATION_KD_TERMS",
+    "channel_kd_loss",
+    "pixel_kd_loss",
+    "resample_logits",
+    "segmentation_cross_entropy",
     "box_kd_loss",
     "class_kd_loss",
     "detection_scores",

@@ -1,2 +1,2 @@
-"""Distillation signals beyond logits: stage features through projectors, DeiT's distillation token, and
-detection (``signals.detection``)."""
+"""Building blocks of distillation signals beyond logits: stage features, projectors, the trainable module that
+holds the student and its projectors, and each signal trainer's config."""

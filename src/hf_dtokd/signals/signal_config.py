@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from hf_dtokd.losses import DEIT_DISTILLATION
+from hf_dtokd.losses import DEIT_DISTILLATION, SEGMENTATION_KD_TERMS
 from hf_dtokd.signals.projectors import PROJECTORS
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 
@@ -101,6 +101,36 @@ class DetectionKDConfig(DTOKDConfig):
         if self.token_projector is not None and self.token_projector not in PROJECTORS:
             raise ValueError(
                 f"unknown token_projector {self.token_projector!r}; valid values: {', '.join(PROJECTORS)}"
+            )
+
+
+@dataclass
+class SegmentationKDConfig(DTOKDConfig):
+    """[`DTOKDConfig`] plus the options of [`SegmentationKDTrainer`]: which pixel-wise KD terms, grouped or not."""
+
+    segmentation_kd: list[str] = field(
+        default_factory=lambda: list(SEGMENTATION_KD_TERMS),
+        metadata={
+            "help": "Segmentation KD terms: pixel_kd (per-pixel KL at the temperature) and / or channel_kd "
+            "(channel-wise distillation, CWD: each class map's spatial softmax).",
+            "choices": SEGMENTATION_KD_TERMS,
+        },
+    )
+    group_distillation: bool = field(
+        default=True,
+        metadata={
+            "help": "Balance (sum of the KD terms, task): DTO-KD's two objectives, the paper's form. False "
+            "(--no_group_distillation): one objective per KD term and the task."
+        },
+    )
+
+    def check_signal_options(self) -> None:
+        terms = list(self.segmentation_kd)
+        unknown = [t for t in terms if t not in SEGMENTATION_KD_TERMS]
+        if not terms or unknown or len(set(terms)) != len(terms):
+            raise ValueError(
+                f"segmentation_kd must name one or more distinct terms among {', '.join(SEGMENTATION_KD_TERMS)}, "
+                f"got {terms}"
             )
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainingArguments
 
 if TYPE_CHECKING:
-    from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
+    from hf_dtokd.trainer.engine import DistillationTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class EMACallback(TrainerCallback):
     """Updates the student's moving average after every optimizer step it took, and puts the average in the
     student at the end of training (``trainer/ema.py``)."""
 
-    def __init__(self, trainer: DTOKDTrainer) -> None:
+    def __init__(self, trainer: DistillationTrainer) -> None:
         self.trainer = trainer
 
     def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:

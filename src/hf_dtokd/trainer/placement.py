@@ -43,7 +43,7 @@ from hf_dtokd.runtime.backends import backward, inside_the_engine_backward, resh
 from hf_dtokd.trainer.window_means import WindowCounts
 
 if TYPE_CHECKING:
-    from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
+    from hf_dtokd.trainer.engine import DistillationTrainer
 
 
 @dataclass
@@ -75,7 +75,7 @@ class AccumulationWindow:
 class Placement(ABC):
     """One micro-batch's losses -> one backward; the window's end -> the balancer's update."""
 
-    def __init__(self, trainer: DTOKDTrainer) -> None:
+    def __init__(self, trainer: DistillationTrainer) -> None:
         self.trainer = trainer
 
     #: The layer the per-loss gradients are taken at (representation placement only).
@@ -226,7 +226,7 @@ class RepresentationGradients(Placement):
 
     pi_per_micro_batch = True
 
-    def __init__(self, trainer: DTOKDTrainer, student: nn.Module, layer: str) -> None:
+    def __init__(self, trainer: DistillationTrainer, student: nn.Module, layer: str) -> None:
         super().__init__(trainer)
         self.layer = layer
         self._capture = None if layer == LOGITS else RepresentationCapture(student, layer)
@@ -282,7 +282,7 @@ class WeightedLoss(Placement):
         return (weights * losses.detach()).sum() / steps
 
 
-def build_placement(trainer: DTOKDTrainer, student: nn.Module, layer: str | None) -> Placement:
+def build_placement(trainer: DistillationTrainer, student: nn.Module, layer: str | None) -> Placement:
     """The strategy for the trainer's balancer: representation placement when a layer was resolved."""
     if layer is not None:
         return RepresentationGradients(trainer, student, layer)

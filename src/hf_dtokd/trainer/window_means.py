@@ -1,7 +1,8 @@
 """Exact window means under gradient accumulation and data parallelism, whatever the micro-batch counts.
 
 The losses are computed per micro-batch as means: the distillation losses over the micro-batch's ``b``
-examples, the task loss over its ``m`` labelled ones (label ``-100`` marks an unlabelled example). The
+examples, the task loss over its ``m`` labelled units (the task's ``example_counts``: labelled images in
+classification, where label ``-100`` marks an unlabelled example; labelled pixels in segmentation). The
 trainer divides each micro-batch's losses by the ``s`` micro-batches of the window and DDP averages over
 the ``P`` processes, which gives the mean of micro-batch means. That equals the window's mean only when
 every micro-batch has the same count: not when labelled examples are spread unevenly (a transfer set) or
@@ -22,14 +23,12 @@ without loss kwargs), and summed over processes (one all-reduce per window) unle
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-
-from hf_dtokd.losses import labelled_mask
 
 
 @dataclass
@@ -43,18 +42,19 @@ class WindowCounts:
 
 
 def count_window(
-    batch_samples: Sequence[Any], accelerator: Accelerator, across_processes: bool
+    batch_samples: Sequence[Any],
+    counter: Callable[[Any], torch.Tensor | None],
+    accelerator: Accelerator,
+    across_processes: bool,
 ) -> WindowCounts | None:
-    """Totals of the window's batches (None when a batch has no ``labels`` tensor: the step names that)."""
+    """Totals of the window's batches, each counted by the task's ``counter`` (``[examples, labelled units]``
+    of a batch's labels); None when a batch is not counted (its losses keep their own normalisation)."""
     counts: torch.Tensor | None = None
     for batch in batch_samples:
-        labels = batch.get("labels") if isinstance(batch, dict) else None
-        if not isinstance(labels, torch.Tensor):
+        found = counter(batch.get("labels")) if isinstance(batch, dict) else None
+        if found is None:
             return None
-        if counts is None:  # on the labels' device (the prepared loader's): no host sync
-            counts = torch.zeros(2, device=labels.device)
-        counts[0] += labels.shape[0]
-        counts[1] += labelled_mask(labels).sum()
+        counts = found.float() if counts is None else counts + found.to(counts.device)  # no host sync
     if counts is None:
         return None
     processes = accelerator.num_processes if across_processes else 1
@@ -63,13 +63,13 @@ def count_window(
     return WindowCounts(counts[0], counts[1], len(batch_samples), processes)
 
 
-def micro_batch_scales(labels: torch.Tensor, counts: WindowCounts, num_objectives: int) -> torch.Tensor:
-    """The factors ``(b s P / N, ..., m s P / M)`` for one micro-batch's losses, the task loss last.
-
-    Computed on the labels' device without a host sync."""
+def micro_batch_scales(batch_counts: torch.Tensor, counts: WindowCounts, num_objectives: int) -> torch.Tensor:
+    """The factors ``(b s P / N, ..., m s P / M)`` for one micro-batch's losses (``batch_counts = [b, m]``), the
+    task loss last. Computed on the counts' device without a host sync."""
+    device = batch_counts.device
     factor = float(counts.micro_batches * counts.processes)
-    examples = counts.examples.to(labels.device).clamp(min=1.0)
-    labelled = counts.labelled.to(labels.device).clamp(min=1.0)
-    distill = (labels.shape[0] * factor) / examples
-    task = labelled_mask(labels).sum().float() * factor / labelled
+    examples = counts.examples.to(device).clamp(min=1.0)
+    labelled = counts.labelled.to(device).clamp(min=1.0)
+    distill = (batch_counts[0].float() * factor) / examples
+    task = batch_counts[1].float() * factor / labelled
     return torch.cat([distill.expand(num_objectives - 1), task.reshape(1)])

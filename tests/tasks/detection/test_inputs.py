@@ -8,7 +8,7 @@ from transformers import DetrImageProcessor
 
 from hf_dtokd import DetectionTransform, collate_detection
 from hf_dtokd.data import SHAPE_CLASSES, generate_shapes
-from hf_dtokd.signals.detection.inputs import check_coco_boxes, check_detection_labels
+from hf_dtokd.tasks.detection.inputs import check_coco_boxes, check_detection_labels
 
 
 def test_the_transform_turns_coco_pixel_boxes_into_normalised_cxcywh_labels() -> None:

@@ -23,8 +23,43 @@ from torch import nn
 
 from hf_dtokd.losses import DEIT_DISTILLATION, deit_token_losses
 from hf_dtokd.signals.signal_config import DeiTTokenConfig, as_signal_config
+from hf_dtokd.tasks.classification.task import ClassificationTask
+from hf_dtokd.tasks.classification.trainer import DTOKDTrainer
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
-from hf_dtokd.trainer.dtokd_trainer import DTOKDTrainer
+
+
+class DeiTTokenTask(ClassificationTask):
+    """The two heads' losses: the task on the class head, distillation on the distillation head."""
+
+    losses_from_logits = False  # the objectives read the two heads, not the averaged logits
+    signal_fields = ("deit_distillation",)
+
+    def objective_descriptions(self) -> dict[str, str]:
+        head = (
+            "cross-entropy of the distillation head with the teacher's top class"
+            if self.args.deit_distillation == "hard"
+            else f"T^2 KL(teacher || distillation head) at T = {self.args.temperature}"
+        )
+        return {"distill": head, "task": "cross-entropy of the class head with the labels"}
+
+    def objective_losses(
+        self, outputs: Any, teacher_logits: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        return deit_token_losses(
+            outputs["cls_logits"],
+            outputs["distillation_logits"],
+            teacher_logits,
+            labels,
+            self.args.deit_distillation,
+            self.args.temperature,
+            self.args.label_smoothing_factor,
+        )
+
+    def default_representation_layer(self, student: nn.Module) -> str | None:
+        blocks = [name for name, _ in student.named_modules() if name.rsplit(".", 1)[0] == "deit.layers"]
+        if not blocks:
+            return None
+        return blocks[-2] if len(blocks) > 1 else "deit.embeddings"
 
 
 class DeiTTokenTrainer(DTOKDTrainer):
@@ -35,10 +70,6 @@ class DeiTTokenTrainer(DTOKDTrainer):
             ``args.temperature``) on the distillation head.
         **kwargs: as for [`DTOKDTrainer`].
     """
-
-    losses_from_logits = False  # the objectives read the two heads, not the averaged logits
-
-    signal_fields = ("deit_distillation",)
 
     def __init__(
         self,
@@ -60,31 +91,5 @@ class DeiTTokenTrainer(DTOKDTrainer):
                 f"AutoModelForImageClassification.from_pretrained('facebook/deit-tiny-distilled-patch16-224')); got "
                 f"{type(model).__name__}. For a one-head student use DTOKDTrainer"
             )
+        kwargs.setdefault("task", DeiTTokenTask(args))
         super().__init__(model, args, *rest, **kwargs)
-
-    def objective_descriptions(self) -> dict[str, str]:
-        head = (
-            "cross-entropy of the distillation head with the teacher's top class"
-            if self.deit_distillation == "hard"
-            else f"T^2 KL(teacher || distillation head) at T = {self.args.temperature}"
-        )
-        return {"distill": head, "task": "cross-entropy of the class head with the labels"}
-
-    def objective_losses(
-        self, outputs: Any, teacher_logits: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        return deit_token_losses(
-            outputs["cls_logits"],
-            outputs["distillation_logits"],
-            teacher_logits,
-            labels,
-            self.deit_distillation,
-            self.args.temperature,
-            self.args.label_smoothing_factor,
-        )
-
-    def default_representation_layer(self, student: nn.Module) -> str | None:
-        blocks = [name for name, _ in student.named_modules() if name.rsplit(".", 1)[0] == "deit.layers"]
-        if not blocks:
-            return None
-        return blocks[-2] if len(blocks) > 1 else "deit.embeddings"

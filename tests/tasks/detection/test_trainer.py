@@ -71,7 +71,9 @@ def test_the_objectives_are_the_kd_terms_and_the_student_detection_loss(tmp_path
     with torch.no_grad():
         outputs = student(pixel_values=batch["pixel_values"], labels=batch["labels"])
         teacher_outputs = teacher(pixel_values=batch["pixel_values"])
-        losses = trainer.objective_losses(outputs, trainer.teacher_signal(teacher_outputs), batch["labels"])
+        losses = trainer.task.objective_losses(
+            outputs, trainer.task.teacher_signal(teacher_outputs), batch["labels"]
+        )
     sl, sb, tl, tb = outputs.logits, outputs.pred_boxes, teacher_outputs.logits, teacher_outputs.pred_boxes
     matches = match_to_teacher(sl, sb, tl, tb, softmax_head=True)
     confidence, _ = detection_scores(tl, softmax_head=True)
@@ -91,7 +93,9 @@ def test_the_objectives_are_the_kd_terms_and_the_student_detection_loss(tmp_path
     )
     assert grouped.objective_names == ("distill", "task")
     with torch.no_grad():
-        two = grouped.objective_losses(outputs, grouped.teacher_signal(teacher_outputs), batch["labels"])
+        two = grouped.task.objective_losses(
+            outputs, grouped.task.teacher_signal(teacher_outputs), batch["labels"]
+        )
     assert torch.allclose(two, torch.stack([expected[0] + expected[1], expected[2]]), rtol=1e-6)
 
 
@@ -116,8 +120,8 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(tmp_path, shap
         batch = collate_detection([shapes[i] for i in range(start, start + 4)])
         outputs = manual(pixel_values=batch["pixel_values"], labels=batch["labels"])
         with torch.no_grad():
-            signal = trainer.teacher_signal(teacher(pixel_values=batch["pixel_values"]))
-        (trainer.objective_losses(outputs, signal, batch["labels"]).sum() / 2).backward()
+            signal = trainer.task.teacher_signal(teacher(pixel_values=batch["pixel_values"]))
+        (trainer.task.objective_losses(outputs, signal, batch["labels"]).sum() / 2).backward()
     expected = {n: p.detach() - 0.05 * p.grad for n, p in manual.named_parameters() if p.grad is not None}
     trainer.train()
     trained = dict(student.named_parameters())
@@ -198,7 +202,7 @@ def test_bad_input_is_refused_with_the_fix(tmp_path, shapes) -> None:
     )
     with torch.no_grad():
         outputs = mapped.teacher(pixel_values=torch.randn(1, 3, SIZE, SIZE))
-    logits, _, _ = mapped.teacher_signal(outputs)
+    logits, _, _ = mapped.task.teacher_signal(outputs)
     assert torch.equal(logits, outputs.logits[..., [3, 0, 1, 4]])  # "no object" stays last
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
         DetectionKDTrainer(
@@ -236,7 +240,7 @@ def test_bad_input_is_refused_with_the_fix(tmp_path, shapes) -> None:
     batch = collate_detection([bad[i] for i in range(2)])
     batch["labels"][0]["boxes"] = torch.tensor([[0.1, 0.1, 0.6, 0.6]])  # xyxy where cxcywh is expected
     with pytest.raises(ValueError, match="cxcywh"):
-        trainer._split_batch(batch)
+        trainer.split_batch(batch)
     assert isinstance(DTOKDConfig, type)
 
 
@@ -245,7 +249,7 @@ def test_a_short_run_raises_the_students_map_on_generated_shapes(tmp_path) -> No
 
     Held-out gains need longer runs: the detection demo measures them (README)."""
     from hf_dtokd.demos.shapes import build_model
-    from hf_dtokd.signals.detection.models import detection_processor
+    from hf_dtokd.tasks.detection.models import detection_processor
 
     rt_processor = detection_processor("rt_detr", 64)
     data = generate_shapes(16, image_size=64, max_objects=2, seed=7).with_transform(

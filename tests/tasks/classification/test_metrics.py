@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from hf_dtokd.trainer.metrics import classification_metrics, top_k_accuracy
+from hf_dtokd.tasks.classification.metrics import classification_metrics, top_k_accuracy
 
 
 def test_top_k_against_argsort():

@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from hf_dtokd import build_detector, load_object_detector
-from hf_dtokd.signals.detection.models import DETECTION_HEADS, detection_predictions, is_softmax_head
+from hf_dtokd.tasks.detection.models import DETECTION_HEADS, detection_predictions, is_softmax_head
 
 ID2LABEL = {0: "circle", 1: "square", 2: "triangle"}
 SMALL_HEAD = dict(
@@ -92,7 +92,7 @@ def test_backbone_weights_that_do_not_fit_are_refused(backbones, tmp_path) -> No
     # the same family but another depth: its weights name layers the head's backbone (built from the same
     # config) has, so they fit; a mismatch arises only when the config and the weights differ
     build_detector("detr", str(tmp_path / "deeper"), ID2LABEL, **SMALL_HEAD)
-    from hf_dtokd.signals.detection.models import _place_backbone_weights
+    from hf_dtokd.tasks.detection.models import _place_backbone_weights
 
     model = build_detector("detr", backbones["resnet"][0], ID2LABEL, **SMALL_HEAD)
     with pytest.raises(ValueError, match="do not fit"):

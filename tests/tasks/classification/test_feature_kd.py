@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification
 
-from hf_dtokd.signals.feature_kd import PROJECTORS_NAME, FeatureKDTrainer
 from hf_dtokd.signals.features import stage_features
+from hf_dtokd.tasks.classification.feature_kd import PROJECTORS_NAME, FeatureKDTrainer
 from testing_utils import (
     Crash,
     CrashAtStep,
