@@ -531,6 +531,8 @@ def segmentation_args(tmp_path, **overrides):
         report_to="none",
         disable_tqdm=True,
         learning_rate=0.01,
+        optim="sgd",
+        lr_scheduler_type="constant",
         remove_unused_columns=False,
         seed=0,
         data_seed=0,

@@ -45,22 +45,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback, TrainingArguments
 
-from hf_dtokd.balancing import Balancer, GramianBalancer, build_balancer
+from hf_dtokd.balancing import Balancer, build_balancer
 from hf_dtokd.gradients.parameters import WindowGradients
-from hf_dtokd.gradients.representation import resolve_representation_layer
 from hf_dtokd.hub.callbacks import TradeoffPlotCallback
 from hf_dtokd.hub.step_trace import StepTrace
 from hf_dtokd.models.classification import check_label_spaces
-from hf_dtokd.runtime.backends import allow_fsdp2_sharding, check_backend_support, reshard
+from hf_dtokd.runtime.backends import allow_fsdp2_sharding
 from hf_dtokd.runtime.precision import fp8_recipe
 from hf_dtokd.trainer.checkpoints import last_complete_checkpoint
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 from hf_dtokd.trainer.ema import EMACallback, StudentEMA
-from hf_dtokd.trainer.nonfinite import NonFiniteLossError, nonfinite_loss_message, skip_next_call
-from hf_dtokd.trainer.norm_statistics import preserved_running_statistics
-from hf_dtokd.trainer.placement import AccumulationWindow, build_placement
+from hf_dtokd.trainer.look_ahead import LookAheadCallback
+from hf_dtokd.trainer.nonfinite import NonFiniteLossError, SkippedSteps, nonfinite_loss_message
+from hf_dtokd.trainer.optimizer import BalancerOptimizer
+from hf_dtokd.trainer.placement import AccumulationWindow, build_placement, representation_layer
 from hf_dtokd.trainer.publishing import Publishing
 from hf_dtokd.trainer.resume import TradeoffCheckpoints
 from hf_dtokd.trainer.task import TEACHER_PIXELS, DistillationTask
@@ -72,17 +71,7 @@ from hf_dtokd.trainer.window_means import count_window, micro_batch_scales
 logger = logging.getLogger(__name__)
 
 
-class _LookAheadCallback(TrainerCallback):
-    """Runs the amortized methods' same-batch look-ahead right after ``optimizer.step()``."""
-
-    def __init__(self, trainer: DistillationTrainer) -> None:
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.trainer.look_ahead_update()
-
-
-class DistillationTrainer(TradeoffCheckpoints, Publishing):
+class DistillationTrainer(TradeoffCheckpoints, Publishing, SkippedSteps, BalancerOptimizer):
     """A Trainer that distils a task's teacher into its student, the objectives balanced every step.
 
     Args:
@@ -168,10 +157,10 @@ class DistillationTrainer(TradeoffCheckpoints, Publishing):
                 f"method={args.method!r} computes the whole update itself and steps with momentum-free SGD; do not "
                 "pass an optimizer (optimizers=...), or choose another method"
             )
-        layer = self._representation_layer_to_use() if self.balancer.needs_gradients else None
+        layer = representation_layer(self, student) if self.balancer.needs_gradients else None
         self.placement = build_placement(self, student, layer)
         if self.balancer.needs_look_ahead and args.look_ahead == "same_batch":
-            self.add_callback(_LookAheadCallback(self))
+            self.add_callback(LookAheadCallback(self))
         if args.plot_tradeoff:
             self.add_callback(TradeoffPlotCallback(trace=self.step_trace))
         if self.train_dataset is not None:
@@ -223,11 +212,6 @@ class DistillationTrainer(TradeoffCheckpoints, Publishing):
         """The per-step cosines and applied weights so far (``tradeoff_log.trace``)."""
         return self.tradeoff_log.trace
 
-    @property
-    def step_skipped(self) -> bool:
-        """Whether this window's optimizer step is (or was) skipped: its one-shot skips are still recorded."""
-        return bool(self._skipped_step_restores)
-
     def training_only_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters that are not the student's (projectors); left out of the Gram when
         ``gram_parameters='student'``. None here: the trainable model is the student."""
@@ -272,44 +256,6 @@ class DistillationTrainer(TradeoffCheckpoints, Publishing):
         # every process together (no main_process_first: a sharded teacher needs all ranks in each forward)
         return add_teacher_logits(
             dataset, logits, columns, self.args.per_device_eval_batch_size, self.accelerator
-        )
-
-    def _representation_layer_to_use(self) -> str | None:
-        """Checks a gradient method's support here; with ``gradient_placement="representation"`` the layer the
-        per-loss gradients are taken at (checked)."""
-        args = self.args
-        check_backend_support(
-            self.method_name,
-            args.gradient_placement,
-            self.balancer.needs_gradients,
-            self.balancer.owns_update,
-            fsdp=self.is_fsdp_enabled,
-            deepspeed=self.is_deepspeed_enabled,
-            fp16=args.fp16,
-            fsdp2=self.distillation_teacher.fsdp2,
-            gram_parameters=args.gram_parameters,
-            one_loss_parameters=args.one_loss_parameters,
-            batched_gradients=args.batched_gradients,
-        )
-        if args.batched_gradients and len(self.objective_names) < 3:
-            raise ValueError(
-                f"batched_gradients batches the per-loss gradient calls of all objectives but the task; with "
-                f"{len(self.objective_names)} objectives there is one call, nothing to batch. Leave it False"
-            )
-        if args.gradient_placement != "representation":
-            return None
-        if not isinstance(self.balancer, GramianBalancer):
-            raise ValueError(
-                f"gradient_placement='representation' needs a Gram method (a GramianBalancer); "
-                f"{type(self.balancer).__name__} combines the per-loss parameter gradients itself. Use "
-                "gradient_placement='parameters'"
-            )
-        student = self.accelerator.unwrap_model(self.model)
-        return resolve_representation_layer(
-            student,
-            args.representation_layer,
-            self.task.losses_from_logits,
-            self.task.default_representation_layer(student),
         )
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -453,71 +399,7 @@ class DistillationTrainer(TradeoffCheckpoints, Publishing):
             )
         return True
 
-    def _drop_window_gradient(self) -> None:
-        """``on_nonfinite_loss="skip_step"``: the window's optimizer and scheduler steps are not taken (see
-        ``trainer/nonfinite.py``); the gradient is zeroed too, so the logged gradient norm is 0, not NaN."""
-        for param in self.window.model.parameters():
-            if param.grad is not None:
-                param.grad.zero_()
-        if self.balancer.handles_clipping:
-            self.balancer.last_grad_norm = torch.zeros((), device=self.args.device)
-        self._skipped_step_restores = [skip_next_call(self.optimizer)]
-        if self.lr_scheduler is not None:
-            self._skipped_step_restores.append(skip_next_call(self.lr_scheduler))
-        logger.warning(
-            "non-finite losses at step %d: its optimizer and scheduler steps are skipped (on_nonfinite_loss="
-            "'skip_step')",
-            self.state.global_step + 1,
-        )
-
-    def _restore_skipped_step(self) -> None:
-        """Put back a ``step`` left disarmed (a scheduler the Trainer did not call, e.g. ReduceLROnPlateau)."""
-        for restore in self._skipped_step_restores:
-            restore()
-        self._skipped_step_restores = []
-
-    def look_ahead_update(self) -> None:
-        """Amortized methods: losses of the same window after the optimizer step, then the pi update.
-
-        The re-forward is a measurement: train mode like the training forward it is compared with (batch
-        statistics, dropout), but normalisation layers' running statistics are restored afterwards."""
-        if not self.window.batches:
-            return
-        model = self.window.model
-        after = torch.zeros(len(self.objective_names), device=self.args.device)
-        with torch.no_grad(), self.compute_loss_context_manager(), preserved_running_statistics(model):
-            for student_inputs, teacher_signal, labels, scales in self.window.batches:
-                losses = self.task.objective_losses(model(**student_inputs), teacher_signal, labels)
-                after += losses if scales is None else losses * scales
-        if self.distillation_teacher.fsdp2:  # before zero_grad, which must see the sharded parameters
-            reshard(model)
-        after = self.reduce_mean(after / len(self.window.batches))
-        self.balancer.update(self.window.losses, after)
-        self.window.batches = []
-
-    # ------------------------------------------------------------------ optimizer and evaluation
-    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """DOT computes the whole update itself: its optimizer is momentum-free SGD, ``p <- p - lr .grad``."""
-        if not self.balancer.owns_update or self.optimizer is not None:
-            return super().create_optimizer(model) if model is not None else super().create_optimizer()
-        if self.args.optim != TrainingArguments.optim:
-            logger.warning(
-                "method=%r replaces optim=%r with its own update rule (momentum-free SGD on the DOT direction)",
-                self.args.method,
-                self.args.optim,
-            )
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(
-            parameters, lr=self.args.learning_rate, momentum=0.0, weight_decay=0.0
-        )
-        return self.optimizer
-
-    def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
-        """Methods that clip the per-loss gradients themselves report their pre-clip norm and skip the Trainer's."""
-        if self.balancer.handles_clipping and self.balancer.last_grad_norm is not None:
-            return self.balancer.last_grad_norm
-        return super()._clip_grad_norm(model)
-
+    # ------------------------------------------------------------------ evaluation
     def compute_loss(
         self,
         model: nn.Module,

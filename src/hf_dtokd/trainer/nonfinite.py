@@ -16,6 +16,7 @@ looking finished.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
+from transformers import Trainer
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -133,3 +137,35 @@ def refuse_nonfinite_publish(bad: Sequence[str]) -> None:
             "pixels, a learning rate too high, fp16 overflow) and train again, or set "
             "on_nonfinite_loss='skip_step' / 'stop'"
         )
+
+
+class SkippedSteps(Trainer):
+    """``on_nonfinite_loss="skip_step"``, a mixin of ``DistillationTrainer``: a window with non-finite losses takes
+    no optimizer or scheduler step (their next ``step`` call is disarmed, ``skip_next_call``) and its gradient is
+    zeroed, so the logged gradient norm is 0, not NaN."""
+
+    @property
+    def step_skipped(self) -> bool:
+        """Whether this window's optimizer step is (or was) skipped: its one-shot skips are still recorded."""
+        return bool(self._skipped_step_restores)
+
+    def _drop_window_gradient(self) -> None:
+        for param in self.window.model.parameters():
+            if param.grad is not None:
+                param.grad.zero_()
+        if self.balancer.handles_clipping:
+            self.balancer.last_grad_norm = torch.zeros((), device=self.args.device)
+        self._skipped_step_restores = [skip_next_call(self.optimizer)]
+        if self.lr_scheduler is not None:
+            self._skipped_step_restores.append(skip_next_call(self.lr_scheduler))
+        logger.warning(
+            "non-finite losses at step %d: its optimizer and scheduler steps are skipped (on_nonfinite_loss="
+            "'skip_step')",
+            self.state.global_step + 1,
+        )
+
+    def _restore_skipped_step(self) -> None:
+        """Put back a ``step`` left disarmed (a scheduler the Trainer did not call, e.g. ReduceLROnPlateau)."""
+        for restore in self._skipped_step_restores:
+            restore()
+        self._skipped_step_restores = []

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from hf_dtokd.balancing.base import distillation_only_weights
+from hf_dtokd.balancing.gramian import GramianBalancer
 from hf_dtokd.gradients.parameters import WindowGradients, objective_reach
 from hf_dtokd.gradients.representation import (
     LOGITS,
@@ -36,10 +37,11 @@ from hf_dtokd.gradients.representation import (
     check_shared_coordinates,
     representation_gradients,
     representation_gram,
+    resolve_representation_layer,
 )
 from hf_dtokd.gradients.sharded import ShardedWindowGradients
 from hf_dtokd.models.classification import classification_logits
-from hf_dtokd.runtime.backends import backward, inside_the_engine_backward, reshard
+from hf_dtokd.runtime.backends import backward, check_backend_support, inside_the_engine_backward, reshard
 from hf_dtokd.trainer.window_means import WindowCounts
 
 if TYPE_CHECKING:
@@ -290,3 +292,41 @@ def build_placement(trainer: DistillationTrainer, student: nn.Module, layer: str
         sharded = getattr(trainer.accelerator, "is_fsdp2", False)
         return ShardedParameterGradients(trainer) if sharded else ParameterGradients(trainer)
     return WeightedLoss(trainer)
+
+
+def representation_layer(trainer: DistillationTrainer, student: nn.Module) -> str | None:
+    """For a gradient method: checks that it runs on this backend; with ``gradient_placement="representation"``
+    the layer the per-loss gradients are taken at (checked), else None."""
+    args, balancer = trainer.args, trainer.balancer
+    check_backend_support(
+        trainer.method_name,
+        args.gradient_placement,
+        balancer.needs_gradients,
+        balancer.owns_update,
+        fsdp=trainer.is_fsdp_enabled,
+        deepspeed=trainer.is_deepspeed_enabled,
+        fp16=args.fp16,
+        fsdp2=trainer.distillation_teacher.fsdp2,
+        gram_parameters=args.gram_parameters,
+        one_loss_parameters=args.one_loss_parameters,
+        batched_gradients=args.batched_gradients,
+    )
+    if args.batched_gradients and len(trainer.objective_names) < 3:
+        raise ValueError(
+            f"batched_gradients batches the per-loss gradient calls of all objectives but the task; with "
+            f"{len(trainer.objective_names)} objectives there is one call, nothing to batch. Leave it False"
+        )
+    if args.gradient_placement != "representation":
+        return None
+    if not isinstance(balancer, GramianBalancer):
+        raise ValueError(
+            f"gradient_placement='representation' needs a Gram method (a GramianBalancer); "
+            f"{type(balancer).__name__} combines the per-loss parameter gradients itself. Use "
+            "gradient_placement='parameters'"
+        )
+    return resolve_representation_layer(
+        student,
+        args.representation_layer,
+        trainer.task.losses_from_logits,
+        trainer.task.default_representation_layer(student),
+    )
