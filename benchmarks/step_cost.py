@@ -306,17 +306,17 @@ def build_trainer(name: str, student: str, teacher: torch.nn.Module, steps: int,
         task=TwoTemperaturesTask(config) if three else None,
     )
     trainer.teacher_times = []
-    teacher_signal_of = trainer.teacher_signal_of
+    teacher_forward = trainer.distillation_teacher.forward  # a live teacher forward (not a cache read)
 
     def timed(*args: Any, **kwargs: Any) -> torch.Tensor:
         synchronize()
         start = time.perf_counter()
-        out = teacher_signal_of(*args, **kwargs)
+        out = teacher_forward(*args, **kwargs)
         synchronize()
         trainer.teacher_times.append(time.perf_counter() - start)
         return out
 
-    trainer.teacher_signal_of = timed
+    trainer.distillation_teacher.forward = timed
     return trainer
 
 
