@@ -1,4 +1,5 @@
-"""Command-line entry points: ``hf-dtokd <command>``, ``hf-dtokd-classify``, ``hf-dtokd-demo``."""
+"""Command-line entry points: ``hf-dtokd <command>``, ``hf-dtokd-classify``, ``hf-dtokd-detect``,
+``hf-dtokd-segment``, ``hf-dtokd-demo``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import sys
 COMMANDS = {
     "classify": ("hf_dtokd.cli.classify", "distil an image classifier (the example script)"),
     "detect": ("hf_dtokd.cli.detect", "distil an object detector (the example script)"),
+    "segment": ("hf_dtokd.cli.segment", "distil a semantic-segmentation model (the example script)"),
     "demo": ("hf_dtokd.demos.digits", "the embedded digits distillation (no download)"),
     "detect-demo": ("hf_dtokd.demos.shapes", "the embedded shapes detection distillation (no download)"),
+    "segment-demo": (
+        "hf_dtokd.demos.segmentation",
+        "the embedded shapes segmentation distillation (no download)",
+    ),
 }
 
 
@@ -23,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
             "commands:",
         ]
-        lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
+        lines += [f"  {name:<13} {text}" for name, (_, text) in COMMANDS.items()]
         print("\n".join(lines))
         if not argv:
             raise SystemExit(2)
@@ -36,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def detect() -> None:
     from hf_dtokd.cli.detect import main as run
+
+    run()
+
+
+def segment() -> None:
+    from hf_dtokd.cli.segment import main as run
 
     run()
 
