@@ -1,9 +1,12 @@
-"""Seed-paired statistics shared by the demos: runs grouped by seed, paired differences with their SE."""
+"""What the demos share: runs grouped by seed, paired differences with their SE, the per-step figures of the
+trade-off pooled over seeds, and each run's result kept in its own file so that a stopped demo resumes."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 
@@ -24,3 +27,46 @@ def paired_difference(
         return None, None
     se = statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else None
     return statistics.fmean(paired), se
+
+
+def vertex_share(trace: dict[str, Any], tolerance: float = 1e-3) -> float | None:
+    """Share of optimizer steps whose applied distillation weight is within ``tolerance`` of 0 or 1 (a vertex of
+    the simplex: one objective alone)."""
+    weights = trace.get("weight_distill", {}).get("value", [])
+    if not weights:
+        return None
+    return sum(w <= tolerance or w >= 1 - tolerance for w in weights) / len(weights)
+
+
+def per_step_summary(traces: list[dict[str, Any]]) -> dict[str, float | None]:
+    """From per-step traces (one per seed, pooled): the share of optimizer steps whose distillation and task
+    gradients conflict (cosine < 0; over all steps and each run's last quarter) and the median raw-loss weight
+    applied to the distillation loss."""
+    cosines, late, weights = [], [], []
+    for points in traces:
+        run = [c for c in points.get("grad_cos", {}).get("value", []) if not math.isnan(c)]
+        cosines += run
+        late += run[len(run) * 3 // 4 :]
+        weights += points.get("weight_distill", {}).get("value", [])
+    return {
+        "conflict_rate": sum(c < 0 for c in cosines) / len(cosines) if cosines else None,
+        "conflict_rate_last_quarter": sum(c < 0 for c in late) / len(late) if late else None,
+        "median_weight_distill": statistics.median(weights) if weights else None,
+    }
+
+
+def load_run(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's recorded result, when it was trained with these ``settings`` (else None: it is trained again)."""
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text())
+    return recorded["result"] if recorded.get("settings") == settings else None
+
+
+def save_run(path: Path, settings: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Write a finished run's result beside its settings (atomically: a stopped demo never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"settings": settings, "result": result}))
+    partial.replace(path)
+    return result

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import multiprocessing
 import os
 import statistics
@@ -47,7 +46,14 @@ from transformers.utils import logging as hf_logging
 
 from hf_dtokd.data import SHAPE_CLASSES, generate_shapes, load_shapes_splits
 from hf_dtokd.demos.digits import write_summary
-from hf_dtokd.demos.paired_seeds import paired_difference, runs_by_seed
+from hf_dtokd.demos.paired_seeds import (
+    load_run,
+    paired_difference,
+    per_step_summary,
+    runs_by_seed,
+    save_run,
+    vertex_share,
+)
 from hf_dtokd.hub.plotting import plot_tradeoff
 from hf_dtokd.tasks.detection.inputs import DetectionTransform, collate_detection
 from hf_dtokd.tasks.detection.metrics import DetectionMetrics
@@ -324,32 +330,6 @@ def train_student(
     }
 
 
-def vertex_share(trace: dict[str, Any], tolerance: float = 1e-3) -> float | None:
-    """Share of optimizer steps whose applied distillation weight is within ``tolerance`` of 0 or 1 (a vertex of
-    the simplex: one objective alone)."""
-    weights = trace.get("weight_distill", {}).get("value", [])
-    if not weights:
-        return None
-    return sum(w <= tolerance or w >= 1 - tolerance for w in weights) / len(weights)
-
-
-def per_step_summary(traces: list[dict[str, Any]]) -> dict[str, float | None]:
-    """From per-step traces (one per seed, pooled): the share of optimizer steps whose distillation and task
-    gradients conflict (cosine < 0; over all steps and each run's last quarter) and the median raw-loss weight
-    applied to the distillation loss."""
-    cosines, late, weights = [], [], []
-    for points in traces:
-        run = [c for c in points.get("grad_cos", {}).get("value", []) if not math.isnan(c)]
-        cosines += run
-        late += run[len(run) * 3 // 4 :]
-        weights += points.get("weight_distill", {}).get("value", [])
-    return {
-        "conflict_rate": sum(c < 0 for c in cosines) / len(cosines) if cosines else None,
-        "conflict_rate_last_quarter": sum(c < 0 for c in late) / len(late) if late else None,
-        "median_weight_distill": statistics.median(weights) if weights else None,
-    }
-
-
 def summarise(results: list[dict[str, Any]], teacher_map: float) -> list[dict[str, Any]]:
     """Per run: mAP over the seeds (mean, std, each seed), as a share of the teacher's, the paired differences
     to no-KD and to fixed alpha (mean and, with two seeds or more, SE), and the per-step figures pooled over
@@ -489,20 +469,11 @@ def _run_file(demo: DetectionDemoArguments, run: str, seed: int) -> Path:
 
 def finished_run(demo: DetectionDemoArguments, run: str, seed: int) -> dict[str, Any] | None:
     """A run's recorded result, when it was trained with these settings (else None: it is trained again)."""
-    path = _run_file(demo, run, seed)
-    if not path.is_file():
-        return None
-    recorded = json.loads(path.read_text())
-    return recorded["result"] if recorded.get("settings") == run_settings(demo) else None
+    return load_run(_run_file(demo, run, seed), run_settings(demo))
 
 
 def record_run(demo: DetectionDemoArguments, result: dict[str, Any]) -> dict[str, Any]:
-    path = _run_file(demo, result["run"], result["seed"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps({"settings": run_settings(demo), "result": result}))
-    partial.replace(path)
-    return result
+    return save_run(_run_file(demo, result["run"], result["seed"]), run_settings(demo), result)
 
 
 def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
