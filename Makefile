@@ -13,7 +13,7 @@ endif
 PIP := $(PYTHON) -m pip
 DEMO_DIR ?= outputs/digits
 
-.PHONY: install demo demo-detection test test-all lint package docs benchmark
+.PHONY: install demo demo-detection demo-segmentation test test-all lint package docs benchmark
 
 # torch first, from the pinned build when none is installed (a plain `pip install torch` would pull
 # another, multi-GB build); then the package with its test extras.
@@ -30,6 +30,10 @@ demo: install
 # the embedded detection default: generated shapes, an RT-DETR teacher and student
 demo-detection: install
 	$(PYTHON) -m hf_dtokd.demos.shapes --output_dir outputs/shapes
+
+# the embedded segmentation default: generated shapes with masks, a SegFormer teacher and student
+demo-segmentation: install
+	$(PYTHON) -m hf_dtokd.demos.segmentation --output_dir outputs/segmentation
 
 lint:
 	$(PYTHON) -m ruff check src tests examples benchmarks docs

@@ -90,11 +90,20 @@ class Balancer(ABC):
     #: leaves the method's state alone: its task loss is 0 by construction, not a trade-off to learn from.
     balances_each_window: bool = True
 
-    #: The ``DTOKDConfig`` fields that set this method, reported in the model card.
+    #: The ``DTOKDConfig`` fields that set this method: reported in the model card, and refused (when set) with
+    #: a method that does not read them.
     config_fields: tuple[str, ...] = ("temperature",)
 
     #: The current point of the simplex, one entry per objective.
     pi: torch.Tensor
+
+    @classmethod
+    def from_config(cls, config: Any, num_objectives: int, **options: Any) -> Balancer:
+        """The method as ``DTOKDConfig`` sets it (``config.method`` names it in the registry); its constructor
+        checks the values. A custom method need not implement it: pass it as ``balancer=...``."""
+        raise TypeError(
+            f"{cls.__name__} is not built from a DTOKDConfig; pass an instance to the trainer (balancer=...)"
+        )
 
     def __init__(self, num_objectives: int = len(OBJECTIVES)) -> None:
         if num_objectives < 2:
@@ -143,3 +152,13 @@ class Balancer(ABC):
         device = self.pi.device
         self.pi = state["pi"].to(device)
         self.nonfinite_events = state["nonfinite_events"].to(device)
+
+
+def check_two_objectives(method: str, num_objectives: int) -> None:
+    """Methods whose weights are ``(alpha, 1 - alpha)`` refuse another number of objectives, naming the way out."""
+    if num_objectives != 2:
+        raise ValueError(
+            f"method={method!r} weighs two objectives with alpha, but the trainer has {num_objectives}; pass "
+            "balancer=FixedWeights(weights=[...]) (one weight per objective) or choose a K-objective method "
+            "(dto, dto_amortized, famo, uncertainty, or a torchjd weighting)"
+        )

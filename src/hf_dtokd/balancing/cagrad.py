@@ -19,6 +19,8 @@ from hf_dtokd.balancing.torchjd_weighting import TorchJDBalancer
 
 class CAGrad(TorchJDBalancer):
     extra = "cagrad"
+    config_fields = (*TorchJDBalancer.config_fields, "cagrad_c")
+    config_options = {"c": "cagrad_c"}
 
     def __init__(self, num_objectives: int = 2, c: float = 0.4, **kwargs: object) -> None:
         if c < 0:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hf_dtokd.balancing.base import Balancer
+from hf_dtokd.balancing.base import Balancer, check_two_objectives
 
 if TYPE_CHECKING:
     from hf_dtokd.gradients.parameters import WindowGradients
@@ -55,6 +55,22 @@ class DOT(Balancer):
     #: pi is alpha; without labels the task gradient is 0 and the rule runs on the distillation momentum
     balances_each_window = False
     config_fields = ("temperature", "alpha", "dot_momentum", "dot_delta")
+
+    #: the update rule built from the config (``DOTAdamW``: "adamw")
+    config_form = "sgd"
+
+    @classmethod
+    def from_config(cls, config: Any, num_objectives: int, **options: Any) -> DOT:
+        check_two_objectives(config.method, num_objectives)
+        return cls(
+            alpha=config.alpha,
+            momentum=config.dot_momentum,
+            delta=config.dot_delta,
+            form=cls.config_form,
+            beta2=config.adam_beta2,
+            adam_eps=config.adam_epsilon,
+            **options,
+        )
 
     def __init__(
         self,
@@ -211,3 +227,9 @@ class DOT(Balancer):
                     f"{tuple(self.buffers.shape)}: the checkpoint belongs to another model"
                 )
             self.buffers.copy_(state["buffers"].to(self.buffers.device))
+
+
+class DOTAdamW(DOT):
+    """``method="dot_adamw"``: DOT in its AdamW form (two first moments, one second moment), an experiment."""
+
+    config_form = "adamw"

@@ -74,6 +74,8 @@ def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
 class DTOExact(GramianBalancer):
     """Exact DTO-KD: ``pi`` from the min-norm point of the log-gradient Gram each optimizer step."""
 
+    log_gradients_by_default = True
+
     config_fields = (
         "temperature",
         "gradient_placement",

@@ -27,6 +27,18 @@ class FAMO(Balancer):
     needs_look_ahead = True
     config_fields = ("temperature", "rescale", "tradeoff_learning_rate", "tradeoff_weight_decay")
 
+    @classmethod
+    def from_config(cls, config: Any, num_objectives: int, **options: Any) -> FAMO:
+        return cls(
+            num_objectives=num_objectives,
+            lr=config.tradeoff_learning_rate,
+            weight_decay=config.tradeoff_weight_decay,
+            min_loss=config.min_loss,
+            eps=config.eps,
+            rescale=config.rescale,
+            **options,
+        )
+
     def __init__(
         self,
         num_objectives: int = len(OBJECTIVES),
@@ -43,9 +55,11 @@ class FAMO(Balancer):
         self.num_objectives = num_objectives
         self.nonfinite_events = torch.zeros((), dtype=torch.long)
         if lr <= 0:
-            raise ValueError(f"the trade-off learning rate must be > 0, got {lr}")
+            raise ValueError(f"the trade-off learning rate (tradeoff_learning_rate) must be > 0, got {lr}")
         if weight_decay < 0:
-            raise ValueError(f"the trade-off weight decay must be >= 0, got {weight_decay}")
+            raise ValueError(
+                f"the trade-off weight decay (tradeoff_weight_decay) must be >= 0, got {weight_decay}"
+            )
         self.min_loss, self.eps, self.rescale = min_loss, eps, rescale
         raw_loss_weights(torch.ones(num_objectives), torch.ones(num_objectives), rescale)
         self.xi = torch.zeros(num_objectives, requires_grad=True)

@@ -8,16 +8,22 @@ rescale), which is the baseline every balancing method is compared with. For ``K
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from hf_dtokd.balancing.base import Balancer
+from hf_dtokd.balancing.base import Balancer, check_two_objectives
 
 
 class FixedWeights(Balancer):
     config_fields = ("temperature", "alpha")
     #: alpha applies to every window; without labels the task loss is 0 and alpha weighs distillation alone
     balances_each_window = False
+
+    @classmethod
+    def from_config(cls, config: Any, num_objectives: int, **options: Any) -> FixedWeights:
+        check_two_objectives(config.method, num_objectives)
+        return cls(alpha=config.alpha, **options)
 
     def __init__(self, alpha: float | None = None, weights: Sequence[float] | None = None) -> None:
         if (alpha is None) == (weights is None):

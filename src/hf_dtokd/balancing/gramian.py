@@ -38,6 +38,28 @@ class GramianBalancer(Balancer):
     config_fields = ("temperature", "gradient_placement", "log_gradients", "rescale")
 
     needs_gradients = True
+    #: ``log_gradients`` when the config leaves it unset (the method's published form)
+    log_gradients_by_default: bool = False
+    #: constructor keyword -> the ``DTOKDConfig`` field it is read from, beyond the Gram options
+    config_options: dict[str, str] = {}
+
+    @classmethod
+    def from_config(cls, config: Any, num_objectives: int, **options: Any) -> GramianBalancer:
+        log_gradients = (
+            config.log_gradients if config.log_gradients is not None else cls.log_gradients_by_default
+        )
+        options = {
+            **{keyword: getattr(config, name) for keyword, name in cls.config_options.items()},
+            **options,
+        }
+        return cls(
+            num_objectives=num_objectives,
+            log_gradients=log_gradients,
+            min_loss=config.min_loss,
+            eps=config.eps,
+            rescale=config.rescale,
+            **options,
+        )
 
     def __init__(
         self,

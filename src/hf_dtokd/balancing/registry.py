@@ -1,17 +1,20 @@
-"""The methods by name: ``DTOKDConfig.method`` -> a balancer with the config's hyper-parameters.
+"""The methods by name: ``DTOKDConfig.method`` -> a balancer class, one line per method.
 
-Reads the config through ``BalancerSettings`` (the fields it uses), so that the config module may import
-the method names from here without an import cycle.
+Everything else about a method is declared once, on its class in its module: how it is built from the config
+(``from_config``, whose constructor checks the values), which config fields it reads (``config_fields``: the
+model card reports them, and ``DTOKDConfig`` refuses them with a method that does not read them), and what it
+needs of the trainer (``base.Balancer``). Adding a method is its module, one line here, its test and its section
+in the docs; options without a field of their own go through ``DTOKDConfig.method_options``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any
 
 from hf_dtokd.balancing.aligned_mtl import AlignedMTL
 from hf_dtokd.balancing.base import OBJECTIVES, Balancer
 from hf_dtokd.balancing.cagrad import CAGrad
-from hf_dtokd.balancing.dot import DOT
+from hf_dtokd.balancing.dot import DOT, DOTAdamW
 from hf_dtokd.balancing.dto import DTOExact
 from hf_dtokd.balancing.dualproj import DualProj
 from hf_dtokd.balancing.famo import FAMO
@@ -23,28 +26,11 @@ from hf_dtokd.balancing.pcgrad import PCGrad
 from hf_dtokd.balancing.uncertainty import UncertaintyWeighting
 from hf_dtokd.balancing.upgrad import UPGrad
 
-
-class BalancerSettings(Protocol):
-    """The ``DTOKDConfig`` fields a method is built from."""
-
-    method: str
-    alpha: float
-    log_gradients: bool | None
-    min_loss: float
-    eps: float
-    rescale: str
-    cagrad_c: float
-    tradeoff_learning_rate: float
-    tradeoff_weight_decay: float
-    dot_momentum: float
-    dot_delta: float
-    adam_beta2: float
-    adam_epsilon: float
-
-
-#: Gradient methods weighing the Gram of the per-loss gradients (``log_gradients`` applies to them).
-GRAMIAN_METHODS: dict[str, type[GramianBalancer]] = {
+METHOD_REGISTRY: dict[str, type[Balancer]] = {
     "dto": DTOExact,
+    "dto_amortized": FAMO,
+    "fixed": FixedWeights,
+    "famo": FAMO,
     "mgda": MGDA,
     "pcgrad": PCGrad,
     "cagrad": CAGrad,
@@ -52,62 +38,43 @@ GRAMIAN_METHODS: dict[str, type[GramianBalancer]] = {
     "imtl_g": IMTLG,
     "aligned_mtl": AlignedMTL,
     "dualproj": DualProj,
+    "uncertainty": UncertaintyWeighting,
+    "dot": DOT,
+    "dot_adamw": DOTAdamW,
 }
-METHODS: tuple[str, ...] = (
-    "dto",
-    "dto_amortized",
-    "fixed",
-    "famo",
-    *[name for name in GRAMIAN_METHODS if name != "dto"],
-    "uncertainty",
-    "dot",
-    "dot_adamw",
+METHODS: tuple[str, ...] = tuple(METHOD_REGISTRY)
+#: Gradient methods weighing the Gram of the per-loss gradients (the gradient-placement options apply to them).
+GRAMIAN_METHODS: tuple[str, ...] = tuple(
+    name for name, method in METHOD_REGISTRY.items() if issubclass(method, GramianBalancer)
+)
+#: Methods that learn from the losses after the optimizer step (``look_ahead`` applies to them).
+LOOK_AHEAD_METHODS: tuple[str, ...] = tuple(
+    name for name, method in METHOD_REGISTRY.items() if method.needs_look_ahead
 )
 
 
-def build_balancer(config: BalancerSettings, num_objectives: int = len(OBJECTIVES)) -> Balancer:
-    """The balancer named by ``config.method`` for ``num_objectives`` losses, with the config's hyper-parameters."""
-    method = config.method
-    if method in GRAMIAN_METHODS:
-        log_gradients = config.log_gradients if config.log_gradients is not None else method == "dto"
-        common = dict(
-            num_objectives=num_objectives,
-            log_gradients=log_gradients,
-            min_loss=config.min_loss,
-            eps=config.eps,
-            rescale=config.rescale,
-        )
-        if method == "cagrad":
-            return CAGrad(c=config.cagrad_c, **common)
-        return GRAMIAN_METHODS[method](**common)
-    if method in ("dto_amortized", "famo"):
-        return FAMO(
-            num_objectives=num_objectives,
-            lr=config.tradeoff_learning_rate,
-            weight_decay=config.tradeoff_weight_decay,
-            min_loss=config.min_loss,
-            eps=config.eps,
-            rescale=config.rescale,
-        )
-    if method == "uncertainty":
-        return UncertaintyWeighting(
-            num_objectives, lr=config.tradeoff_learning_rate, weight_decay=config.tradeoff_weight_decay
-        )
-    if method in ("fixed", "dot", "dot_adamw") and num_objectives != 2:
+def method_class(method: str) -> type[Balancer]:
+    if method not in METHOD_REGISTRY:
+        raise ValueError(f"unknown method {method!r}; valid values: {', '.join(METHODS)}")
+    return METHOD_REGISTRY[method]
+
+
+def readers_of(field: str) -> list[str]:
+    """The methods whose balancer reads the config field ``field``."""
+    return [name for name, method in METHOD_REGISTRY.items() if field in method.config_fields]
+
+
+def build_balancer(config: Any, num_objectives: int = len(OBJECTIVES)) -> Balancer:
+    """The balancer named by ``config.method`` for ``num_objectives`` losses, with the config's hyper-parameters
+    and ``config.method_options`` (further keyword arguments of its constructor)."""
+    balancer_class = method_class(config.method)
+    options = getattr(config, "method_options", None) or {}
+    try:
+        return balancer_class.from_config(config, num_objectives, **options)
+    except TypeError as error:
+        if not options:
+            raise
         raise ValueError(
-            f"method={method!r} weighs two objectives with alpha, but the trainer has {num_objectives}; pass "
-            "balancer=FixedWeights(weights=[...]) (one weight per objective) or choose a K-objective method "
-            "(dto, dto_amortized, famo, uncertainty, or a torchjd weighting)"
-        )
-    if method == "fixed":
-        return FixedWeights(alpha=config.alpha)
-    if method in ("dot", "dot_adamw"):
-        return DOT(
-            alpha=config.alpha,
-            momentum=config.dot_momentum,
-            delta=config.dot_delta,
-            form="adamw" if method == "dot_adamw" else "sgd",
-            beta2=config.adam_beta2,
-            adam_eps=config.adam_epsilon,
-        )
-    raise ValueError(f"unknown method {method!r}; valid values: {', '.join(METHODS)}")
+            f"method_options {options} do not fit method={config.method!r} ({error}); give keyword arguments of "
+            f"{balancer_class.__name__}'s constructor"
+        ) from error

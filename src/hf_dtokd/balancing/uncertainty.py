@@ -27,14 +27,25 @@ from hf_dtokd.balancing.base import OBJECTIVES, Balancer
 class UncertaintyWeighting(Balancer):
     config_fields = ("temperature", "tradeoff_learning_rate", "tradeoff_weight_decay")
 
+    @classmethod
+    def from_config(cls, config: Any, num_objectives: int, **options: Any) -> UncertaintyWeighting:
+        return cls(
+            num_objectives,
+            lr=config.tradeoff_learning_rate,
+            weight_decay=config.tradeoff_weight_decay,
+            **options,
+        )
+
     def __init__(
         self, num_objectives: int = len(OBJECTIVES), lr: float = 0.025, weight_decay: float = 0.0
     ) -> None:
         super().__init__(num_objectives)
         if lr <= 0:
-            raise ValueError(f"the trade-off learning rate must be > 0, got {lr}")
+            raise ValueError(f"the trade-off learning rate (tradeoff_learning_rate) must be > 0, got {lr}")
         if weight_decay < 0:
-            raise ValueError(f"the trade-off weight decay must be >= 0, got {weight_decay}")
+            raise ValueError(
+                f"the trade-off weight decay (tradeoff_weight_decay) must be >= 0, got {weight_decay}"
+            )
         self.log_variance = torch.zeros(num_objectives, requires_grad=True)
         self._optimizer = torch.optim.Adam([self.log_variance], lr=lr, weight_decay=weight_decay)
 

@@ -90,8 +90,8 @@ class SegmentationDemoArguments:
     validation_size: int = field(default=300, metadata={"help": "Generated validation images."})
     image_size: int = field(default=64, metadata={"help": "Side of the generated square images (px)."})
     max_objects: int = field(default=3, metadata={"help": "At most this many shapes per image."})
-    teacher_steps: int = field(default=1500, metadata={"help": "Optimizer steps of the teacher (cached)."})
-    max_steps: int = field(default=600, metadata={"help": "Optimizer steps of every student run."})
+    teacher_steps: int = field(default=3000, metadata={"help": "Optimizer steps of the teacher (cached)."})
+    max_steps: int = field(default=1200, metadata={"help": "Optimizer steps of every student run."})
     batch_size: int = field(default=16, metadata={"help": "Per-step batch size (students and teacher)."})
     learning_rate: float = field(
         default=2e-3, metadata={"help": "AdamW learning rate (students and teacher)."}

@@ -9,7 +9,16 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from hf_dtokd.balancing import GRAMIAN_METHODS, METHODS, RESCALE_RULES
+from hf_dtokd.balancing import (
+    GRAMIAN_METHODS,
+    LOOK_AHEAD_METHODS,
+    METHOD_REGISTRY,
+    METHODS,
+    RESCALE_RULES,
+    build_balancer,
+    method_class,
+    readers_of,
+)
 from hf_dtokd.runtime.precision import FP8_BACKENDS, check_fp8_backend
 
 GRADIENT_PLACEMENTS: tuple[str, ...] = ("parameters", "representation")
@@ -17,6 +26,24 @@ GRAM_PARAMETERS: tuple[str, ...] = ("all", "student", "shared")
 ONE_LOSS_RULES: tuple[str, ...] = ("weighted", "own")
 LOOK_AHEADS: tuple[str, ...] = ("same_batch", "next_batch")
 NONFINITE_POLICIES: tuple[str, ...] = ("continue", "skip_step", "stop")
+
+
+#: fields read by the gradient-placement family or by every weighting, checked by the rules above, not per method
+SHARED_FIELDS = {
+    "temperature",
+    "alpha",
+    "gradient_placement",
+    "gram_parameters",
+    "one_loss_parameters",
+    "rescale",
+    "log_gradients",
+    "min_loss",
+    "eps",
+}
+#: fields only some methods read (each method's ``config_fields``): refused with the others when set
+METHOD_ONLY_FIELDS = tuple(
+    sorted({name for method in METHOD_REGISTRY.values() for name in method.config_fields} - SHARED_FIELDS)
+)
 
 
 @dataclass
@@ -87,6 +114,13 @@ class DTOKDConfig(TrainingArguments):
         default=0.5,
         metadata={
             "help": "Distillation weight in [0, 1] for method='fixed' and the DOT methods (task weight is 1 - alpha)."
+        },
+    )
+    method_options: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Further keyword arguments of the method's balancer, as a dict or a JSON string (for a method's "
+            "options that have no field of their own)."
         },
     )
     log_gradients: bool | None = field(
@@ -267,6 +301,13 @@ class DTOKDConfig(TrainingArguments):
                 raise ValueError(
                     f'teacher_model_init_kwargs is not valid JSON ({error}); pass e.g. \'{{"revision": "main"}}\''
                 ) from error
+        if isinstance(self.method_options, str):
+            try:
+                self.method_options = json.loads(self.method_options)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"method_options is not valid JSON ({error}); pass e.g. '{{\"scale\": 2.0}}'"
+                ) from error
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid values: {', '.join(METHODS)}")
         if self.rescale not in RESCALE_RULES:
@@ -304,10 +345,6 @@ class DTOKDConfig(TrainingArguments):
             )
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0 (it keeps log(L - min_loss + eps) finite), got {self.eps}")
-        if not self.tradeoff_learning_rate > 0:
-            raise ValueError(f"tradeoff_learning_rate must be > 0, got {self.tradeoff_learning_rate}")
-        if self.tradeoff_weight_decay < 0:
-            raise ValueError(f"tradeoff_weight_decay must be >= 0, got {self.tradeoff_weight_decay}")
         self._check_precision()
         if self.teacher_label_indices is not None and any(i < 0 for i in self.teacher_label_indices):
             raise ValueError(
@@ -347,9 +384,14 @@ class DTOKDConfig(TrainingArguments):
                 f"log_gradients applies to the gradient methods ({', '.join(GRAMIAN_METHODS)}), not to "
                 f"method={self.method!r}; leave it unset"
             )
-        log_gradients = self.log_gradients if self.log_gradients is not None else self.method == "dto"
-        uses_rescale = self.method in ("dto_amortized", "famo") or (
-            self.method in GRAMIAN_METHODS and log_gradients
+        chosen = method_class(self.method)
+        log_gradients = (
+            self.log_gradients
+            if self.log_gradients is not None
+            else getattr(chosen, "log_gradients_by_default", False)
+        )
+        uses_rescale = "rescale" in chosen.config_fields and (
+            self.method not in GRAMIAN_METHODS or log_gradients
         )
         if self.rescale != "famo" and not uses_rescale:
             raise ValueError(
@@ -393,17 +435,17 @@ class DTOKDConfig(TrainingArguments):
             raise ValueError(
                 f"unknown look_ahead {self.look_ahead!r}; valid values: {', '.join(LOOK_AHEADS)}"
             )
-        if self.look_ahead != "same_batch" and self.method not in ("dto_amortized", "famo"):
+        if self.look_ahead != "same_batch" and self.method not in LOOK_AHEAD_METHODS:
             raise ValueError(
-                f"look_ahead={self.look_ahead!r} applies to dto_amortized / famo, not to method={self.method!r}; "
-                "leave it at 'same_batch'"
+                f"look_ahead={self.look_ahead!r} applies to {' / '.join(LOOK_AHEAD_METHODS)}, not to "
+                f"method={self.method!r}; leave it at 'same_batch'"
             )
-        if self.cagrad_c < 0:
-            raise ValueError(f"cagrad_c (CAGrad's radius) must be >= 0, got {self.cagrad_c}")
-        if not 0.0 <= self.dot_momentum < 1.0:
-            raise ValueError(f"dot_momentum (DOT's mu) must lie in [0, 1), got {self.dot_momentum}")
-        if not 0.0 <= self.dot_delta <= self.dot_momentum or self.dot_momentum + self.dot_delta >= 1.0:
-            raise ValueError(
-                f"dot_delta must satisfy 0 <= dot_delta <= dot_momentum and dot_momentum + dot_delta < 1, got "
-                f"dot_momentum={self.dot_momentum}, dot_delta={self.dot_delta}"
-            )
+        # a method's own fields (declared on its balancer class) are refused with another method when set
+        for name in METHOD_ONLY_FIELDS:
+            value, default = getattr(self, name), self.__dataclass_fields__[name].default
+            if value != default and name not in chosen.config_fields:
+                raise ValueError(
+                    f"{name}={value!r} applies to {', '.join(readers_of(name))}, not to method={self.method!r}; "
+                    f"leave it at {default!r}"
+                )
+        build_balancer(self, 2)  # its values, checked once: by the method's own constructor
