@@ -12,6 +12,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
   from ``--detection-seeds-dir``;
 * ``detection-demo-pooled`` (detection page): both detection runs' students summarised together (the
   demo's own ``summarise`` and ``format_table``, so every seed pairs across the methods);
+* ``segmentation-demo`` (segmentation page): the table printed by ``python -m hf_dtokd.demos.segmentation``,
+  copied with its JSON and plot into ``docs/results/``;
 * ``step-cost`` (benchmarks page): ``benchmarks/results/step_cost.md``;
 * ``compare`` (benchmarks and compare-methods pages): ``benchmarks/results/compare_methods.md``, its run
   time in the sentence before it, and its plot copied into ``docs/results/``;
@@ -29,7 +31,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
   momentum gap swept in the paper regime, and ``dot-update-size``: the size of the update DOT wrote each step;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
 
-Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]``.
+Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]
+[--segmentation-demo-dir outputs/segmentation]``.
 """
 
 from __future__ import annotations
@@ -195,6 +198,7 @@ def main() -> None:
     parser.add_argument("--detection-demo-dir", default=str(ROOT / "outputs" / "shapes"))
     parser.add_argument("--signals-demo-dir", default=str(ROOT / "outputs" / "digits_signals"))
     parser.add_argument("--detection-seeds-dir", default=str(ROOT / "outputs" / "shapes_seeds_2_3"))
+    parser.add_argument("--segmentation-demo-dir", default=str(ROOT / "outputs" / "segmentation"))
     args = parser.parse_args()
     pages = Pages()
     for folder, prefix, block in (
@@ -202,6 +206,7 @@ def main() -> None:
         (args.signals_demo_dir, "digits_signals", "digits-signals"),
         (args.detection_demo_dir, "shapes_demo", "detection-demo"),
         (args.detection_seeds_dir, "shapes_demo_seeds_2_3", "detection-demo-seeds-2-3"),
+        (args.segmentation_demo_dir, "segmentation_demo", "segmentation-demo"),
     ):
         quote_demo(pages, Path(folder), prefix, block)
     pool_detection_seeds(pages, Path(args.detection_demo_dir), Path(args.detection_seeds_dir))

@@ -94,7 +94,7 @@ class SegmentationDemoArguments:
     max_steps: int = field(default=1200, metadata={"help": "Optimizer steps of every student run."})
     batch_size: int = field(default=16, metadata={"help": "Per-step batch size (students and teacher)."})
     learning_rate: float = field(
-        default=2e-3, metadata={"help": "AdamW learning rate (students and teacher)."}
+        default=5e-3, metadata={"help": "AdamW learning rate (students and teacher)."}
     )
     student_width: int = field(default=8, metadata={"help": "Student SegFormer width (stages: w, 2w)."})
     temperature: float = field(default=2.0, metadata={"help": "Pixel-KD and CWD temperature."})
