@@ -36,3 +36,23 @@ def test_shapes_follow_the_hub_detection_layout_and_are_reproducible() -> None:
 def test_splits_have_distinct_image_ids() -> None:
     splits = load_shapes_splits(train_size=6, validation_size=4, image_size=32)
     assert set(splits["train"]["image_id"]).isdisjoint(splits["validation"]["image_id"])
+
+
+def test_masks_follow_the_hub_segmentation_layout_and_match_the_detection_scenes():
+    import numpy as np
+
+    from hf_dtokd.data import MASK_IGNORE_INDEX, SEGMENTATION_CLASSES, generate_shape_masks
+
+    masks = generate_shape_masks(6, image_size=48, max_objects=3, seed=4)
+    boxes = generate_shapes(6, image_size=48, max_objects=3, seed=4)
+    assert masks.column_names == ["image", "annotation"] and SEGMENTATION_CLASSES[0] == "background"
+    for mask_row, box_row in zip(masks, boxes):
+        image, mask = np.asarray(mask_row["image"]), np.asarray(mask_row["annotation"])
+        assert image.shape == (48, 48, 3) and mask.shape == (48, 48) and mask.dtype == np.uint8
+        assert np.array_equal(image, np.asarray(box_row["image"]))  # the same scene as the detection rows
+        assert set(np.unique(mask)) <= {0, 1, 2, 3, MASK_IGNORE_INDEX}
+        for (x, y, w, h), category in zip(box_row["objects"]["bbox"], box_row["objects"]["category"]):
+            inside = mask[int(y) + 2 : int(y + h) - 2, int(x + w / 2)]  # a column through the shape's middle
+            assert (inside == category + 1).any(), "the shape's class fills its box"
+        ignored = mask == MASK_IGNORE_INDEX
+        assert 0 < ignored.mean() < 0.2  # each shape's one-pixel boundary, no more

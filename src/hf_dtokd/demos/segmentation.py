@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +50,7 @@ from hf_dtokd.demos.paired_seeds import (
     per_step_summary,
     runs_by_seed,
     save_run,
+    train_jobs,
     vertex_share,
 )
 from hf_dtokd.hub.plotting import plot_tradeoff
@@ -290,26 +288,15 @@ def train_students(
 ) -> list[dict[str, Any]]:
     """Every (seed, run): reused from its file when trained with these settings, else trained (in workers)."""
     settings = {k: v for k, v in asdict(demo).items() if k not in NOT_RUN_SETTINGS}
-    jobs = [(run, seed) for seed in range(demo.seed, demo.seed + demo.seeds) for run in demo.runs]
-    done = {job: found for job in jobs if (found := load_run(_run_file(demo, *job), settings)) is not None}
-    todo = [job for job in jobs if job not in done]
-    if demo.workers == 1:
-        for run, seed in todo:
-            done[(run, seed)] = save_run(
-                _run_file(demo, run, seed), settings, train_student(run, demo, splits, teacher, seed)
-            )
-        return [done[job] for job in jobs]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    context = multiprocessing.get_context("spawn")  # fork would copy this process's torch thread pools
-    with ProcessPoolExecutor(max_workers=demo.workers, mp_context=context) as pool:
-        futures = {
-            pool.submit(_in_worker, *job, demo, teacher, max(1, cores // demo.workers)): job
-            for job in sorted(todo, key=lambda job: job[0] != "dto")  # the longest runs first
-        }
-        for future in as_completed(futures):
-            job = futures[future]
-            done[job] = save_run(_run_file(demo, *job), settings, future.result())
-    return [done[job] for job in jobs]
+    return train_jobs(
+        [(run, seed) for seed in range(demo.seed, demo.seed + demo.seeds) for run in demo.runs],
+        load=lambda run, seed: load_run(_run_file(demo, run, seed), settings),
+        save=lambda result: save_run(_run_file(demo, result["run"], result["seed"]), settings, result),
+        workers=demo.workers,
+        train_here=lambda run, seed: train_student(run, demo, splits, teacher, seed),
+        worker=_in_worker,
+        worker_args=(demo, teacher),
+    )
 
 
 def summarise(results: list[dict[str, Any]], teacher_miou: float) -> list[dict[str, Any]]:

@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +49,7 @@ from hf_dtokd.demos.paired_seeds import (
     per_step_summary,
     runs_by_seed,
     save_run,
+    train_jobs,
     vertex_share,
 )
 from hf_dtokd.hub.plotting import plot_tradeoff
@@ -429,30 +427,16 @@ def _student_in_worker(run: str, seed: int, demo: DetectionDemoArguments, teache
 def train_students(
     demo: DetectionDemoArguments, splits: dict[str, Any], teacher: str
 ) -> list[dict[str, Any]]:
-    """Every (seed, run) pair: one after another here, or ``demo.workers`` at a time in spawned processes.
-
-    Small detectors use 2 cores poorly (one run with 2 threads took 216 s, two 1-thread runs side by
-    side 230 s each), so independent runs side by side nearly halve the demo's time; their results are
-    the same as in sequence up to the threads' float summation order."""
-    jobs = [(run, seed) for seed in range(demo.seed, demo.seed + demo.seeds) for run in demo.runs]
-    done = {job: found for job in jobs if (found := finished_run(demo, *job)) is not None}
-    if done:
-        print(f"{len(done)} of {len(jobs)} runs already finished with these settings: reused", flush=True)
-    todo = [job for job in jobs if job not in done]
-    if demo.workers == 1:
-        for run, seed in todo:
-            done[(run, seed)] = record_run(demo, train_student(run, demo, splits, teacher, seed))
-        return [done[job] for job in jobs]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // demo.workers)
-    context = multiprocessing.get_context("spawn")  # fork would copy this process's torch thread pools
-    # DTO-KD runs (two backward passes a step) are the longest: started first, so the workers end together
-    order = sorted(todo, key=lambda job: not job[0].startswith("dto"))
-    with ProcessPoolExecutor(max_workers=demo.workers, mp_context=context) as pool:
-        futures = {pool.submit(_student_in_worker, *job, demo, teacher, threads): job for job in order}
-        for future in as_completed(futures):  # each run is written as it finishes: a stopped demo resumes
-            done[futures[future]] = record_run(demo, future.result())
-    return [done[job] for job in jobs]
+    """Every (seed, run) pair, reused from its file or trained (``paired_seeds.train_jobs``)."""
+    return train_jobs(
+        [(run, seed) for seed in range(demo.seed, demo.seed + demo.seeds) for run in demo.runs],
+        load=lambda run, seed: finished_run(demo, run, seed),
+        save=lambda result: record_run(demo, result),
+        workers=demo.workers,
+        train_here=lambda run, seed: train_student(run, demo, splits, teacher, seed),
+        worker=_student_in_worker,
+        worker_args=(demo, teacher),
+    )
 
 
 #: DetectionDemoArguments fields that do not change a run's result (which runs, where, how many at once)
