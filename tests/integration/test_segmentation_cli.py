@@ -122,3 +122,56 @@ def test_segformer_ade20k_recipe_runs_two_steps_with_stand_ins(tmp_path, monkeyp
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     assert [row["step"] for row in history if "pi_distill" in row] == [1, 2]
     assert all("channel_kd_loss" in row for row in history if "pi_distill" in row)
+
+
+def test_the_segmentation_demo_runs_end_to_end_with_a_tiny_budget_and_resumes(tmp_path, capsys):
+    import dataclasses
+
+    import pytest
+
+    from hf_dtokd.demos.segmentation import SegmentationDemoArguments, run_demo
+
+    with pytest.raises(ValueError, match="must include the students'"):
+        SegmentationDemoArguments(train_size=100, teacher_train_size=50)
+    with pytest.raises(ValueError, match="unknown runs"):
+        SegmentationDemoArguments(runs=["nope"])
+    demo = SegmentationDemoArguments(
+        output_dir=str(tmp_path),
+        train_size=16,
+        teacher_train_size=24,
+        validation_size=8,
+        image_size=32,
+        teacher_steps=2,
+        max_steps=3,
+        batch_size=4,
+        logging_steps=1,
+        seeds=2,
+        workers=2,  # two spawned processes, as the default
+    )
+    summary = run_demo(demo)
+    out = capsys.readouterr().out
+    assert "| teacher SegFormer" in out and "width 8, 16 images), dto" in out and "steps at a vertex" in out
+    assert [(r["run"], r["seed"]) for r in summary["students"]] == [
+        (run, seed) for seed in (0, 1) for run in ("no_kd", "fixed", "dto")
+    ]
+    no_kd, fixed, dto = summary["rows"]
+    values = {(r["run"], r["seed"]): r["miou"] for r in summary["students"]}
+    assert dto["diff_to_fixed"] == pytest.approx(
+        ((values["dto", 0] - values["fixed", 0]) + (values["dto", 1] - values["fixed", 1])) / 2
+    )
+    weights = [
+        w
+        for r in summary["students"]
+        if r["run"] == "dto"
+        for w in r["step_trace"]["weight_distill"]["value"]
+    ]
+    assert len(weights) == 6 and dto["vertex_share"] == pytest.approx(
+        sum(w <= 1e-3 or w >= 1 - 1e-3 for w in weights[:3]) / 6
+        + sum(w <= 1e-3 or w >= 1 - 1e-3 for w in weights[3:]) / 6
+    )
+    assert no_kd["median_weight_distill"] == 0.0 and fixed["median_weight_distill"] == pytest.approx(0.5)
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "tradeoff.png").is_file()
+    # a second run reuses the teacher and the finished runs (one process), and trains only the new one
+    again = run_demo(dataclasses.replace(demo, runs=["no_kd", "fixed_0.9"], seeds=1, workers=1))
+    assert again["teacher"]["cached"] and again["teacher"]["miou"] == summary["teacher"]["miou"]
+    assert again["students"][0]["miou"] == values["no_kd", 0]
