@@ -150,7 +150,7 @@ def test_the_segmentation_demo_runs_end_to_end_with_a_tiny_budget_and_resumes(tm
     )
     summary = run_demo(demo)
     out = capsys.readouterr().out
-    assert "| teacher SegFormer" in out and "width 8, 16 images), dto" in out and "steps at a vertex" in out
+    assert "| teacher SegFormer" in out and "width 16, 16 images), dto" in out and "steps at a vertex" in out
     assert [(r["run"], r["seed"]) for r in summary["students"]] == [
         (run, seed) for seed in (0, 1) for run in ("no_kd", "fixed", "dto")
     ]

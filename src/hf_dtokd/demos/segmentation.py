@@ -94,7 +94,7 @@ class SegmentationDemoArguments:
     learning_rate: float = field(
         default=5e-3, metadata={"help": "AdamW learning rate (students and teacher)."}
     )
-    student_width: int = field(default=8, metadata={"help": "Student SegFormer width (stages: w, 2w)."})
+    student_width: int = field(default=16, metadata={"help": "Student SegFormer width (stages: w, 2w)."})
     temperature: float = field(default=2.0, metadata={"help": "Pixel-KD and CWD temperature."})
     alpha: float = field(default=0.5, metadata={"help": "Distillation weight of the fixed-alpha run."})
     seed: int = field(default=0, metadata={"help": "The first seed (seeds seed, seed + 1, ...)."})
