@@ -192,3 +192,37 @@ def test_segmentation_kd_terms_are_checked(tmp_path):
         ValueError, match="teacher_cache=True caches the teacher's logits, but SegmentationTask"
     ):
         make(tmp_path, teacher_cache=True)
+
+
+@pytest.mark.parametrize("method", ["dto", "fixed"])
+def test_an_upernet_student_predicting_at_full_resolution_learns_from_a_segformer_teacher(tmp_path, method):
+    """UperNet's logits are at the input size, the SegFormer teacher's at a quarter of it: both are resampled
+    to the masks' size."""
+    from transformers import ResNetConfig, UperNetConfig, UperNetForSemanticSegmentation
+
+    from testing_utils import SEGMENTATION_ID2LABEL
+
+    torch.manual_seed(0)
+    backbone = ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16, 16, 16],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    student = UperNetForSemanticSegmentation(
+        UperNetConfig(
+            backbone_config=backbone,
+            hidden_size=16,
+            auxiliary_in_channels=16,
+            auxiliary_channels=8,
+            id2label=SEGMENTATION_ID2LABEL,
+            label2id={v: k for k, v in SEGMENTATION_ID2LABEL.items()},
+        )
+    )
+    before = flat_params(student.decode_head).clone()
+    trainer = make(tmp_path, student=student, method=method)
+    trainer.train()
+    assert not torch.equal(flat_params(student.decode_head), before)
+    assert all(torch.isfinite(torch.tensor(train_logs(trainer, "distill_loss"))))
+    assert 0.0 <= trainer.evaluate()["eval_mean_iou"] <= 1.0
