@@ -282,3 +282,16 @@ def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch):
             teacher_model=tiny_resnet(),
             args=DTOKDConfig(output_dir=str(tmp_path), use_cpu=True, method="cagrad"),
         )
+
+
+def test_objective_hooks_defined_on_a_trainer_subclass_are_refused_naming_the_task(tmp_path):
+    class OldStyle(DTOKDTrainer):
+        objective_names = ("distill", "distill_t1", "task")
+
+        def compute_objective_losses(self, student_logits, teacher_logits, labels):
+            raise AssertionError("never called")
+
+    with pytest.raises(
+        TypeError, match=r"OldStyle defines objective_names, compute_objective_losses on the trainer"
+    ):
+        OldStyle(model=tiny_vit(), teacher_model=tiny_resnet(), args=tiny_args(tmp_path))

@@ -62,7 +62,7 @@ from hf_dtokd.trainer.optimizer import BalancerOptimizer
 from hf_dtokd.trainer.placement import AccumulationWindow, build_placement, representation_layer
 from hf_dtokd.trainer.publishing import Publishing
 from hf_dtokd.trainer.resume import TradeoffCheckpoints
-from hf_dtokd.trainer.task import TEACHER_PIXELS, DistillationTask
+from hf_dtokd.trainer.task import TEACHER_PIXELS, DistillationTask, refuse_trainer_hooks
 from hf_dtokd.trainer.teacher import DistillationTeacher, load_teacher
 from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS, add_teacher_logits, check_cacheable
 from hf_dtokd.trainer.tradeoff_log import TradeoffLog
@@ -114,6 +114,7 @@ class DistillationTrainer(TradeoffCheckpoints, Publishing, SkippedSteps, Balance
             raise ValueError(f"{type(self).__name__} needs the student model (model=...)")
         if task is None or teacher_loader is None:
             raise ValueError(f"{type(self).__name__} needs a task (task=...) and a teacher loader")
+        refuse_trainer_hooks(type(self), DistillationTrainer)
         task.check_objectives()
         self.task = task
         teacher_module, teacher_processing_class = load_teacher(

@@ -149,3 +149,33 @@ class DistillationTask:
                 f"teacher_cache=True caches the teacher's logits, but {type(self).__name__} needs more of the "
                 "teacher at every step (features / boxes / maps); set teacher_cache=False"
             )
+
+
+#: the extension hooks that were trainer members before the task contract; a trainer subclass defining one would
+#: be silently ignored (or, for ``objective_names``, disagree with the task's losses)
+TASK_HOOKS = (
+    "objective_names",
+    "compute_objective_losses",
+    "objective_losses",
+    "objective_descriptions",
+    "teacher_signal",
+    "teacher_model_inputs",
+    "teacher_forward_kwargs",
+    "losses_from_logits",
+    "supports_teacher_cache",
+    "signal_fields",
+    "default_representation_layer",
+)
+
+
+def refuse_trainer_hooks(trainer_class: type, engine: type) -> None:
+    """Refuse a trainer class (below ``engine``) that defines one of ``TASK_HOOKS``."""
+    for cls in trainer_class.__mro__:
+        if cls is engine:
+            return
+        defined = [name for name in TASK_HOOKS if name in vars(cls)]
+        if defined:
+            raise TypeError(
+                f"{cls.__name__} defines {', '.join(defined)} on the trainer; these belong to the task now: subclass "
+                "the task (e.g. hf_dtokd.ClassificationTask) with them and pass it as task=..."
+            )
