@@ -41,11 +41,10 @@ def test_demo_help_and_the_umbrella_command():
     assert run("hf-dtokd-demo", "--help").returncode == 0
     listing = run("hf-dtokd")
     assert listing.returncode == 2 and "classify" in listing.stdout and "demo" in listing.stdout
+    assert "segment-demo" in listing.stdout and "distil a semantic-segmentation model" in listing.stdout
     unknown = run("hf-dtokd", "distill")
-    assert (
-        unknown.returncode != 0
-        and "unknown command 'distill'; valid commands: classify, detect, demo, detect-demo" in unknown.stderr
-    )
+    valid = "classify, detect, segment, demo, detect-demo, segment-demo"
+    assert unknown.returncode != 0 and f"unknown command 'distill'; valid commands: {valid}" in unknown.stderr
 
 
 def test_a_json_file_is_the_single_argument(tmp_path, monkeypatch):
