@@ -135,16 +135,20 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     # a second run reuses the teacher and reports the time of the run that trained it; one process
     capsys.readouterr()
     # finished runs are reused from their files (a stopped demo resumes run by run), new ones are trained
-    again = run_demo(dataclasses.replace(demo, runs=["no_kd", "dto_shared"], seeds=1, workers=1))
+    again = run_demo(
+        dataclasses.replace(demo, runs=["no_kd", "dto_shared", "dto_token_kd"], seeds=1, workers=1)
+    )
     assert again["teacher"]["cached"] and again["teacher"]["map"] == summary["teacher"]["map"]
     assert again["teacher"]["train_seconds"] == pytest.approx(summary["teacher"]["train_seconds"])
     out = capsys.readouterr().out
     assert f"| {summary['teacher']['train_seconds']:.0f} (cached) |" in out
-    assert "1 of 2 runs already finished with these settings: reused" in out
+    assert "1 of 3 runs already finished with these settings: reused" in out
     assert again["students"][0] == summary["students"][0]  # no_kd seed 0, read back
     assert "dto_shared seed 0: mAP" in out and "no_kd seed 0: mAP" not in out
     assert "teacher: mAP" in out and "'loss'" not in out  # a line per model
     assert 0.0 <= again["students"][1]["vertex_share"] <= 1.0
+    token = again["students"][2]  # the paper's signal: matched query states through a VkD projector
+    assert token["run"] == "dto_token_kd" and any("token_kd_loss" in row for row in token["log_history"])
     # other settings: nothing reused; a teacher on more images than the students is trained again
     larger = run_demo(dataclasses.replace(demo, runs=["no_kd"], seeds=1, workers=1, teacher_train_size=24))
     assert not larger["teacher"]["cached"]

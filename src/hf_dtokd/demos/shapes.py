@@ -53,13 +53,13 @@ from hf_dtokd.demos.paired_seeds import (
     vertex_share,
 )
 from hf_dtokd.hub.plotting import plot_tradeoff
+from hf_dtokd.signals.signal_config import DetectionKDConfig
 from hf_dtokd.tasks.detection.inputs import DetectionTransform, collate_detection
 from hf_dtokd.tasks.detection.metrics import DetectionMetrics
 from hf_dtokd.tasks.detection.models import build_detector
 from hf_dtokd.tasks.detection.trainer import DetectionKDTrainer
-from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 
-#: run name -> (method, alpha or None for the demo's --alpha, extra DTOKDConfig fields)
+#: run name -> (method, alpha or None for the demo's --alpha, extra DetectionKDConfig fields)
 RUN_SETTINGS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "no_kd": ("fixed", 0.0, {}),
     "fixed": ("fixed", None, {}),
@@ -69,6 +69,9 @@ RUN_SETTINGS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "dto_shared": ("dto", None, {"gram_parameters": "shared"}),
     "dto_shared_own": ("dto", None, {"gram_parameters": "shared", "one_loss_parameters": "own"}),
     "dto_amortized": ("dto_amortized", None, {}),
+    # the paper's detection signal: the matched queries' decoder states through a VkD projector, added to the KD
+    "fixed_token_kd": ("fixed", None, {"token_projector": "vkd"}),
+    "dto_token_kd": ("dto", None, {"token_projector": "vkd"}),
 }
 RUNS = tuple(RUN_SETTINGS)
 DEFAULT_RUNS = (
@@ -287,7 +290,7 @@ def train_student(
     alpha = demo.alpha if alpha is None else alpha
     if demo.ema_decay:
         extra = {**extra, "ema_decay": demo.ema_decay}
-    config = DTOKDConfig(
+    config = DetectionKDConfig(
         **extra,
         **common_args(Path(demo.output_dir) / f"{run}_seed{seed}", demo, demo.max_steps, seed),
         method=method,
@@ -300,7 +303,6 @@ def train_student(
     trainer = DetectionKDTrainer(
         model=build_model("student", seed, demo.student_width, demo.student_d_model),
         args=config,
-        group_distillation=True,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=processor(demo.image_size),
