@@ -35,6 +35,32 @@ def paired_difference(
     return statistics.fmean(paired), se
 
 
+def add_paired_differences(
+    row: dict[str, Any],
+    run: str,
+    by_run: dict[str, dict[int, dict[str, Any]]],
+    metric: str,
+    references: tuple[str, ...] = ("no_kd", "fixed"),
+) -> None:
+    """``row["diff_to_<reference>"]`` and its ``_se`` for each reference run (None against itself or when absent)."""
+    for reference in references:
+        other = by_run.get(reference, {}) if run != reference else {}
+        row[f"diff_to_{reference}"], row[f"diff_to_{reference}_se"] = paired_difference(
+            by_run[run], other, metric
+        )
+
+
+def signed_points(value: float | None, se: float | None) -> str:
+    """A difference of fractions as signed percentage points, with its SE when there is one."""
+    if value is None:
+        return "-"
+    return f"{100 * value:+.1f}" + ("" if se is None else f" +- {100 * se:.1f}")
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
 def vertex_share(trace: dict[str, Any], tolerance: float = 1e-3) -> float | None:
     """Share of optimizer steps whose applied distillation weight is within ``tolerance`` of 0 or 1 (a vertex of
     the simplex: one objective alone)."""

@@ -45,11 +45,13 @@ from transformers.utils import logging as hf_logging
 from hf_dtokd.data import MASK_IGNORE_INDEX, SEGMENTATION_CLASSES, generate_shape_masks
 from hf_dtokd.demos.digits import write_summary
 from hf_dtokd.demos.paired_seeds import (
+    add_paired_differences,
     load_run,
-    paired_difference,
     per_step_summary,
+    percent,
     runs_by_seed,
     save_run,
+    signed_points,
     train_jobs,
     vertex_share,
 )
@@ -322,23 +324,13 @@ def summarise(results: list[dict[str, Any]], teacher_miou: float) -> list[dict[s
             "weight_spread": statistics.fmean(spreads) if spreads else None,
             **per_step_summary(traces),
         }
-        for reference in ("no_kd", "fixed"):
-            other = by_run.get(reference, {}) if run != reference else {}
-            row[f"diff_to_{reference}"], row[f"diff_to_{reference}_se"] = paired_difference(
-                seeds, other, "miou"
-            )
+        add_paired_differences(row, run, by_run, "miou")
         rows.append(row)
     return rows
 
 
 def format_table(teacher: dict[str, Any], rows: list[dict[str, Any]], demo: SegmentationDemoArguments) -> str:
-    def pp(value: float | None, se: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{100 * value:+.1f}" + ("" if se is None else f" +- {100 * se:.1f}")
-
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{100 * value:.1f} %"
+    pp, pct = signed_points, percent
 
     def num(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"

@@ -44,11 +44,13 @@ from transformers.utils import logging as hf_logging
 from hf_dtokd.data import SHAPE_CLASSES, generate_shapes, load_shapes_splits
 from hf_dtokd.demos.digits import write_summary
 from hf_dtokd.demos.paired_seeds import (
+    add_paired_differences,
     load_run,
-    paired_difference,
     per_step_summary,
+    percent,
     runs_by_seed,
     save_run,
+    signed_points,
     train_jobs,
     vertex_share,
 )
@@ -354,24 +356,13 @@ def summarise(results: list[dict[str, Any]], teacher_map: float) -> list[dict[st
         pis = [seeds[s]["mean_pi_distill"] for s in seeds if seeds[s]["mean_pi_distill"] is not None]
         if pis:
             row["mean_pi_distill"] = statistics.fmean(pis)
-        for reference in ("no_kd", "fixed"):
-            other = by_run.get(reference, {}) if run != reference else {}
-            row[f"diff_to_{reference}"], row[f"diff_to_{reference}_se"] = paired_difference(
-                seeds, other, "map"
-            )
+        add_paired_differences(row, run, by_run, "map")
         rows.append(row)
     return rows
 
 
 def format_table(teacher: dict[str, Any], rows: list[dict[str, Any]], demo: DetectionDemoArguments) -> str:
-    def pp(value: float | None, se: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{100 * value:+.1f}" + ("" if se is None else f" +- {100 * se:.1f}")
-
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{100 * value:.1f} %"
-
+    pp, pct = signed_points, percent
     seeds = len(rows[0]["seeds"]) if rows else 0
     teacher_time = f"{teacher['wall_seconds']:.0f}"
     if teacher.get("cached"):  # the time of the run that trained it, when it was recorded
