@@ -64,7 +64,7 @@ from hf_dtokd.trainer.publishing import Publishing
 from hf_dtokd.trainer.resume import TradeoffCheckpoints
 from hf_dtokd.trainer.task import TEACHER_PIXELS, DistillationTask, refuse_trainer_hooks
 from hf_dtokd.trainer.teacher import DistillationTeacher, load_teacher
-from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS, add_teacher_logits, check_cacheable
+from hf_dtokd.trainer.teacher_cache import TEACHER_LOGITS
 from hf_dtokd.trainer.tradeoff_log import TradeoffLog
 from hf_dtokd.trainer.window_means import count_window, micro_batch_scales
 
@@ -246,17 +246,12 @@ class DistillationTrainer(TradeoffCheckpoints, Publishing, SkippedSteps, Balance
     def _cache_teacher_signal(self, dataset: Any) -> Any:
         """``teacher_cache=True``: ``dataset`` with the teacher's logits (as a live step computes them) as a column."""
         self.task.check_teacher_cache(self.data_collator)
-        if dataset is None:
-            raise ValueError("teacher_cache=True needs a train_dataset to cache the teacher's logits for")
-        check_cacheable(dataset, self.data_collator)
-        columns = ["pixel_values", *([TEACHER_PIXELS] if TEACHER_PIXELS in dataset.column_names else [])]
 
-        def logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        def signal(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return self.teacher_signal_of({"pixel_values": batch["pixel_values"]}, batch.get(TEACHER_PIXELS))
 
-        # every process together (no main_process_first: a sharded teacher needs all ranks in each forward)
-        return add_teacher_logits(
-            dataset, logits, columns, self.args.per_device_eval_batch_size, self.accelerator
+        return self.distillation_teacher.cache(
+            dataset, signal, self.data_collator, self.args.per_device_eval_batch_size
         )
 
     def _set_signature_columns_if_needed(self) -> None:

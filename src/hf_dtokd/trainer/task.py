@@ -29,11 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_dtokd.trainer.teacher import DistillationTeacher
+from hf_dtokd.trainer.teacher import TEACHER_PIXELS, DistillationTeacher
 from hf_dtokd.trainer.tradeoff_log import TradeoffLog
 
-#: the batch column that overrides the teacher's input pixels
-TEACHER_PIXELS = "teacher_pixel_values"
+__all__ = ["TEACHER_PIXELS", "DistillationTask", "refuse_trainer_hooks"]
 
 
 class DistillationTask:

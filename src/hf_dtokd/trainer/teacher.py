@@ -10,7 +10,9 @@
 * ``pixels``: the student's normalised pixels converted to the teacher's size and normalisation
   (``teacher_inputs.py``), or the batch's ``teacher_pixel_values`` column unchanged;
 * ``forward``: the no-grad forward under the Trainer's autocast context; a sharded (FSDP2) teacher is
-  resharded after it, as it has no backward to do so.
+  resharded after it, as it has no backward to do so;
+* ``cache``: with ``teacher_cache=True``, its signal of every training row computed once, as a column
+  (``teacher_cache.py``).
 
 The teacher is frozen and placed by ``runtime.backends.prepare_teacher`` (never wrapped in DDP).
 """
@@ -28,9 +30,13 @@ from torch import nn
 
 from hf_dtokd.models.classification import check_teacher_is_not_the_student, load_image_processor
 from hf_dtokd.runtime.backends import prepare_teacher, reshard
+from hf_dtokd.trainer.teacher_cache import add_teacher_logits, check_cacheable
 from hf_dtokd.trainer.teacher_inputs import PixelSpace, TeacherInputConverter
 
 logger = logging.getLogger(__name__)
+
+#: the batch column that overrides the teacher's input pixels
+TEACHER_PIXELS = "teacher_pixel_values"
 
 
 def load_teacher(
@@ -81,6 +87,7 @@ class DistillationTeacher:
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     ) -> None:
         self.name = model_name(model)
+        self.accelerator = accelerator
         self.fsdp2 = bool(getattr(accelerator, "is_fsdp2", False))
         self.model = prepare_teacher(model, accelerator)
         self.label_index = label_index
@@ -104,6 +111,22 @@ class DistillationTeacher:
         if self.fsdp2:  # a sharded teacher has no backward to free its gathered root
             reshard(self.model)
         return outputs
+
+    def cache(
+        self,
+        dataset: Any,
+        signal: Callable[[dict[str, Any]], torch.Tensor],
+        data_collator: Any,
+        batch_size: int,
+    ) -> Any:
+        """``dataset`` (a ``datasets.Dataset`` without on-the-fly transform) with ``signal`` of each row's pixels
+        (and ``teacher_pixel_values``) as a ``teacher_logits`` column, computed once over every process."""
+        if dataset is None:
+            raise ValueError("teacher_cache=True needs a train_dataset to cache the teacher's logits for")
+        check_cacheable(dataset, data_collator)
+        columns = ["pixel_values", *([TEACHER_PIXELS] if TEACHER_PIXELS in dataset.column_names else [])]
+        # every process together (no main_process_first: a sharded teacher needs all ranks in each forward)
+        return add_teacher_logits(dataset, signal, columns, batch_size, self.accelerator)
 
     def map_classes(self, logits: torch.Tensor, keep_last: bool = False) -> torch.Tensor:
         """The teacher's class outputs in the student's class order (``keep_last``: a trailing "no object"
