@@ -19,6 +19,7 @@ Writes ``<results_dir>/compare_methods.{json,md,png}``. ``--help`` lists the fla
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -168,6 +169,14 @@ class CompareArguments:
     output_dir: str | None = field(
         default=None,
         metadata={"help": "Teachers and run folders (default: outputs/compare_methods[_paper])."},
+    )
+    runs_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep each finished run in its own gzipped JSON file here and resume from them (a folder under "
+            "benchmarks/results can be committed run by run, so a benchmark longer than a session goes on where it "
+            "stopped); default: <output_dir>/runs.jsonl."
+        },
     )
     results_dir: str | None = field(
         default=None,
@@ -944,6 +953,40 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _run_file(runs_dir: Path, row: str, fold: int, seed: int) -> Path:
+    return runs_dir / f"{row}__fold{fold}__seed{seed}.json.gz"
+
+
+def finished_runs(
+    args: CompareArguments, settings: dict[str, Any]
+) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """The runs already recorded with these settings, by ``(row, fold, seed)``."""
+    if args.runs_dir is None:
+        path = Path(args.output_dir) / "runs.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    else:
+        records = [
+            json.loads(gzip.decompress(p.read_bytes())) for p in sorted(Path(args.runs_dir).glob("*.json.gz"))
+        ]
+    return {(r["row"], r["fold"], r["seed"]): r for r in records if r.pop("settings") == settings}
+
+
+def record_run(args: CompareArguments, settings: dict[str, Any], run: dict[str, Any]) -> None:
+    """Append a finished run to runs.jsonl, or write it to its own file in ``runs_dir`` (atomically)."""
+    record = json.dumps({**run, "settings": settings})
+    if args.runs_dir is None:
+        path = Path(args.output_dir) / "runs.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as sink:
+            sink.write(record + "\n")
+        return
+    path = _run_file(Path(args.runs_dir), run["row"], run["fold"], run["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(gzip.compress(record.encode(), mtime=0))
+    partial.replace(path)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import HfArgumentParser
 
@@ -953,18 +996,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     folds = args.only_folds if args.only_folds is not None else list(range(args.folds))
     teachers = [train_teacher(args, fold) for fold in folds]
-    # finished runs are appended to runs.jsonl as they end, keyed by the settings that change them, so an
-    # interrupted benchmark continues where it stopped
-    done_file = Path(args.output_dir) / "runs.jsonl"
-    done_file.parent.mkdir(parents=True, exist_ok=True)
-    ignored = ("rows", "folds", "seeds", "only_folds", "workers", "results_dir", "results_name")
+    # finished runs are recorded as they end (runs.jsonl, or one file each in --runs_dir), keyed by the settings
+    # that change them, so an interrupted benchmark continues where it stopped
+    ignored = ("rows", "folds", "seeds", "only_folds", "workers", "results_dir", "results_name", "runs_dir")
     settings = {k: v for k, v in asdict(args).items() if k not in ignored}
-    done: dict[tuple[str, int, int], dict[str, Any]] = {}
-    if done_file.is_file():
-        for line in done_file.read_text().splitlines():
-            record = json.loads(line)
-            if record.pop("settings") == settings:
-                done[(record["row"], record["fold"], record["seed"])] = record
+    done = finished_runs(args, settings)
     tasks = [
         (args, row, fold, seed)
         for seed in range(args.seeds)
@@ -973,25 +1009,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if (row, fold, seed) not in done
     ]
     threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
-    with done_file.open("a") as sink:
 
-        def keep(run: dict[str, Any]) -> None:
-            done[(run["row"], run["fold"], run["seed"])] = run
-            sink.write(json.dumps({**run, "settings": settings}) + "\n")
-            sink.flush()
+    def keep(run: dict[str, Any]) -> None:
+        done[(run["row"], run["fold"], run["seed"])] = run
+        record_run(args, settings, run)
 
-        if args.workers > 1:
-            import multiprocessing
+    if args.workers > 1:
+        import multiprocessing
 
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(
-                args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
-            ) as pool:
-                for run in pool.map(_run_task, tasks):
-                    keep(run)
-        else:
-            for task in tasks:
-                keep(_run_task(task))
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            for run in pool.map(_run_task, tasks):
+                keep(run)
+    else:
+        for task in tasks:
+            keep(_run_task(task))
     runs = [done[(row, fold, seed)] for seed in range(args.seeds) for fold in folds for row in args.rows]
     paper = args.regime == "paper"
     summary = paper_summary(args, runs, teachers) if paper else summarise(args, runs, teachers)

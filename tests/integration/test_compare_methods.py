@@ -1,5 +1,6 @@
 """The method-comparison benchmark end to end on a tiny budget: files, rows, paired statistics."""
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -55,6 +56,18 @@ def test_smoke_run_writes_the_table_the_json_and_the_plot(tmp_path):
     assert len(again["runs"]) == (len(rows) + 1) * 2
     lines = (tmp_path / "out" / "runs.jsonl").read_text().splitlines()
     assert len(lines) == (len(rows) + 1) * 2
+
+    # --runs_dir: one file per run, read back by the next call (a benchmark committed run by run)
+    runs_dir = tmp_path / "committed"
+    first = compare_methods.main([*argv, "--runs_dir", str(runs_dir), "--only_folds", "0"])
+    assert len(list(runs_dir.glob("*.json.gz"))) == len(rows) and len(first["runs"]) == len(rows)
+    # a recorded run is read, not trained again: a value written into its file comes back
+    marked = runs_dir / "dto__fold0__seed0.json.gz"
+    record = json.loads(gzip.decompress(marked.read_bytes()))
+    marked.write_bytes(gzip.compress(json.dumps({**record, "top1": 0.123}).encode()))
+    resumed = compare_methods.main([*argv, "--runs_dir", str(runs_dir)])
+    assert len(list(runs_dir.glob("*.json.gz"))) == len(rows) * 2 and len(resumed["runs"]) == len(rows) * 2
+    assert next(r["top1"] for r in resumed["runs"] if (r["row"], r["fold"]) == ("dto", 0)) == 0.123
 
 
 def test_bad_rows_are_refused():
