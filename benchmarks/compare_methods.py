@@ -60,27 +60,34 @@ ROWS = (
 #: Other distillation signals (opt-in with --rows): feature KD through each projector (FeatureKDTrainer,
 #: grouped into DTO-KD's two objectives) and DeiT's distillation token (DeiTTokenTrainer, a two-head DeiT
 #: student of the same size), each with DTO-KD and with fixed alpha 0.5 (DeiT's own recipe for the token).
-SIGNAL_ROWS = tuple(
-    f"{signal}_{method}"
-    for signal in ("feature_linear", "feature_vkd", "feature_mokd", "deit_hard")
-    for method in ("dto", "fixed_0.5")
-)
+SIGNALS = ("feature_linear", "feature_vkd", "feature_mokd", "deit_hard", "deit_soft")
+SIGNAL_ROWS = tuple(f"{signal}_{method}" for signal in SIGNALS[:4] for method in ("dto", "fixed_0.5"))
 #: The paper's regime (``--regime paper``): every training image labelled, a CNN teacher and a ViT student,
 #: DeiT-style augmentation; logit KD and VkD feature KD (grouped into one distillation objective), each with
 #: fixed alpha in {0.1, 0.5, 0.9, 1.0}, DTO-KD (exact, at the parameters; for logit KD also at the
 #: representation), its amortized form and DOT (its AdamW form: every other row trains with AdamW).
+#: ``*_dto_shared``: the Gram over the parameters both losses reach (VkD's projector and DeiT's two heads are
+#: reached by one loss each; with logit KD every parameter is reached by both, so ``dto_shared`` is ``dto``).
+#: ``deit_soft_*``: DeiT's distillation token with soft distillation (a two-head DeiT student of the ViT's shape).
 PAPER_METHODS = ("fixed_0.1", "fixed_0.5", "fixed_0.9", "fixed_1.0", "dto", "dto_amortized", "dot_adamw")
 PAPER_ROWS = (
     "no_kd",
     *PAPER_METHODS[:5],
     "dto_representation",
     *PAPER_METHODS[5:],
+    "dot",
     *(f"feature_vkd_{method}" for method in PAPER_METHODS),
+    "feature_vkd_dto_shared",
+    "deit_soft_fixed_0.5",
+    "deit_soft_dto",
+    "deit_soft_dto_shared",
 )
 ALL_ROWS = tuple(dict.fromkeys(ROWS + SIGNAL_ROWS + PAPER_ROWS))
 #: DOT with another momentum gap (opt-in with --rows, e.g. ``dot_adamw_delta0`` or ``feature_vkd_dot_delta0.02``):
 #: the sweep that explains the AdamW form's rows
 DOT_DELTA_ROW = re.compile(r"^(dot|dot_adamw)_delta([0-9]*\.?[0-9]+)$")
+#: DOT's SGD form at another learning rate (``dot_lr0.1``; paper regime): the validation pilot that picks it
+DOT_LR_ROW = re.compile(r"^dot_lr([0-9]*\.?[0-9]+)$")
 
 
 @dataclass
@@ -197,7 +204,11 @@ class CompareArguments:
             self.results_dir = str(RESULTS / "paper_regime" if paper else RESULTS)
         if self.regime == "paper" and self.student_family != "vit":
             raise ValueError("the paper regime has a ViT student: pass --student_family vit")
-        unknown = [r for r in self.rows if r not in ALL_ROWS and not DOT_DELTA_ROW.match(split_row(r)[1])]
+        unknown = [
+            r
+            for r in self.rows
+            if r not in ALL_ROWS and not any(p.match(split_row(r)[1]) for p in (DOT_DELTA_ROW, DOT_LR_ROW))
+        ]
         if unknown:
             raise ValueError(f"unknown rows {unknown}; valid values: {', '.join(ALL_ROWS)}")
         if self.regime == "transfer" and BASELINE not in self.rows:
@@ -355,7 +366,7 @@ def build_student(args: CompareArguments, seed: int, names: list[str], two_head:
 
 def split_row(row: str) -> tuple[str, str]:
     """``("logits", row)`` for the method rows, ``(signal, method)`` for SIGNAL_ROWS."""
-    for signal in ("feature_linear", "feature_vkd", "feature_mokd", "deit_hard"):
+    for signal in SIGNALS:
         if row.startswith(signal + "_"):
             return signal, row[len(signal) + 1 :]
     return "logits", row
@@ -367,6 +378,11 @@ def parse_method(method_row: str) -> tuple[str, float, dict[str, Any]]:
         return "fixed", float(method_row.split("_")[1]), {}
     if method_row == "dto_representation":
         return "dto", 0.5, {"gradient_placement": "representation"}
+    if method_row == "dto_shared":
+        return "dto", 0.5, {"gram_parameters": "shared"}
+    lr = DOT_LR_ROW.match(method_row)
+    if lr:
+        return "dot", 0.5, {"learning_rate": float(lr.group(1))}
     dot = DOT_DELTA_ROW.match(method_row)
     if dot:
         return dot.group(1), 0.5, {"dot_delta": float(dot.group(2))}
@@ -394,7 +410,7 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
     from transformers import DefaultDataCollator
     from transformers.utils import logging as hf_logging
 
-    from hf_dtokd import DTOKDConfig, DTOKDTrainer, FeatureKDTrainer
+    from hf_dtokd import DeiTTokenTrainer, DTOKDConfig, DTOKDTrainer, FeatureKDTrainer
     from hf_dtokd.data import MixupCollator, augmented_images
     from hf_dtokd.demos.digits import student_processor
     from hf_dtokd.tasks.classification.metrics import classification_metrics
@@ -422,15 +438,18 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
     # no_kd: the task loss alone (alpha = 0; the same data, loss and code path as every other row)
     method, alpha, extra = ("fixed", 0.0, {}) if row == "no_kd" else parse_method(method_row)
     if signal == "feature_vkd" and method == "dto":
-        extra["gram_parameters"] = args.gram_parameters
+        extra.setdefault("gram_parameters", args.gram_parameters)
+    # DOT's reference SGD form has its own learning rate and weight decay (the transfer regime's)
+    learning_rate = extra.pop(
+        "learning_rate", args.sgd_learning_rate if method == "dot" else args.learning_rate
+    )
     config = DTOKDConfig(
         output_dir=str(Path(args.output_dir) / "runs" / f"{row}_f{fold}_s{seed}"),
         use_cpu=True,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=512,
         max_steps=args.max_steps,
-        # DOT's reference SGD form has its own learning rate and weight decay (the transfer regime's)
-        learning_rate=args.sgd_learning_rate if method == "dot" else args.learning_rate,
+        learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=int(0.05 * args.max_steps),
         weight_decay=5e-4 if method == "dot" else 0.05,
@@ -451,7 +470,7 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
         **extra,
     )
     kwargs = dict(
-        model=build_student(args, run_seed, names),
+        model=build_student(args, run_seed, names, two_head=signal.startswith("deit_")),
         args=config,
         train_dataset=train,
         eval_dataset=validation,
@@ -459,9 +478,12 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
         processing_class=student_processor(),
         compute_metrics=classification_metrics,
     )
-    trainer = (
-        FeatureKDTrainer(projector="vkd", **kwargs) if signal == "feature_vkd" else DTOKDTrainer(**kwargs)
-    )
+    if signal == "feature_vkd":
+        trainer = FeatureKDTrainer(projector="vkd", **kwargs)
+    elif signal.startswith("deit_"):
+        trainer = DeiTTokenTrainer(distillation=signal.split("_", 1)[1], **kwargs)
+    else:
+        trainer = DTOKDTrainer(**kwargs)
     update_size = UpdateSize() if method in ("dot", "dot_adamw") else None
     if update_size is not None:
         trainer.add_callback(update_size)
@@ -475,6 +497,7 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
         "fold": fold,
         "seed": seed,
         "top1": top1,
+        "gram_parameters": config.gram_parameters,
         "curve": [(r["step"], r["eval_top1"]) for r in history if "eval_top1" in r],
         "pi": [(r["step"], r["pi_distill"]) for r in history if "pi_distill" in r],
         "per_step": per_step_figures(history),
@@ -707,6 +730,8 @@ def paper_summary(
         weights = {name: [w for s_ in steps for w in s_[name]] for name in ("weight_distill", "weight_task")}
         late_weights = {name: [w for s_ in steps for w in late(s_[name])] for name in weights}
         pis = [v for s_ in steps for v in s_["pi_distill"] if v is not None]
+        # a vertex of the simplex: the applied distillation weight within 1e-3 of 0 or 1 (one objective alone)
+        vertex = [w <= 1e-3 or w >= 1 - 1e-3 for w in weights["weight_distill"]]
         table.append(
             {
                 "row": row,
@@ -730,6 +755,10 @@ def paper_summary(
                 "median_weight_distill_last_quarter": statistics.median(late_weights["weight_distill"]),
                 "median_weight_task_last_quarter": statistics.median(late_weights["weight_task"]),
                 "mean_pi_distill": statistics.fmean(pis) if pis else None,
+                # fixed weights sit where alpha puts them: a vertex share says something of dynamic rows only
+                "vertex_share": None
+                if split_row(row)[1].startswith("fixed_") or row == "no_kd"
+                else sum(vertex) / len(vertex),
                 "seconds_per_step": statistics.fmean(by_row[row][p]["seconds_per_step"] for p in pairs),
                 "curve": curve,
             }
@@ -759,8 +788,8 @@ def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
     lines = [
         f"| row | {scored} top-1 % (mean +- std, {summary['table'][0]['pairs']} paired runs) | diff to best fixed "
         "(pp, +- SE; wins / losses) | first step at best fixed's final | steps in conflict (all / last quarter) "
-        "| median applied weight distill / task (all; last quarter) | mean pi_distill | s / step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| median applied weight distill / task (all; last quarter) | mean pi_distill | steps at a vertex | s / step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["table"]:
         diff = (
@@ -785,7 +814,7 @@ def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
         pi = "-" if r["mean_pi_distill"] is None else f"{r['mean_pi_distill']:.3f}"
         lines.append(
             f"| {r['row']} | {pct(r['top1_mean'])} +- {pct(r['top1_std'])} | {diff} | {reach} | {conflict} | "
-            f"{weights} | {pi} | {r['seconds_per_step']:.3f} |"
+            f"{weights} | {pi} | {share(r.get('vertex_share'))} | {r['seconds_per_step']:.3f} |"
         )
     teachers = ", ".join(pct(t) for t in summary["teacher_top1_per_fold"])
     augmentation = (f"RandAugment `{args.rand_augment}`" if args.rand_augment else "no RandAugment") + (

@@ -140,6 +140,9 @@ def test_paper_regime_smoke_run_reports_per_step_conflict_weights_and_the_best_f
         "dto_representation",
         "feature_vkd_fixed_0.5",
         "feature_vkd_dto",
+        "feature_vkd_dto_shared",
+        "deit_soft_fixed_0.5",
+        "deit_soft_dto_shared",
     ]
     argv = [
         "--regime", "paper", "--student_family", "vit", "--rows", *rows, "--folds", "2", "--seeds", "1",
@@ -170,6 +173,11 @@ def test_paper_regime_smoke_run_reports_per_step_conflict_weights_and_the_best_f
         by_row["fixed_1.0"]["conflict_rate"] is None and by_row["fixed_1.0"]["median_weight_distill"] == 1.0
     )
     assert by_row["no_kd"]["median_weight_task"] == 1.0
+    # DeiT's soft token pairs with its own fixed row; the shared Gram leaves its two heads (one loss each) out
+    assert by_row["deit_soft_dto_shared"]["baseline"] == "deit_soft_fixed_0.5"
+    assert by_row["dto"]["vertex_share"] is not None and by_row["fixed_0.5"]["vertex_share"] is None
+    shared = [r for r in saved["runs"] if r["row"] == "feature_vkd_dto_shared"]
+    assert shared and all(r["gram_parameters"] == "shared" for r in shared)
     assert all("per_step" not in r and "median_weight_distill" in r for r in saved["runs"])
     assert len(saved["teacher_top1_per_fold"]) == 2
 
@@ -187,6 +195,8 @@ def test_dot_rows_take_another_momentum_gap_and_other_names_are_refused():
     assert compare_methods.parse_method("dot_adamw_delta0") == ("dot_adamw", 0.5, {"dot_delta": 0.0})
     assert compare_methods.split_row("feature_vkd_dot_delta0.02") == ("feature_vkd", "dot_delta0.02")
     assert compare_methods.parse_method("dot_delta0.02") == ("dot", 0.5, {"dot_delta": 0.02})
+    assert compare_methods.parse_method("dot_lr0.1") == ("dot", 0.5, {"learning_rate": 0.1})
+    assert compare_methods.parse_method("dto_shared") == ("dto", 0.5, {"gram_parameters": "shared"})
     arguments = dict(regime="paper", student_family="vit")
     compare_methods.CompareArguments(rows=["fixed_0.5", "dot_adamw_delta0.02"], **arguments)
     with pytest.raises(ValueError, match="unknown rows \\['dto_delta0'\\]"):
