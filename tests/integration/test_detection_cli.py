@@ -10,7 +10,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_dtokd.cli import main as hf_dtokd_main
 from hf_dtokd.cli.detect import DetectionModelArguments
-from hf_dtokd.demos.shapes import DetectionDemoArguments, run_demo
+from hf_dtokd.demos.shapes import DetectionDemoArguments, load_splits, run_demo
 from hf_dtokd.tasks.detection.models import detection_processor
 from testing_utils import console_script, tiny_detr
 
@@ -149,6 +149,34 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     assert 0.0 <= again["students"][1]["vertex_share"] <= 1.0
     token = again["students"][2]  # the paper's signal: matched query states through a VkD projector
     assert token["run"] == "dto_token_kd" and any("token_kd_loss" in row for row in token["log_history"])
+    # the paper's signal for every KD run, scored on test images, each run kept gzipped in runs_dir (resumable)
+    tested = dataclasses.replace(
+        demo,
+        runs=["no_kd", "fixed"],
+        seeds=1,
+        workers=1,
+        token_projector="vkd",
+        test_size=8,
+        evaluate_on="test",
+        runs_dir=str(tmp_path / "kept"),
+    )
+    splits = load_splits(tested)
+    test_ids = {int(i) for i in splits["test"].with_format(None)["image_id"]}
+    validation_ids = {int(i) for i in splits["validation"].with_format(None)["image_id"]}
+    assert len(test_ids) == 8 and not test_ids & validation_ids
+    first = run_demo(tested)
+    no_kd_run, fixed_run = first["students"]
+    assert any("token_kd_loss" in row for row in fixed_run["log_history"])
+    assert not any("token_kd_loss" in row for row in no_kd_run["log_history"])
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [
+        "fixed_seed0.json.gz",
+        "no_kd_seed0.json.gz",
+    ]
+    capsys.readouterr()
+    assert run_demo(tested)["students"] == first["students"]
+    assert "2 of 2 runs already finished" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--test_size"):
+        DetectionDemoArguments(evaluate_on="test")
     # other settings: nothing reused; a teacher on more images than the students is trained again
     larger = run_demo(dataclasses.replace(demo, runs=["no_kd"], seeds=1, workers=1, teacher_train_size=24))
     assert not larger["teacher"]["cached"]

@@ -3,6 +3,7 @@ trade-off pooled over seeds, and each run's result kept in its own file so that 
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import multiprocessing
@@ -72,34 +73,45 @@ def vertex_share(trace: dict[str, Any], tolerance: float = 1e-3) -> float | None
 
 def per_step_summary(traces: list[dict[str, Any]]) -> dict[str, float | None]:
     """From per-step traces (one per seed, pooled): the share of optimizer steps whose distillation and task
-    gradients conflict (cosine < 0; over all steps and each run's last quarter) and the median raw-loss weight
-    applied to the distillation loss."""
-    cosines, late, weights = [], [], []
+    gradients conflict (cosine < 0; over all steps and each run's last quarter), the median raw-loss weights
+    applied to the two losses and the median step-to-step change of the distillation weight."""
+    cosines, late, weights, task_weights, changes = [], [], [], [], []
     for points in traces:
         run = [c for c in points.get("grad_cos", {}).get("value", []) if not math.isnan(c)]
         cosines += run
         late += run[len(run) * 3 // 4 :]
-        weights += points.get("weight_distill", {}).get("value", [])
+        applied = points.get("weight_distill", {}).get("value", [])
+        weights += applied
+        task_weights += points.get("weight_task", {}).get("value", [])
+        changes += [abs(b - a) for a, b in zip(applied, applied[1:])]
     return {
         "conflict_rate": sum(c < 0 for c in cosines) / len(cosines) if cosines else None,
         "conflict_rate_last_quarter": sum(c < 0 for c in late) / len(late) if late else None,
         "median_weight_distill": statistics.median(weights) if weights else None,
+        "median_weight_task": statistics.median(task_weights) if task_weights else None,
+        # how far the applied weight moves from one optimizer step to the next (0 for a fixed alpha)
+        "median_weight_change": statistics.median(changes) if changes else None,
     }
 
 
 def load_run(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """A run's recorded result, when it was trained with these ``settings`` (else None: it is trained again)."""
+    """A run's recorded result, when it was trained with these ``settings`` (else None: it is trained again).
+    A path ending in ``.gz`` is gzipped JSON (run files meant to be committed)."""
     if not path.is_file():
         return None
-    recorded = json.loads(path.read_text())
+    data = path.read_bytes()
+    recorded = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
     return recorded["result"] if recorded.get("settings") == settings else None
 
 
 def save_run(path: Path, settings: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    """Write a finished run's result beside its settings (atomically: a stopped demo never leaves half a file)."""
+    """Write a finished run's result beside its settings (atomically: a stopped demo never leaves half a file),
+    gzipped when the path ends in ``.gz``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps({"settings": settings, "result": result}))
+    partial = path.with_name(path.name + ".partial")
+    data = json.dumps({"settings": settings, "result": result}).encode()
+    # mtime=0: the same result gives the same bytes (a committed run file changes only when its result does)
+    partial.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
     partial.replace(path)
     return result
 

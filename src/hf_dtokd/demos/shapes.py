@@ -109,6 +109,37 @@ class DetectionDemoArguments:
         default=0.0,
         metadata={"help": "Students: evaluate and keep a moving average of the weights (0 = off)."},
     )
+    token_projector: str = field(
+        default="none",
+        metadata={
+            "help": "Every KD run also matches the matched queries' decoder states through this projector "
+            "('vkd', 'linear', 'mokd'; the paper's detection signal) on top of class and box KD; 'none': class and "
+            "box KD only (runs named *_token_kd add a VkD projector either way).",
+            "choices": ["none", "linear", "vkd", "mokd"],
+        },
+    )
+    test_size: int = field(
+        default=0,
+        metadata={
+            "help": "Generated test images (another seed than the validation images; 0 = none). The students' "
+            "settings are chosen on the validation images; the table is read on the test images."
+        },
+    )
+    evaluate_on: str = field(
+        default="validation",
+        metadata={
+            "help": "The split the final table scores (teacher and students): 'validation' (pilots) or 'test' "
+            "(needs test_size > 0; read once per run, at its end).",
+            "choices": ["validation", "test"],
+        },
+    )
+    runs_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Keep each finished run as gzipped JSON here (a folder that can be committed, so that a demo "
+            "longer than a session goes on run by run); default: <output_dir>/runs (plain JSON)."
+        },
+    )
     max_steps: int = field(default=2400, metadata={"help": "Optimizer steps of every student run."})
     teacher_steps: int = field(default=2400, metadata={"help": "Optimizer steps of the teacher (cached)."})
     batch_size: int = field(default=16, metadata={"help": "Per-step batch size (students and teacher)."})
@@ -159,6 +190,8 @@ class DetectionDemoArguments:
             )
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+        if self.evaluate_on == "test" and self.test_size < 1:
+            raise ValueError("evaluate_on='test' needs test images: pass --test_size (e.g. 500)")
 
 
 def processor(size: int = IMAGE_SIZE) -> RTDetrImageProcessor:
@@ -267,7 +300,7 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
         timing.write_text(
             json.dumps({"train_seconds": time.perf_counter() - start, "threads": torch.get_num_threads()})
         )
-    metrics = trainer.evaluate()
+    metrics = trainer.evaluate(splits[demo.evaluate_on])
     print(f"teacher: mAP {100 * metrics['eval_map']:.1f} ({'cached' if cached else 'trained'})", flush=True)
     trained = json.loads(timing.read_text()) if timing.is_file() else {}
     return {
@@ -292,6 +325,8 @@ def train_student(
     alpha = demo.alpha if alpha is None else alpha
     if demo.ema_decay:
         extra = {**extra, "ema_decay": demo.ema_decay}
+    if demo.token_projector != "none" and run != "no_kd":
+        extra = {"token_projector": demo.token_projector, **extra}
     config = DetectionKDConfig(
         **extra,
         **common_args(Path(demo.output_dir) / f"{run}_seed{seed}", demo, demo.max_steps, seed),
@@ -312,7 +347,7 @@ def train_student(
     trainer.remove_callback(PrinterCallback)  # one line per run below, not every log
     trainer.train()
     wall = time.perf_counter() - start
-    metrics = trainer.evaluate()
+    metrics = trainer.evaluate(splits[demo.evaluate_on])
     print(f"{run:>6} seed {seed}: mAP {100 * metrics['eval_map']:.1f} ({wall:.0f} s)", flush=True)
     pis = [row["pi_distill"] for row in trainer.state.log_history if "pi_distill" in row]
     return {
@@ -326,7 +361,7 @@ def train_student(
         **_maps(metrics),
         "final_pi_distill": pis[-1] if pis and method != "fixed" else None,
         "mean_pi_distill": sum(pis) / len(pis) if pis and method != "fixed" else None,
-        "vertex_share": vertex_share(trainer.step_trace.to_dict()) if method == "dto" else None,
+        "vertex_share": vertex_share(trainer.step_trace.to_dict()) if method != "fixed" else None,
         "log_history": trainer.state.log_history,
         "step_trace": trainer.step_trace.to_dict(),
     }
@@ -356,6 +391,8 @@ def summarise(results: list[dict[str, Any]], teacher_map: float) -> list[dict[st
         pis = [seeds[s]["mean_pi_distill"] for s in seeds if seeds[s]["mean_pi_distill"] is not None]
         if pis:
             row["mean_pi_distill"] = statistics.fmean(pis)
+        vertices = [seeds[s].get("vertex_share") for s in seeds]
+        row["vertex_share"] = statistics.fmean(vertices) if None not in vertices else None
         add_paired_differences(row, run, by_run, "map")
         rows.append(row)
     return rows
@@ -369,29 +406,34 @@ def format_table(teacher: dict[str, Any], rows: list[dict[str, Any]], demo: Dete
         trained = teacher.get("train_seconds")
         teacher_time = "cached" if trained is None else f"{trained:.0f} (cached)"
     lines = [
-        f"| model | mAP, mean +- std over {seeds} seeds | each seed | share of teacher | vs no-KD (paired) | "
-        "vs fixed (paired) | mAP50 / mAP75 | wall time (s) | mean pi_distill | steps in conflict (all / last "
-        "quarter) | median applied weight on distill |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| teacher RT-DETR (d_model 64, 10 queries) | {100 * teacher['map']:.1f} | - | - | - | - | "
-        f"{100 * teacher['map_50']:.1f} / {100 * teacher['map_75']:.1f} | {teacher_time} | - | - | - |",
+        f"| model | {demo.evaluate_on} mAP, mean +- std over {seeds} seeds | each seed | share of teacher | vs no-KD "
+        "(paired) | vs fixed (paired) | mAP50 / mAP75 | wall time (s) | mean pi_distill | steps at a vertex | steps "
+        "in conflict (all / last quarter) | median applied weight distill / task | median step-to-step change "
+        "of the distill weight |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| teacher RT-DETR (d_model {demo.teacher_d_model}, 10 queries) | {100 * teacher['map']:.1f} | - | - | - | "
+        f"- | {100 * teacher['map_50']:.1f} / {100 * teacher['map_75']:.1f} | {teacher_time} | - | - | - | - | - |",
     ]
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     for r in rows:
         spread = "" if r["map_std"] is None else f" +- {100 * r['map_std']:.1f}"
         each = ", ".join(f"{100 * v:.1f}" for v in r["map"])
-        pi = "-" if r["mean_pi_distill"] is None else f"{r['mean_pi_distill']:.3f}"
         conflict = (
             "-"
             if r["conflict_rate"] is None
             else f"{pct(r['conflict_rate'])} / {pct(r['conflict_rate_last_quarter'])}"
         )
-        weight = "-" if r["median_weight_distill"] is None else f"{r['median_weight_distill']:.3f}"
+        weights = f"{number(r['median_weight_distill'])} / {number(r.get('median_weight_task'))}"
         lines.append(
             f"| student RT-DETR (d_model {demo.student_d_model}, 8 queries), {r['run']} | "
             f"{100 * r['map_mean']:.1f}{spread} | {each} | {pct(r['share_of_teacher'])} | "
             f"{pp(r['diff_to_no_kd'], r['diff_to_no_kd_se'])} | {pp(r['diff_to_fixed'], r['diff_to_fixed_se'])} | "
-            f"{100 * r['map_50_mean']:.1f} / {100 * r['map_75_mean']:.1f} | {r['wall_seconds_mean']:.0f} | {pi} | "
-            f"{conflict} | {weight} |"
+            f"{100 * r['map_50_mean']:.1f} / {100 * r['map_75_mean']:.1f} | {r['wall_seconds_mean']:.0f} | "
+            f"{number(r['mean_pi_distill'])} | {pct(r.get('vertex_share'))} | {conflict} | {weights} | "
+            f"{number(r.get('median_weight_change'))} |"
         )
     return "\n".join(lines)
 
@@ -401,6 +443,10 @@ def load_splits(demo: DetectionDemoArguments) -> dict[str, Any]:
     raw = dict(
         load_shapes_splits(demo.train_size, demo.validation_size, demo.image_size, demo.max_objects, seed=0)
     )
+    if demo.test_size:  # a third seed; image ids after the validation images
+        raw["test"] = generate_shapes(
+            demo.test_size, demo.image_size, demo.max_objects, 20_000, demo.train_size + demo.validation_size
+        )
     if demo.teacher_train_size and demo.teacher_train_size != demo.train_size:
         # the same generator and seed: the students' images are the first train_size of the teacher's
         raw["teacher_train"] = generate_shapes(
@@ -433,7 +479,7 @@ def train_students(
 
 
 #: DetectionDemoArguments fields that do not change a run's result (which runs, where, how many at once)
-NOT_RUN_SETTINGS = ("output_dir", "runs", "seed", "seeds", "workers", "retrain_teacher")
+NOT_RUN_SETTINGS = ("output_dir", "runs", "seed", "seeds", "workers", "retrain_teacher", "runs_dir")
 
 
 def run_settings(demo: DetectionDemoArguments) -> dict[str, Any]:
@@ -441,6 +487,8 @@ def run_settings(demo: DetectionDemoArguments) -> dict[str, Any]:
 
 
 def _run_file(demo: DetectionDemoArguments, run: str, seed: int) -> Path:
+    if demo.runs_dir is not None:
+        return Path(demo.runs_dir) / f"{run}_seed{seed}.json.gz"
     return Path(demo.output_dir) / "runs" / f"{run}_seed{seed}.json"
 
 
