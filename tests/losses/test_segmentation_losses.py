@@ -84,9 +84,13 @@ def test_every_pixel_ignored_gives_a_zero_loss_with_a_zero_gradient():
 
 def test_resampling_is_bilinear_to_the_label_size_and_a_no_op_at_that_size():
     x = logits(7).float()
-    assert resample_logits(x, (5, 6)) is not None and torch.equal(resample_logits(x, (5, 6)), x)
-    up = resample_logits(x, (10, 12))
-    assert torch.allclose(up, F.interpolate(x, size=(10, 12), mode="bilinear", align_corners=False))
+    assert torch.equal(resample_logits(x, (5, 6)), x)
+    # bilinear with half-pixel centres, from its definition: a ramp along the width stays the ramp read at
+    # source coordinate (j + 0.5) * 6 / 12 - 0.5, clamped to the edge pixels
+    ramp = torch.arange(6.0).expand(1, 2, 5, 6)
+    up = resample_logits(ramp, (10, 12))
+    expected = ((torch.arange(12.0) + 0.5) * 6 / 12 - 0.5).clamp(0, 5)
+    assert torch.allclose(up, expected.expand(1, 2, 10, 12), atol=1e-6)
 
 
 def test_logits_of_different_shapes_are_refused_naming_the_fix():

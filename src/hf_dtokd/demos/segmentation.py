@@ -56,6 +56,7 @@ from hf_dtokd.demos.paired_seeds import (
     vertex_share,
 )
 from hf_dtokd.hub.plotting import plot_tradeoff
+from hf_dtokd.losses import resample_logits
 from hf_dtokd.signals.signal_config import SegmentationKDConfig
 from hf_dtokd.tasks.segmentation.inputs import SegmentationTransform
 from hf_dtokd.tasks.segmentation.metrics import SegmentationMetrics
@@ -194,9 +195,12 @@ def train_teacher(demo: SegmentationDemoArguments, splits: dict[str, Any]) -> di
         (folder / "config.json").is_file() and marker.is_file() and json.loads(marker.read_text()) == settings
     )
     args = TrainingArguments(**common_args(folder / "run", demo, demo.teacher_steps, seed=0))
-    model = build_model("teacher", TEACHER_SEED)
     trainer = Trainer(
-        model=SegformerForSemanticSegmentation.from_pretrained(folder) if cached else model,
+        model=(
+            SegformerForSemanticSegmentation.from_pretrained(folder)
+            if cached
+            else build_model("teacher", TEACHER_SEED)
+        ),
         args=args,
         train_dataset=splits["teacher_train"],
         eval_dataset=splits["validation"],
@@ -219,8 +223,7 @@ def train_teacher(demo: SegmentationDemoArguments, splits: dict[str, Any]) -> di
 def _argmax_at_label_size(logits: Any, labels: torch.Tensor) -> torch.Tensor:
     """The plain Trainer's predictions for the metrics: argmax masks at the label size."""
     logits = logits[0] if isinstance(logits, tuple) else logits
-    up = torch.nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    return up.argmax(1)
+    return resample_logits(logits, tuple(labels.shape[-2:])).argmax(1)  # as SegmentationTask's evaluation
 
 
 def train_student(

@@ -59,3 +59,9 @@ def test_predictions_of_another_shape_are_refused():
         SegmentationMetrics(ID2LABEL)(
             EvalPrediction(predictions=np.zeros((1, 4, 4)), label_ids=np.zeros((1, 8, 8)))
         )
+
+
+def test_predicted_ids_outside_the_label_space_are_refused_not_clamped():
+    predictions = np.full((1, 4, 4), len(ID2LABEL))  # a model with one output more than id2label names
+    with pytest.raises(ValueError, match="id2label names 4 classes"):
+        SegmentationMetrics(ID2LABEL)(EvalPrediction(predictions=predictions, label_ids=np.zeros((1, 4, 4))))

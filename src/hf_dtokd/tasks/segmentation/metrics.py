@@ -37,13 +37,18 @@ class SegmentationMetrics:
                 "SegmentationMetrics reads argmax masks at the label size (SegmentationKDTrainer's predictions)"
             )
         num_classes = len(self.id2label)
+        if predictions.numel() and not 0 <= int(predictions.min()) <= int(predictions.max()) < num_classes:
+            raise ValueError(
+                f"predicted class ids span [{int(predictions.min())}, {int(predictions.max())}] but id2label names "
+                f"{num_classes} classes; pass the student's config.id2label (its num_labels outputs)"
+            )
         kept = labels != self.ignore_index
         # torchmetrics' ignore_index leaves those pixels out of both counts; a prediction never equals it
         iou = MulticlassJaccardIndex(
             num_classes, average="none", ignore_index=self.ignore_index, zero_division=float("nan")
-        )(predictions.clamp(0, num_classes - 1), labels)
+        )(predictions, labels)
         accuracy = MulticlassAccuracy(num_classes, average="micro", ignore_index=self.ignore_index)(
-            predictions.clamp(0, num_classes - 1), labels
+            predictions, labels
         )
         results = {
             "mean_iou": float(torch.nanmean(iou)) if bool(kept.any()) else float("nan"),
