@@ -8,10 +8,10 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``digits-signals`` (signals page): the digits demo's opt-in signal runs, from ``--signals-demo-dir``;
 * ``detection-demo`` (detection page): the table printed by ``python -m hf_dtokd.demos.shapes``, copied
   with its JSON and plot into ``docs/results/``;
-* ``detection-demo-seeds-2-3`` (detection page): the same demo's seeds 2 and 3 (``--seed 2 --seeds 2``),
-  from ``--detection-seeds-dir``;
-* ``detection-demo-pooled`` (detection page): both detection runs' students summarised together (the
-  demo's own ``summarise`` and ``format_table``, so every seed pairs across the methods);
+* ``detection-earlier-demo``, ``detection-earlier-demo-seeds-2-3`` (detection page): the earlier detection
+  demo's tables (800 student images, class and box KD), from their committed copies in ``docs/results/``, and
+  ``detection-earlier-demo-pooled``: their students summarised together (the demo's own ``summarise`` and
+  ``format_table``, so every seed pairs across the methods);
 * ``segmentation-demo`` (segmentation page): the table printed by ``python -m hf_dtokd.demos.segmentation``,
   copied with its JSON and plot into ``docs/results/``;
 * ``step-cost`` (benchmarks page): ``benchmarks/results/step_cost.md``;
@@ -155,23 +155,45 @@ def quote_demo(pages: Pages, folder: Path, prefix: str, block: str) -> None:
     pages.fill(block, (folder / "results.md").read_text())
 
 
-def pool_detection_seeds(pages: Pages, *folders: Path) -> None:
-    """The detection demo's runs over all the seeds of ``folders`` (same teacher and settings, checked)."""
+#: DetectionDemoArguments fields added after the earlier detection demo ran, at the values it ran with
+EARLIER_DETECTION_DEFAULTS = {
+    "teacher_train_size": None,
+    "train_size": 800,
+    "validation_size": 200,
+    "student_width": 16,
+    "student_d_model": 48,
+    "token_projector": "none",
+    "test_size": 0,
+    "evaluate_on": "validation",
+    "seeds": 2,
+}
+
+
+def earlier_detection_demo(pages: Pages) -> None:
+    """The earlier detection demo's two tables (seeds 0-1 and 2-3) and their students pooled over the four seeds
+    (same teacher and settings, checked), from the committed copies in docs/results."""
     from hf_dtokd.demos.shapes import DetectionDemoArguments, format_table, summarise
 
-    if not all((folder / "results.json").is_file() for folder in folders):
+    results = ROOT / "docs" / "results"
+    parts = ("shapes_earlier_demo", "shapes_earlier_demo_seeds_2_3")
+    if not all((results / f"{part}_results.json").is_file() for part in parts):
         return
-    reports = [json.loads((folder / "results.json").read_text()) for folder in folders]
+    reports = [json.loads((results / f"{part}_results.json").read_text()) for part in parts]
+    for block, report in zip(("detection-earlier-demo", "detection-earlier-demo-seeds-2-3"), reports):
+        demo = DetectionDemoArguments(**{**EARLIER_DETECTION_DEFAULTS, **report["arguments"]})
+        rows = summarise(report["students"], report["teacher"]["map"])
+        pages.fill(block, format_table(report["teacher"], rows, demo))  # today's columns, from the runs
     ignored = ("output_dir", "seed", "seeds", "workers")
     settings = [{k: v for k, v in r["arguments"].items() if k not in ignored} for r in reports]
     if any(s != settings[0] for s in settings) or len({r["teacher"]["map"] for r in reports}) != 1:
-        raise ValueError(f"the detection runs in {folders} differ in settings or teacher: not pooled")
+        raise ValueError(f"the detection runs in {parts} differ in settings or teacher: not pooled")
     students = [student for report in reports for student in report["students"]]
     if len({(s["run"], s["seed"]) for s in students}) != len(students):
-        raise ValueError(f"the detection runs in {folders} repeat a seed: not pooled")
-    demo = DetectionDemoArguments(**{**reports[0]["arguments"], "seeds": len({s["seed"] for s in students})})
+        raise ValueError(f"the detection runs in {parts} repeat a seed: not pooled")
+    arguments = {**EARLIER_DETECTION_DEFAULTS, **reports[0]["arguments"]}
+    demo = DetectionDemoArguments(**{**arguments, "seeds": len({s["seed"] for s in students})})
     rows = summarise(students, reports[0]["teacher"]["map"])
-    pages.fill("detection-demo-pooled", format_table(reports[0]["teacher"], rows, demo))
+    pages.fill("detection-earlier-demo-pooled", format_table(reports[0]["teacher"], rows, demo))
 
 
 def dot_update_table(report: dict) -> str:
@@ -197,7 +219,6 @@ def main() -> None:
     parser.add_argument("--demo-dir", default=str(ROOT / "outputs" / "digits"))
     parser.add_argument("--detection-demo-dir", default=str(ROOT / "outputs" / "shapes"))
     parser.add_argument("--signals-demo-dir", default=str(ROOT / "outputs" / "digits_signals"))
-    parser.add_argument("--detection-seeds-dir", default=str(ROOT / "outputs" / "shapes_seeds_2_3"))
     parser.add_argument("--segmentation-demo-dir", default=str(ROOT / "outputs" / "segmentation"))
     args = parser.parse_args()
     pages = Pages()
@@ -205,11 +226,10 @@ def main() -> None:
         (args.demo_dir, "digits_demo", "demo"),
         (args.signals_demo_dir, "digits_signals", "digits-signals"),
         (args.detection_demo_dir, "shapes_demo", "detection-demo"),
-        (args.detection_seeds_dir, "shapes_demo_seeds_2_3", "detection-demo-seeds-2-3"),
         (args.segmentation_demo_dir, "segmentation_demo", "segmentation-demo"),
     ):
         quote_demo(pages, Path(folder), prefix, block)
-    pool_detection_seeds(pages, Path(args.detection_demo_dir), Path(args.detection_seeds_dir))
+    earlier_detection_demo(pages)
     benchmarks = ROOT / "benchmarks" / "results"
     if (benchmarks / "step_cost.md").is_file():
         pages.fill("step-cost", (benchmarks / "step_cost.md").read_text())

@@ -89,7 +89,9 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
 
 
 def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
-    assert DetectionDemoArguments().runs == ["no_kd", "fixed", "dto"]
+    defaults = DetectionDemoArguments()
+    assert defaults.runs == ["no_kd", "fixed", "dto_shared"] and defaults.evaluate_on == "test"
+    assert (defaults.teacher_train_size, defaults.train_size, defaults.token_projector) == (3200, 400, "vkd")
     with pytest.raises(ValueError, match="multiple of 32"):
         DetectionDemoArguments(image_size=48)
     with pytest.raises(ValueError, match="seeds and workers must be >= 1"):
@@ -99,7 +101,9 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
         max_steps=2,
         teacher_steps=2,
         train_size=16,
+        teacher_train_size=None,  # the students' images
         validation_size=8,
+        test_size=8,
         logging_steps=1,
         batch_size=4,
         runs=["no_kd", "fixed", "dto"],
@@ -108,7 +112,7 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     )
     summary = run_demo(demo)
     out = capsys.readouterr().out
-    assert "| teacher RT-DETR" in out and "student RT-DETR (d_model 48, 8 queries), dto" in out
+    assert "| teacher RT-DETR" in out and "student RT-DETR (d_model 32, 8 queries), dto" in out
     assert [(r["run"], r["seed"]) for r in summary["students"]] == [
         (run, seed) for seed in (0, 1) for run in ("no_kd", "fixed", "dto")
     ]
@@ -122,6 +126,12 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     assert len(cosines) == 4 and dto["conflict_rate"] == pytest.approx(sum(c < 0 for c in cosines) / 4)
     assert fixed["conflict_rate"] is None and fixed["median_weight_distill"] == pytest.approx(0.5)
     assert no_kd["median_weight_distill"] == 0.0
+    # by default every KD run adds token KD (the paper's signal); no KD has no projector
+    kd_runs = [r for r in summary["students"] if r["run"] != "no_kd"]
+    assert all(any("token_kd_loss" in row for row in r["log_history"]) for r in kd_runs)
+    assert not any(
+        "token_kd_loss" in row for r in summary["students"] if r["run"] == "no_kd" for row in r["log_history"]
+    )
     maps = {(r["run"], r["seed"]): r["map"] for r in summary["students"]}
     assert fixed["diff_to_no_kd"] == pytest.approx(
         ((maps["fixed", 0] - maps["no_kd", 0]) + (maps["fixed", 1] - maps["no_kd", 1])) / 2
@@ -149,15 +159,14 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     assert 0.0 <= again["students"][1]["vertex_share"] <= 1.0
     token = again["students"][2]  # the paper's signal: matched query states through a VkD projector
     assert token["run"] == "dto_token_kd" and any("token_kd_loss" in row for row in token["log_history"])
-    # the paper's signal for every KD run, scored on test images, each run kept gzipped in runs_dir (resumable)
+    # class and box KD only, scored on the validation images, each run kept gzipped in runs_dir (resumable)
     tested = dataclasses.replace(
         demo,
         runs=["no_kd", "fixed"],
         seeds=1,
         workers=1,
-        token_projector="vkd",
-        test_size=8,
-        evaluate_on="test",
+        token_projector="none",
+        evaluate_on="validation",
         runs_dir=str(tmp_path / "kept"),
     )
     splits = load_splits(tested)
@@ -165,9 +174,7 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     validation_ids = {int(i) for i in splits["validation"].with_format(None)["image_id"]}
     assert len(test_ids) == 8 and not test_ids & validation_ids
     first = run_demo(tested)
-    no_kd_run, fixed_run = first["students"]
-    assert any("token_kd_loss" in row for row in fixed_run["log_history"])
-    assert not any("token_kd_loss" in row for row in no_kd_run["log_history"])
+    assert not any("token_kd_loss" in row for r in first["students"] for row in r["log_history"])
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [
         "fixed_seed0.json.gz",
         "no_kd_seed0.json.gz",
@@ -176,7 +183,7 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     assert run_demo(tested)["students"] == first["students"]
     assert "2 of 2 runs already finished" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--test_size"):
-        DetectionDemoArguments(evaluate_on="test")
+        DetectionDemoArguments(test_size=0)  # the default scores the test images
     # other settings: nothing reused; a teacher on more images than the students is trained again
     larger = run_demo(dataclasses.replace(demo, runs=["no_kd"], seeds=1, workers=1, teacher_train_size=24))
     assert not larger["teacher"]["cached"]

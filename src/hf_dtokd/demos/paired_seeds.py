@@ -143,8 +143,9 @@ def train_jobs(
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // workers)
     context = multiprocessing.get_context("spawn")  # fork would copy this process's torch thread pools
-    # DTO-KD runs (two backward passes a step) are the longest: started first, so the workers end together
-    order = sorted(todo, key=lambda job: not job[0].startswith("dto"))
+    # seed by seed, so that a stopped demo has whole seeds (pairs) to show; within a seed the DTO-KD runs (two
+    # backward passes a step, the longest) start first, so the workers end together
+    order = sorted(todo, key=lambda job: (job[1], not job[0].startswith("dto")))
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(worker, *job, *worker_args, threads): job for job in order}
         for future in as_completed(futures):
