@@ -817,6 +817,11 @@ def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
             f"{weights} | {pi} | {share(r.get('vertex_share'))} | {r['seconds_per_step']:.3f} |"
         )
     teachers = ", ".join(pct(t) for t in summary["teacher_top1_per_fold"])
+    folds_read = (
+        f"fold {', '.join(map(str, args.only_folds))} of {args.folds} stratified folds"
+        if args.only_folds is not None
+        else f"{args.folds} stratified folds"
+    )
     augmentation = (f"RandAugment `{args.rand_augment}`" if args.rand_augment else "no RandAugment") + (
         f", Mixup {args.mixup_alpha} / CutMix {args.cutmix_alpha} (p = {args.mixup_prob}), label smoothing "
         f"{args.label_smoothing}"
@@ -825,15 +830,18 @@ def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        f"Digits, {args.folds} stratified folds x {args.seeds} seeds; every training image labelled "
+        f"Digits, {folds_read} x {args.seeds} seeds; every training image labelled "
         f"({100 * (1 - args.validation_fraction):.0f} % of each fold's pool; the rest is the validation split that "
         f"fixed the settings and gives the curves); student {student_description(args)}, {args.max_steps} steps, "
         f"batch {args.batch_size}, AdamW {args.learning_rate} (wd 0.05, cosine); {augmentation} (timm); teacher "
         f"ResNet 32-64-128 (24 px) per fold, test top-1 {teachers}. T = {args.temperature}. `feature_vkd_*`: logit "
         "KD + VkD feature KD summed into one distillation objective (FeatureKDTrainer's default), "
-        f"gram_parameters = {args.gram_parameters!r} for its DTO-KD row. no_kd = fixed alpha 0 (task loss only, "
-        "same pipeline). DOT in its AdamW form (alpha 0.5). Conflict figures exist for the rows that compute "
-        "both gradients (dto, dto_representation, DOT); weights are the raw-loss weights applied each step.",
+        f"gram_parameters = {args.gram_parameters!r} for its DTO-KD row unless the row names it (`*_dto_shared`: the "
+        "parameters both losses reach). `deit_soft_*`: DeiT's distillation token (soft) on a two-head DeiT of the "
+        "ViT's shape. no_kd = fixed alpha 0 (task loss only, same pipeline). DOT (alpha 0.5): `dot_adamw` its "
+        f"AdamW form, `dot` the reference SGD form (momenta 0.9 -/+ 0.075, lr {args.sgd_learning_rate}, wd 5e-4; "
+        "`dot_lrX`: at lr X). Conflict figures exist for the rows that compute both gradients (DTO-KD, DOT); "
+        "weights are the raw-loss weights applied each step.",
     ]
     defaults = CompareArguments(regime=args.regime, student_family=args.student_family)
     flags = [f"--regime {args.regime} --student_family {args.student_family}"] + [
