@@ -28,7 +28,7 @@ import platform
 import re
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -1058,8 +1058,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with ProcessPoolExecutor(
             args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
         ) as pool:
-            for run in pool.map(_run_task, tasks):
-                keep(run)
+            # recorded as each finishes (not in task order), so that a stopped benchmark loses only the runs in flight
+            for future in as_completed([pool.submit(_run_task, task) for task in tasks]):
+                keep(future.result())
     else:
         for task in tasks:
             keep(_run_task(task))

@@ -65,7 +65,8 @@ def test_smoke_run_writes_the_table_the_json_and_the_plot(tmp_path):
     marked = runs_dir / "dto__fold0__seed0.json.gz"
     record = json.loads(gzip.decompress(marked.read_bytes()))
     marked.write_bytes(gzip.compress(json.dumps({**record, "top1": 0.123}).encode()))
-    resumed = compare_methods.main([*argv, "--runs_dir", str(runs_dir)])
+    # fold 1 trained by two spawned workers, each run recorded as it finishes
+    resumed = compare_methods.main([*argv, "--runs_dir", str(runs_dir), "--workers", "2"])
     assert len(list(runs_dir.glob("*.json.gz"))) == len(rows) * 2 and len(resumed["runs"]) == len(rows) * 2
     assert next(r["top1"] for r in resumed["runs"] if (r["row"], r["fold"]) == ("dto", 0)) == 0.123
 
