@@ -155,7 +155,8 @@ def quote_demo(pages: Pages, folder: Path, prefix: str, block: str) -> None:
     pages.fill(block, (folder / "results.md").read_text())
 
 
-#: DetectionDemoArguments fields added after the earlier detection demo ran, at the values it ran with
+#: the earlier detection demo's values of the fields added or given new defaults since it ran (its JSON records only
+#: the fields of its time)
 EARLIER_DETECTION_DEFAULTS = {
     "teacher_train_size": None,
     "train_size": 800,
