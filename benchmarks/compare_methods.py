@@ -1005,6 +1005,19 @@ def finished_runs(
         records = [
             json.loads(gzip.decompress(p.read_bytes())) for p in sorted(Path(args.runs_dir).glob("*.json.gz"))
         ]
+        # a run file is named by row, fold and seed only: other settings would silently replace committed runs
+        other = [r for r in records if r["settings"] != settings]
+        if other:
+            differ = {
+                k: (other[0]["settings"].get(k), settings.get(k))
+                for k in sorted(set(settings) | set(other[0]["settings"]))
+                if other[0]["settings"].get(k) != settings.get(k)
+            }
+            raise ValueError(
+                f"--runs_dir {args.runs_dir} holds {len(other)} runs made with other settings (recorded, given: "
+                f"{differ}); pass the flags they were made with (the folder's README or results name them), or "
+                "another --runs_dir"
+            )
     return {(r["row"], r["fold"], r["seed"]): r for r in records if r.pop("settings") == settings}
 
 

@@ -69,6 +69,11 @@ def test_smoke_run_writes_the_table_the_json_and_the_plot(tmp_path):
     resumed = compare_methods.main([*argv, "--runs_dir", str(runs_dir), "--workers", "2"])
     assert len(list(runs_dir.glob("*.json.gz"))) == len(rows) * 2 and len(resumed["runs"]) == len(rows) * 2
     assert next(r["top1"] for r in resumed["runs"] if (r["row"], r["fold"]) == ("dto", 0)) == 0.123
+    # other settings are refused rather than allowed to replace the committed runs of the same names
+    with pytest.raises(
+        ValueError, match=r"holds 6 runs made with other settings .*'temperature': \(4.0, 2.0\)"
+    ):
+        compare_methods.main([*argv, "--runs_dir", str(runs_dir), "--temperature", "2"])
 
 
 def test_bad_rows_are_refused():
