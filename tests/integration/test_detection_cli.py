@@ -126,6 +126,12 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     assert len(cosines) == 4 and dto["conflict_rate"] == pytest.approx(sum(c < 0 for c in cosines) / 4)
     assert fixed["conflict_rate"] is None and fixed["median_weight_distill"] == pytest.approx(0.5)
     assert no_kd["median_weight_distill"] == 0.0
+    # the task weight and the step-to-step change of the distillation weight, from the traces themselves
+    assert no_kd["median_weight_task"] == 1.0 and fixed["median_weight_task"] == pytest.approx(0.5)
+    assert fixed["median_weight_change"] == 0.0
+    applied = [r["step_trace"]["weight_distill"]["value"] for r in summary["students"] if r["run"] == "dto"]
+    changes = sorted(abs(b - a) for w in applied for a, b in zip(w, w[1:]))
+    assert dto["median_weight_change"] == pytest.approx((changes[0] + changes[1]) / 2)  # 2 steps x 2 seeds
     # by default every KD run adds token KD (the paper's signal); no KD has no projector
     kd_runs = [r for r in summary["students"] if r["run"] != "no_kd"]
     assert all(any("token_kd_loss" in row for row in r["log_history"]) for r in kd_runs)
