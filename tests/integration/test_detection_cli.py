@@ -194,3 +194,9 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     larger = run_demo(dataclasses.replace(demo, runs=["no_kd"], seeds=1, workers=1, teacher_train_size=24))
     assert not larger["teacher"]["cached"]
     assert "already finished" not in capsys.readouterr().out
+    # the students' learning rate and moving average are theirs: the teacher stays cached (its own rate is not)
+    students_only = dataclasses.replace(
+        demo, runs=["fixed"], seeds=1, workers=1, teacher_train_size=24, learning_rate=1e-3, ema_decay=0.9
+    )
+    assert run_demo(students_only)["teacher"]["cached"]
+    assert not run_demo(dataclasses.replace(students_only, teacher_learning_rate=1e-3))["teacher"]["cached"]

@@ -44,7 +44,6 @@ import torch
 from transformers import (
     HfArgumentParser,
     PrinterCallback,
-    ResNetConfig,
     RTDetrImageProcessor,
     Trainer,
     TrainingArguments,
@@ -64,6 +63,7 @@ from hf_dtokd.demos.paired_seeds import (
     train_jobs,
     vertex_share,
 )
+from hf_dtokd.demos.shapes_backbone import pretrain_backbone, resnet_config
 from hf_dtokd.hub.plotting import plot_tradeoff
 from hf_dtokd.signals.signal_config import DetectionKDConfig
 from hf_dtokd.tasks.detection.inputs import DetectionTransform, collate_detection
@@ -80,6 +80,9 @@ RUN_SETTINGS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "dto": ("dto", None, {}),
     "dto_shared": ("dto", None, {"gram_parameters": "shared"}),
     "dto_shared_own": ("dto", None, {"gram_parameters": "shared", "one_loss_parameters": "own"}),
+    # a controlled variant: the min-norm point of the raw gradients (weights = pi, not pi / L), which the
+    # detection loss's larger scale does not push towards distillation
+    "dto_shared_raw": ("dto", None, {"gram_parameters": "shared", "log_gradients": False}),
     "dto_amortized": ("dto_amortized", None, {}),
     # the paper's detection signal: the matched queries' decoder states through a VkD projector, added to the KD
     "fixed_token_kd": ("fixed", None, {"token_projector": "vkd"}),
@@ -115,7 +118,10 @@ class DetectionDemoArguments:
     teacher_d_model: int = field(default=64, metadata={"help": "Teacher transformer width."})
     ema_decay: float = field(
         default=0.0,
-        metadata={"help": "Students: evaluate and keep a moving average of the weights (0 = off)."},
+        metadata={
+            "help": "Students: evaluate and keep a moving average of the weights (0 = off), with timm's warm-up "
+            "(the decay ramps up from 0, so the random initial weights do not linger in the average)."
+        },
     )
     token_projector: str = field(
         default="vkd",
@@ -151,8 +157,9 @@ class DetectionDemoArguments:
     max_steps: int = field(default=2400, metadata={"help": "Optimizer steps of every student run."})
     teacher_steps: int = field(default=2400, metadata={"help": "Optimizer steps of the teacher (cached)."})
     batch_size: int = field(default=16, metadata={"help": "Per-step batch size (students and teacher)."})
-    learning_rate: float = field(
-        default=2e-3, metadata={"help": "AdamW learning rate (students and teacher)."}
+    learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the students."})
+    teacher_learning_rate: float = field(
+        default=2e-3, metadata={"help": "AdamW learning rate of the teacher (cached with it)."}
     )
     temperature: float = field(default=2.0, metadata={"help": "Class-KD temperature."})
     alpha: float = field(default=0.5, metadata={"help": "Distillation weight of the fixed-alpha run."})
@@ -178,6 +185,21 @@ class DetectionDemoArguments:
         default=8, metadata={"help": "Student backbone width (stages: w, w, 2w, 2w; teacher: 16)."}
     )
     student_d_model: int = field(default=32, metadata={"help": "Student transformer width (teacher: 64)."})
+    student_backbone: str = field(
+        default="pretrained",
+        metadata={
+            "help": "'pretrained': the students' ResNet starts from a backbone pretrained (cached in "
+            "<output_dir>/student_backbone) to tell which shapes an image holds, on generated images no "
+            "detection split uses, as real students start from an ImageNet backbone; 'random': from scratch.",
+            "choices": ["pretrained", "random"],
+        },
+    )
+    backbone_pretrain_images: int = field(
+        default=3200, metadata={"help": "Generated images the students' backbone is pretrained on."}
+    )
+    backbone_pretrain_steps: int = field(
+        default=1500, metadata={"help": "Optimizer steps (batch 64) of the backbone's pretraining (cached)."}
+    )
     image_size: int = field(
         default=IMAGE_SIZE, metadata={"help": "Side of the generated square images (px)."}
     )
@@ -206,19 +228,14 @@ def processor(size: int = IMAGE_SIZE) -> RTDetrImageProcessor:
     return RTDetrImageProcessor(size={"height": size, "width": size})
 
 
-def build_model(role: str, seed: int, width: int = 16, d_model: int = 64) -> Any:
-    """The teacher (10 queries) or a student (8 queries) of the given backbone width and transformer width."""
+def build_model(role: str, seed: int, width: int = 16, d_model: int = 64, backbone: str | None = None) -> Any:
+    """The teacher (10 queries) or a student (8 queries) of the given backbone width and transformer width;
+    with ``backbone`` (a folder or Hub id of a ResNet of that width) its weights, else a random backbone."""
     queries = 10 if role == "teacher" else 8
-    backbone = ResNetConfig(
-        embedding_size=width,
-        hidden_sizes=[width, width, 2 * width, 2 * width],
-        depths=[1, 1, 1, 1],
-        layer_type="basic",
-    )
     torch.manual_seed(seed)
     return build_detector(
         "rt_detr",
-        backbone,
+        resnet_config(width) if backbone is None else backbone,
         ID2LABEL,
         d_model=d_model,
         encoder_hidden_dim=d_model,
@@ -234,14 +251,16 @@ def build_model(role: str, seed: int, width: int = 16, d_model: int = 64) -> Any
     )
 
 
-def common_args(output_dir: Path, demo: DetectionDemoArguments, steps: int, seed: int) -> dict[str, Any]:
+def common_args(
+    output_dir: Path, demo: DetectionDemoArguments, steps: int, seed: int, learning_rate: float
+) -> dict[str, Any]:
     return dict(
         output_dir=str(output_dir),
         use_cpu=True,
         per_device_train_batch_size=demo.batch_size,
         per_device_eval_batch_size=50,
         max_steps=steps,
-        learning_rate=demo.learning_rate,
+        learning_rate=learning_rate,
         warmup_steps=int(0.05 * steps),
         lr_scheduler_type="cosine",
         weight_decay=1e-4,
@@ -275,9 +294,9 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
                 "teacher_d_model",
                 "teacher_steps",
                 "batch_size",
-                "learning_rate",
             )
         },
+        "learning_rate": demo.teacher_learning_rate,
     }
     marker = folder / "demo_settings.json"
     cached = (
@@ -289,7 +308,11 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
     model = build_model("teacher", TEACHER_SEED, demo.teacher_width, demo.teacher_d_model)
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(**common_args(folder / "run", demo, demo.teacher_steps, seed=0)),
+        args=TrainingArguments(
+            **common_args(
+                folder / "run", demo, demo.teacher_steps, seed=0, learning_rate=demo.teacher_learning_rate
+            )
+        ),
         train_dataset=splits.get("teacher_train", splits["train"]),
         eval_dataset=splits["validation"],
         data_collator=collate_detection,
@@ -321,6 +344,11 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
     }
 
 
+def student_backbone(demo: DetectionDemoArguments) -> str | None:
+    """The folder of the students' pretrained backbone (None: random backbones)."""
+    return str(Path(demo.output_dir) / "student_backbone") if demo.student_backbone == "pretrained" else None
+
+
 def _maps(metrics: dict[str, float]) -> dict[str, float]:
     return {name: metrics[f"eval_{name}"] for name in ("map", "map_50", "map_75")}
 
@@ -332,12 +360,14 @@ def train_student(
     method, alpha, extra = RUN_SETTINGS[run]
     alpha = demo.alpha if alpha is None else alpha
     if demo.ema_decay:
-        extra = {**extra, "ema_decay": demo.ema_decay}
+        extra = {**extra, "ema_decay": demo.ema_decay, "ema_warmup": True}
     if demo.token_projector != "none" and run != "no_kd":
         extra = {"token_projector": demo.token_projector, **extra}
     config = DetectionKDConfig(
         **extra,
-        **common_args(Path(demo.output_dir) / f"{run}_seed{seed}", demo, demo.max_steps, seed),
+        **common_args(
+            Path(demo.output_dir) / f"{run}_seed{seed}", demo, demo.max_steps, seed, demo.learning_rate
+        ),
         method=method,
         alpha=alpha,
         temperature=demo.temperature,
@@ -346,7 +376,7 @@ def train_student(
     )
     start = time.perf_counter()
     trainer = DetectionKDTrainer(
-        model=build_model("student", seed, demo.student_width, demo.student_d_model),
+        model=build_model("student", seed, demo.student_width, demo.student_d_model, student_backbone(demo)),
         args=config,
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
@@ -517,6 +547,21 @@ def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
     start = time.perf_counter()
     splits = load_splits(demo)
     teacher = train_teacher(demo, splits)
+    if demo.student_backbone == "pretrained":
+        backbone = pretrain_backbone(
+            Path(student_backbone(demo)),
+            demo.student_width,
+            demo.image_size,
+            demo.max_objects,
+            demo.backbone_pretrain_images,
+            demo.backbone_pretrain_steps,
+        )
+        state = "cached" if backbone["cached"] else "trained"
+        print(
+            f"student backbone: {100 * backbone['exact_match']:.1f} % of held-out images with every class told "
+            f"right ({state}, {backbone['train_seconds']:.0f} s)",
+            flush=True,
+        )
     results = train_students(demo, splits, teacher["folder"])
     rows = summarise(results, teacher["map"])
     table = format_table(teacher, rows, demo)
