@@ -94,6 +94,12 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     assert (defaults.teacher_train_size, defaults.train_size, defaults.token_projector) == (3200, 400, "vkd")
     with pytest.raises(ValueError, match="multiple of 32"):
         DetectionDemoArguments(image_size=48)
+    with pytest.raises(ValueError, match="backbone_pretrain_images and backbone_pretrain_steps >= 1"):
+        DetectionDemoArguments(backbone_pretrain_steps=0)
+    assert (
+        DetectionDemoArguments(student_backbone="random", backbone_pretrain_steps=0).student_backbone
+        == "random"
+    )
     with pytest.raises(ValueError, match="seeds and workers must be >= 1"):
         DetectionDemoArguments(workers=0)
     demo = DetectionDemoArguments(
@@ -107,6 +113,8 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
         logging_steps=1,
         batch_size=4,
         runs=["no_kd", "fixed", "dto"],
+        backbone_pretrain_images=8,
+        backbone_pretrain_steps=2,
         seeds=2,
         workers=2,  # two spawned processes, as the default
     )
@@ -148,6 +156,7 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     )
     assert (tmp_path / "results.json").is_file() and (tmp_path / "tradeoff.png").is_file()
     assert (tmp_path / "teacher" / "config.json").is_file()
+    assert "student backbone:" in out and (tmp_path / "student_backbone" / "config.json").is_file()
     # a second run reuses the teacher and reports the time of the run that trained it; one process
     capsys.readouterr()
     # finished runs are reused from their files (a stopped demo resumes run by run), new ones are trained

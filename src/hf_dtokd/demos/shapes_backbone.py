@@ -1,90 +1,83 @@
-"""A pretrained backbone for the detection demo's students, as real students start from an ImageNet backbone.
+"""A pretrained backbone for the detection demo's students, as real students start from a pretrained one.
 
 Trained from random weights on a few hundred images, the demo's RT-DETR students disagree by tens of mAP from
 one seed to the next (the pilots in the detection docs). A real student starts from a backbone pretrained on
-a large, different dataset, so that only its head starts at random. This module gives the demo's students
-one: a ``ResNetForImageClassification`` of the students' backbone shape, trained with the plain ``Trainer``
-to tell which shape classes an image holds (multi-label, binary cross-entropy) on generated images of a
-generator seed that no detection split uses, and saved with ``save_pretrained`` to a folder that
+other, larger data, so that only its head starts at random. This module gives the demo's students one: a
+detector of the students' shape is trained with the plain ``Trainer`` on generated images of a generator seed
+that no detection split uses, **class-agnostic** (every shape is one class, "shape": the backbone learns
+where objects are, not which of the demo's classes they are, which the students still learn from their
+labels or their teacher), and its ResNet is saved with ``save_pretrained`` to a folder that
 ``build_detector`` reads as it reads a Hub backbone (its weights copied into each student, checked to find
 their place). It is cached beside the teacher and reused while its settings are unchanged.
+
+(A first attempt pretrained a ResNet classifier to tell which shape classes an image holds: at this width it
+memorised its images and stayed at chance on held-out ones, so the objectness task replaced it.)
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from transformers import (
-    PrinterCallback,
-    ResNetConfig,
-    ResNetForImageClassification,
-    RTDetrImageProcessor,
-    Trainer,
-    TrainingArguments,
-)
+from datasets import ClassLabel, Sequence
+from transformers import PrinterCallback, ResNetConfig, Trainer, TrainingArguments
 
-from hf_dtokd.data import SHAPE_CLASSES, generate_shapes
+from hf_dtokd.data import generate_shapes
+from hf_dtokd.tasks.detection.inputs import DetectionTransform, collate_detection
+from hf_dtokd.tasks.detection.metrics import DetectionMetrics
 
-#: generator seeds of the pretraining images and their held-out check (the detection splits use 0, 10_000
+#: generator seeds of the pretraining images and of their held-out check (the detection splits use 0, 10_000
 #: and 20_000): the backbone never sees a detection image
 PRETRAIN_SEED = 30_000
 HELD_OUT_SEED = 40_000
-HELD_OUT_IMAGES = 500
+HELD_OUT_IMAGES = 200
+#: the one class of the pretraining task
+OBJECTNESS = {0: "shape"}
 
 
-def resnet_config(width: int, **kwargs: Any) -> ResNetConfig:
+def resnet_config(width: int) -> ResNetConfig:
     """The demo's small ResNet: four basic stages of widths ``w, w, 2w, 2w``, one block each."""
     return ResNetConfig(
         embedding_size=width,
         hidden_sizes=[width, width, 2 * width, 2 * width],
         depths=[1, 1, 1, 1],
         layer_type="basic",
-        **kwargs,
     )
 
 
-class PresenceTransform:
-    """Detection rows -> ``pixel_values`` (the RT-DETR processor's) and a multi-hot ``labels`` of the classes."""
-
-    def __init__(self, processor: RTDetrImageProcessor) -> None:
-        self.processor = processor
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
-        pixels = self.processor(
-            images=[image.convert("RGB") for image in batch["image"]], return_tensors="pt"
-        )
-        labels = torch.zeros(len(batch["image"]), len(SHAPE_CLASSES))
-        for row, objects in enumerate(batch["objects"]):
-            labels[row, objects["category"]] = 1.0
-        return {"pixel_values": pixels["pixel_values"], "labels": labels}
-
-
-def exact_match(eval_pred: Any) -> dict[str, float]:
-    """The share of images whose every class is told right (present: logit > 0)."""
-    logits, labels = eval_pred
-    return {"exact_match": float(np.mean(np.all((logits > 0) == (labels > 0.5), axis=1)))}
+def class_agnostic_shapes(
+    num_images: int, image_size: int, max_objects: int, seed: int, first_id: int
+) -> Any:
+    """Generated detection rows whose every object has class 0 ("shape")."""
+    rows = generate_shapes(num_images, image_size, max_objects, seed, first_id)
+    features = rows.features.copy()
+    features["objects"]["category"] = Sequence(ClassLabel(names=list(OBJECTNESS.values())))
+    return rows.map(
+        lambda row: {"objects": {**row["objects"], "category": [0] * len(row["objects"]["category"])}},
+        features=features,
+    )
 
 
 def pretrain_backbone(
     folder: Path,
-    width: int,
-    image_size: int,
-    max_objects: int,
+    build_detector: Callable[[dict[int, str]], Any],
+    processor: Any,
+    settings: dict[str, Any],
     num_images: int,
     steps: int,
-    batch_size: int = 64,
+    batch_size: int = 16,
     learning_rate: float = 2e-3,
 ) -> dict[str, Any]:
-    """Train (or reuse) the backbone in ``folder``; its held-out exact-match accuracy and training time."""
+    """Train (or reuse) the backbone in ``folder``: ``build_detector(id2label)`` is trained class-agnostic,
+    then its backbone saved. ``settings`` (the detector's shape, the images' size...) key the cache with the
+    arguments. Returns the held-out class-agnostic mAP and the training time."""
+    image_size = processor.size["height"]
     settings = {
-        "width": width,
+        **settings,
         "image_size": image_size,
-        "max_objects": max_objects,
         "num_images": num_images,
         "steps": steps,
         "batch_size": batch_size,
@@ -96,46 +89,42 @@ def pretrain_backbone(
         if recorded["settings"] == settings:
             return {"folder": str(folder), "cached": True, **recorded["result"]}
     start = time.perf_counter()
-    processor = RTDetrImageProcessor(size={"height": image_size, "width": image_size})
-    transform = PresenceTransform(processor)
-    train = generate_shapes(num_images, image_size, max_objects, PRETRAIN_SEED).with_transform(transform)
-    held_out = generate_shapes(HELD_OUT_IMAGES, image_size, max_objects, HELD_OUT_SEED).with_transform(
-        transform
-    )
-    torch.manual_seed(0)
-    model = ResNetForImageClassification(
-        resnet_config(
-            width,
-            num_labels=len(SHAPE_CLASSES),
-            id2label=dict(enumerate(SHAPE_CLASSES)),
-            label2id={name: i for i, name in enumerate(SHAPE_CLASSES)},
-            problem_type="multi_label_classification",
-        )
-    )
+    transform = DetectionTransform(processor, len(OBJECTNESS))
+    max_objects = settings["max_objects"]
+    train = class_agnostic_shapes(num_images, image_size, max_objects, PRETRAIN_SEED, 0)
+    held_out = class_agnostic_shapes(HELD_OUT_IMAGES, image_size, max_objects, HELD_OUT_SEED, num_images)
+    detector = build_detector(OBJECTNESS)
     args = TrainingArguments(
         output_dir=str(folder / "run"),
         use_cpu=True,
         per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=100,
+        per_device_eval_batch_size=50,
         max_steps=steps,
         learning_rate=learning_rate,
         warmup_steps=int(0.05 * steps),
         lr_scheduler_type="cosine",
         weight_decay=1e-4,
+        max_grad_norm=1.0,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
         seed=0,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        eval_do_concat_batches=False,
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=train, eval_dataset=held_out, compute_metrics=exact_match
+        model=detector,
+        args=args,
+        train_dataset=train.with_transform(transform),
+        eval_dataset=held_out.with_transform(transform),
+        data_collator=collate_detection,
+        compute_metrics=DetectionMetrics(processor, OBJECTNESS),
     )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     metrics = trainer.evaluate()
-    result = {"exact_match": metrics["eval_exact_match"], "train_seconds": time.perf_counter() - start}
-    model.save_pretrained(folder)
+    result = {"objectness_map": metrics["eval_map"], "train_seconds": time.perf_counter() - start}
+    detector.model.backbone.model.save_pretrained(folder)  # the ResNet alone (transformers' backbone class)
     marker.write_text(json.dumps({"settings": settings, "result": result}))
     return {"folder": str(folder), "cached": False, **result}
