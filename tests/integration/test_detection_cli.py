@@ -91,7 +91,8 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
 def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
     defaults = DetectionDemoArguments()
     assert defaults.runs == ["no_kd", "fixed", "dto_shared"] and defaults.evaluate_on == "test"
-    assert (defaults.teacher_train_size, defaults.train_size, defaults.token_projector) == (3200, 400, "vkd")
+    assert defaults.student_backbone == "pretrained"
+    assert (defaults.teacher_train_size, defaults.train_size, defaults.token_projector) == (3200, 200, "vkd")
     with pytest.raises(ValueError, match="multiple of 32"):
         DetectionDemoArguments(image_size=48)
     with pytest.raises(ValueError, match="backbone_pretrain_images and backbone_pretrain_steps >= 1"):

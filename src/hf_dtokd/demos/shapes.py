@@ -164,7 +164,7 @@ class DetectionDemoArguments:
     )
     temperature: float = field(default=2.0, metadata={"help": "Class-KD temperature."})
     alpha: float = field(default=0.5, metadata={"help": "Distillation weight of the fixed-alpha run."})
-    train_size: int = field(default=400, metadata={"help": "Generated training images of the students."})
+    train_size: int = field(default=200, metadata={"help": "Generated training images of the students."})
     validation_size: int = field(default=500, metadata={"help": "Generated validation images."})
     seed: int = field(
         default=0,
