@@ -167,6 +167,7 @@ EARLIER_DETECTION_DEFAULTS = {
     "test_size": 0,
     "evaluate_on": "validation",
     "seeds": 2,
+    "student_backbone": "random",
 }
 
 
