@@ -42,6 +42,36 @@ def test_vkd_projector_is_orthogonal_before_and_after_training_and_uses_smooth_l
     assert torch.allclose(w.T @ w, torch.eye(3), atol=1e-5)  # orthonormal columns (C_s <= C_t)
 
 
+@pytest.mark.parametrize(("student", "teacher"), [(4, 8), (8, 4)])
+def test_orthogonal_maps_survive_the_trainers_optimizer_and_learn(student, teacher):
+    """AdamW with weight decay (the Trainer's optimizer): torch's default map for non-square matrices
+    (Householder) became the zero matrix after one such step, and the loss stayed at the teacher's own."""
+    torch.manual_seed(0)
+    vkd, mokd = VkDProjector(student, teacher), MoKDStyleProjector(student, teacher)
+    mixing = torch.randn(teacher, student)
+    batches = [torch.randn(4, student, 4, 4) for _ in range(4)]
+    targets = [
+        torch.einsum("ts,bshw->bthw", mixing, s) for s in batches
+    ]  # the teacher is a map of the student
+    zero_prediction = smooth_l1(torch.zeros(4, teacher, 4, 4), layer_norm_channels(targets[0]))
+    first = vkd.loss(batches[0], targets[0]).item()
+    for projector in (vkd, mokd):
+        optimizer = torch.optim.AdamW(projector.parameters(), lr=0.05, weight_decay=0.01)
+        for _ in range(50):
+            for s, t in zip(batches, targets):
+                optimizer.zero_grad()
+                projector.loss(s, t).backward()
+                optimizer.step()
+    w = vkd.proj.weight
+    small = min(student, teacher)
+    gram = w.T @ w if student <= teacher else w @ w.T
+    assert torch.allclose(gram, torch.eye(small), atol=1e-5)  # still orthonormal, not zero
+    u = mokd.subspace
+    assert torch.allclose(u @ u.T, torch.eye(mokd.rank), atol=1e-5)
+    # and it learned: below the loss of its start and of a zero prediction
+    assert vkd.loss(batches[0], targets[0]).item() < 0.5 * min(first, zero_prediction.item())
+
+
 def test_mokd_style_is_the_relative_error_in_a_learnable_orthonormal_teacher_subspace():
     torch.manual_seed(0)
     proj, s, t = MoKDStyleProjector(3, 6), torch.randn(2, 3, 4, 4), 3 * torch.randn(2, 6, 4, 4) + 1

@@ -6,7 +6,8 @@ For a student map ``s`` (``B x C_s x H x W``, resampled to the teacher's size) a
 * ``"linear"`` (DTO-KD's ``P``): a 1x1 convolution ``P: C_s -> C_t`` (with bias);
   ``L = mean (P s - t)^2``;
 * ``"vkd"`` (VkD, Miles et al. CVPR 2024): an orthogonal map ``W`` (``W W^T = I`` when
-  ``C_s <= C_t``, else ``W^T W = I``; torch's orthogonal parametrization keeps it so after every step)
+  ``C_s <= C_t``, else ``W^T W = I``; torch's orthogonal parametrization by the exponential map keeps it
+  so after every step, weight decay included)
   and the teacher standardised by a non-affine layer norm over channels;
   ``L = SmoothL1(W s, LN(t))``;
 * ``"mokd"`` (**MoKD-style**: MoKD's exact projector is not public; this is our reading of its
@@ -38,6 +39,13 @@ from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
 PROJECTORS: tuple[str, ...] = ("linear", "vkd", "mokd")
+#: torch's orthogonal parametrization by the exponential map, whatever the shape. Its default for a
+#: non-square matrix, Householder reflectors, reads the signs of the columns from the integer part of the
+#: trainable matrix's diagonal: the first step of decoupled weight decay (AdamW, the Trainer's optimizer) takes
+#: that diagonal from 1 to just below 1, its integer part to 0, and the map to the zero matrix for good (the
+#: loss then stays at the teacher's own SmoothL1 and no gradient reaches the student). The exponential map of
+#: a skew-symmetric generator stays orthogonal whatever the optimizer does to the generator.
+ORTHOGONAL = {"orthogonal_map": "matrix_exp"}
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +72,7 @@ class LinearProjector(nn.Module):
 class VkDProjector(nn.Module):
     def __init__(self, student_channels: int, teacher_channels: int) -> None:
         super().__init__()
-        self.proj = orthogonal(nn.Linear(student_channels, teacher_channels, bias=False))
+        self.proj = orthogonal(nn.Linear(student_channels, teacher_channels, bias=False), **ORTHOGONAL)
 
     def project(self, s: torch.Tensor) -> torch.Tensor:
         return self.proj(_channels_last(s)).permute(0, 3, 1, 2)
@@ -95,7 +103,7 @@ class MoKDStyleProjector(nn.Module):
         ones_first = torch.cat([torch.ones(teacher_channels, 1), torch.eye(teacher_channels)[:, :-1]], dim=1)
         basis, _ = torch.linalg.qr(ones_first)
         self.register_buffer("centred_basis", basis[:, 1:].contiguous())
-        self.teacher_basis = orthogonal(nn.Linear(teacher_channels - 1, rank, bias=False))
+        self.teacher_basis = orthogonal(nn.Linear(teacher_channels - 1, rank, bias=False), **ORTHOGONAL)
 
     @property
     def subspace(self) -> torch.Tensor:

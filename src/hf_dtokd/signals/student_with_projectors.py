@@ -138,6 +138,13 @@ class ProjectorCheckpointsMixin:
                 f"checkpoint {resume_from_checkpoint} holds no student saved with save_pretrained"
             )
         state = load_file(path, device=str(next(wrapper.projectors.parameters()).device))
+        missing = set(wrapper.projectors.state_dict()) - set(state)
+        if missing and all(key.endswith(".0.base") for key in missing):
+            raise ValueError(
+                f"the orthogonal projectors in {path} were saved with the Householder map, which weight decay "
+                "turned into a zero matrix from the first optimizer step (their token / feature KD taught the "
+                "student nothing); they cannot be resumed: start the run again"
+            )
         try:
             wrapper.projectors.load_state_dict(state, strict=True)
         except RuntimeError as error:

@@ -68,6 +68,23 @@ def test_three_objectives_train_student_and_projectors_not_the_teacher(tmp_path,
     assert 0.0 <= train_logs(trainer, "pi_feature")[0] <= 1.0
 
 
+@pytest.mark.parametrize("projector", ["vkd", "mokd"])
+def test_orthogonal_projectors_stay_orthonormal_under_the_trainers_weight_decay(tmp_path, projector):
+    """The Trainer's AdamW decays the parametrization's trainable matrix: with torch's Householder map (its
+    default for non-square matrices) the projector was the zero matrix from the first step on."""
+    trainer = make(
+        tmp_path, projector=projector, method="fixed", optim="adamw_torch", weight_decay=0.05, max_steps=3
+    )
+    decayed = trainer.get_decay_parameter_names(trainer.model)
+    assert any(name.startswith("projectors.") and name.endswith(".original") for name in decayed)
+    trainer.train()
+    for module in trainer.model.projectors.modules():
+        if hasattr(module, "parametrizations"):  # the orthogonal map: VkD's W, MoKD's teacher basis
+            w = module.weight
+            gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+            assert torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-5)
+
+
 def test_two_objectives_by_default_with_the_parts_logged(tmp_path):
     """The paper's form: logit and feature KD summed into one distillation objective."""
     trainer = make(tmp_path, max_steps=2)
@@ -160,6 +177,18 @@ def test_a_killed_run_resumes_with_its_projectors(tmp_path):
         flat_params(resumed.model.projectors), flat_params(straight.model.projectors), atol=1e-6
     )
     assert torch.allclose(flat_params(resumed.model.student), flat_params(straight.model.student), atol=1e-6)
+
+
+def test_a_checkpoint_with_householder_projectors_is_refused_with_the_reason(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    make(tmp_path / "run", max_steps=1, save_strategy="steps", save_steps=1).train()
+    path = tmp_path / "run" / "checkpoint-1" / PROJECTORS_NAME
+    # the layout of the Householder map: the trainable matrix alone, no base
+    save_file({k: v for k, v in load_file(path).items() if not k.endswith(".0.base")}, path)
+    resumed = make(tmp_path / "run", max_steps=2, save_strategy="steps", save_steps=1)
+    with pytest.raises(ValueError, match="Householder map.*start the run again"):
+        resumed.train(resume_from_checkpoint=str(path.parent))
 
 
 def test_bad_inputs_are_named(tmp_path):
