@@ -18,8 +18,8 @@ reached 61 % of the teacher's mAP on the validation pilots. The pilots that chos
 4. A student RT-DETR (that backbone, width 8, d_model 32, 8 queries) is trained for 2,400 steps, per seed from
    one initialisation of its head and one data order shared by the runs (so runs pair by seed), with
    ``DetectionKDTrainer``: no KD (alpha 0), fixed alpha 0.5 and exact DTO-KD with the Gram over the parameters
-   both objectives reach, on the two objectives (class KD + box KD + token KD through a VkD projector, the
-   paper's detection signal; the detection loss). The teacher is loaded from its folder by path (the same
+   both objectives reach, on the two objectives (class KD + box KD, the detection loss; ``--token_projector``
+   adds token KD through a projector, the paper's detection signal, which the validation pilots did not keep). The teacher is loaded from its folder by path (the same
    code path as a Hub id). Three seeds by default, two runs at a time in their own processes; ``--runs``
    adds the other rows (fixed alpha 0.1 / 0.9, the Gram over all parameters, the one-loss rule, raw instead
    of log gradients, the amortized form).
@@ -127,11 +127,11 @@ class DetectionDemoArguments:
         },
     )
     token_projector: str = field(
-        default="vkd",
+        default="none",
         metadata={
-            "help": "Every KD run also matches the matched queries' decoder states through this projector "
-            "('vkd', 'linear', 'mokd'; the paper's detection signal) on top of class and box KD; 'none': class and "
-            "box KD only (runs named *_token_kd add a VkD projector either way).",
+            "help": "'vkd', 'linear', 'mokd': every KD run also matches the matched queries' decoder states through "
+            "this projector (the paper's detection signal) on top of class and box KD; 'none' (chosen on the "
+            "validation pilots): class and box KD only (runs named *_token_kd add a VkD projector either way).",
             "choices": ["none", "linear", "vkd", "mokd"],
         },
     )
