@@ -19,8 +19,8 @@ reached 61 % of the teacher's mAP on the validation pilots. The pilots that chos
    one initialisation of its head and one data order shared by the runs (so runs pair by seed), with
    ``DetectionKDTrainer``: no KD (alpha 0), fixed alpha 0.5 and exact DTO-KD with the Gram over the parameters
    both objectives reach, on the two objectives (class KD + box KD, the detection loss; ``--token_projector``
-   adds token KD through a projector, the paper's detection signal, which the validation pilots did not keep). The teacher is loaded from its folder by path (the same
-   code path as a Hub id). Three seeds by default, two runs at a time in their own processes; ``--runs``
+   adds token KD through a projector, the paper's detection signal, which the validation pilots did not
+   keep). The teacher is loaded from its folder by path (the same code path as a Hub id). Three seeds by default, two runs at a time in their own processes; ``--runs``
    adds the other rows (fixed alpha 0.1 / 0.9, the Gram over all parameters, the one-loss rule, raw instead
    of log gradients, the amortized form).
 5. It prints a table (mAP over the seeds and per seed, its share of the teacher's, paired differences to
