@@ -34,6 +34,7 @@ from hf_dtokd.tasks.detection.metrics import DetectionMetrics
 from hf_dtokd.tasks.detection.models import build_detector, load_object_detector
 from hf_dtokd.tasks.detection.task import DetectionTask
 from hf_dtokd.tasks.detection.trainer import DetectionKDTrainer
+from hf_dtokd.tasks.detection.unlabelled import UnlabelledImageTransform
 from hf_dtokd.tasks.segmentation.inputs import SegmentationTransform
 from hf_dtokd.tasks.segmentation.metrics import SegmentationMetrics
 from hf_dtokd.tasks.segmentation.models import load_semantic_segmenter
@@ -74,6 +75,7 @@ __all__ = [
     "DetectionKDTrainer",
     "DetectionMetrics",
     "DetectionTransform",
+    "UnlabelledImageTransform",
     "build_detector",
     "collate_detection",
     "load_object_detector",

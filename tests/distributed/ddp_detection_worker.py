@@ -11,7 +11,7 @@ import sys
 import torch
 from torch.utils.data import SequentialSampler
 
-from hf_dtokd import DetectionKDTrainer, DetectionTransform
+from hf_dtokd import DetectionKDTrainer, DetectionTransform, UnlabelledImageTransform
 from hf_dtokd.data import generate_shapes
 from testing_utils import EMPTY, detection_args, end_process_group, evaluate, processor, tiny_detr
 
@@ -25,12 +25,16 @@ def main(output_dir: str) -> None:
     data = generate_shapes(16, image_size=32, seed=3)
     data = data.map(lambda row, i: {"objects": EMPTY if (i // 4) % 2 else row["objects"]}, with_indices=True)
     data = data.with_transform(DetectionTransform(processor(), 3))
+    unlabelled = generate_shapes(12, image_size=32, seed=5).remove_columns(["objects"])
+    unlabelled = unlabelled.with_transform(UnlabelledImageTransform(processor()))
     results = {}
-    # the third run adds token KD: the student and its projector as one DDP-wrapped module
-    for name, method, projector in (
-        ("dto", "dto", None),
-        ("dto_amortized", "dto_amortized", None),
-        ("dto_token_kd", "dto", "linear"),
+    # the third run adds token KD: the student and its projector as one DDP-wrapped module; the fourth distils
+    # on unlabelled images too (a second forward of the DDP-wrapped student before the one backward)
+    for name, method, projector, extra in (
+        ("dto", "dto", None, None),
+        ("dto_amortized", "dto_amortized", None, None),
+        ("dto_token_kd", "dto", "linear", None),
+        ("dto_unlabelled", "dto", None, unlabelled),
     ):
         args = detection_args(
             f"{output_dir}/{name}", method=method, max_steps=2, per_device_train_batch_size=4
@@ -41,6 +45,7 @@ def main(output_dir: str) -> None:
             args=args,
             train_dataset=data,
             token_projector=projector,
+            unlabelled_dataset=extra,
         )
         trainer.train()
         params = torch.cat(
@@ -53,6 +58,9 @@ def main(output_dir: str) -> None:
             "pi_every_rank": trainer.accelerator.gather(trainer.balancer.pi.float()[None]).tolist(),
             "task_loss": task.tolist(),
         }
+        if extra is not None:  # the images each rank drew in its first micro-batch
+            drawn = torch.tensor(trainer.unlabelled_images.indices(0))
+            results[name]["drawn"] = trainer.accelerator.gather(drawn[None]).tolist()
     results["evaluation"] = evaluate(f"{output_dir}/evaluation")
     if torch.distributed.get_rank() == 0:
         with open(f"{output_dir}/ddp_detection_results.json", "w") as handle:

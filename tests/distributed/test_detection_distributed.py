@@ -12,7 +12,11 @@ from testing_utils import evaluate, launch_two_processes
 def test_ranks_stay_identical_when_one_rank_has_no_targets(tmp_path):
     launch_two_processes("ddp_detection_worker.py", tmp_path)
     results = json.loads((tmp_path / "ddp_detection_results.json").read_text())
-    assert set(results) == {"dto", "dto_amortized", "dto_token_kd", "evaluation"}
+    assert set(results) == {"dto", "dto_amortized", "dto_token_kd", "dto_unlabelled", "evaluation"}
+    drawn = results["dto_unlabelled"].pop("drawn")
+    assert len(drawn) == 2 and not set(drawn[0]) & set(drawn[1]), (
+        "the ranks must draw different unlabelled images"
+    )
     # evaluation: per-image label dicts of different sizes gathered from both ranks (11 images, 2 per batch:
     # the sampler pads rank 1 with a duplicate that must be dropped) give the one-process mAP
     evaluation, single = results.pop("evaluation"), evaluate(str(tmp_path / "single"))

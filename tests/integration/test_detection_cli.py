@@ -57,7 +57,8 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
     else:
         tiny_detr(0).save_pretrained(tmp_path / "student")
         detection_processor("detr", 32).save_pretrained(tmp_path / "student")
-        student = {"model_name_or_path": str(tmp_path / "student")}
+        # the validation images distilled without their labels as well
+        student = {"model_name_or_path": str(tmp_path / "student"), "unlabelled_split": "validation"}
     settings = {
         **student,
         "teacher_model_name_or_path": str(teacher),
@@ -83,6 +84,7 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
     assert {"eval_map", "eval_map_50", "eval_map_75", "eval_map_circle"} <= set(metrics)
     card = (tmp_path / "out" / "README.md").read_text()
     assert "object-detection" in card and "trade-off method: `dto`" in card
+    assert ("`unlabelled_batch_size=4`" in card) == (not assembled)
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["id2label"] == {"0": "circle", "1": "square", "2": "triangle"}
     assert saved["architectures"] == ["DetrForObjectDetection"]  # the student alone, also with a projector
@@ -103,12 +105,16 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     )
     with pytest.raises(ValueError, match="seeds and workers must be >= 1"):
         DetectionDemoArguments(workers=0)
+    with pytest.raises(ValueError, match="exceed the teacher's 3200 training images"):
+        DetectionDemoArguments(unlabelled_size=3001)
     demo = DetectionDemoArguments(
         output_dir=str(tmp_path),
         max_steps=2,
         teacher_steps=2,
         train_size=16,
-        teacher_train_size=None,  # the students' images
+        teacher_train_size=24,  # the students' images and 8 more, which the KD runs see without labels
+        unlabelled_size=8,
+        unlabelled_batch_size=2,
         validation_size=8,
         test_size=8,
         logging_steps=1,
@@ -127,6 +133,7 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
         (run, seed) for seed in (0, 1) for run in ("no_kd", "fixed", "dto")
     ]
     assert all(r["threads"] == max(1, len(os.sched_getaffinity(0)) // 2) for r in summary["students"])
+    assert [r["unlabelled_images"] for r in summary["students"]] == [0, 8, 8] * 2
     no_kd, fixed, dto = summary["rows"]
     assert "steps in conflict (all / last quarter)" in out and "vs fixed (paired)" in out
     # the row pools the two seeds' per-step traces: recomputed here from the runs' own traces
@@ -202,12 +209,12 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     with pytest.raises(ValueError, match="--test_size"):
         DetectionDemoArguments(test_size=0)  # the default scores the test images
     # other settings: nothing reused; a teacher on more images than the students is trained again
-    larger = run_demo(dataclasses.replace(demo, runs=["no_kd"], seeds=1, workers=1, teacher_train_size=24))
+    larger = run_demo(dataclasses.replace(demo, runs=["no_kd"], seeds=1, workers=1, teacher_train_size=32))
     assert not larger["teacher"]["cached"]
     assert "already finished" not in capsys.readouterr().out
     # the students' learning rate and moving average are theirs: the teacher stays cached (its own rate is not)
     students_only = dataclasses.replace(
-        demo, runs=["fixed"], seeds=1, workers=1, teacher_train_size=24, learning_rate=1e-3, ema_decay=0.9
+        demo, runs=["fixed"], seeds=1, workers=1, teacher_train_size=32, learning_rate=1e-3, ema_decay=0.9
     )
     assert run_demo(students_only)["teacher"]["cached"]
     assert not run_demo(dataclasses.replace(students_only, teacher_learning_rate=1e-3))["teacher"]["cached"]

@@ -12,7 +12,8 @@ same code::
     hf-dtokd-detect --student_head deformable_detr --student_backbone microsoft/swin-tiny-patch4-window7-224 \
         --teacher_model_name_or_path SenseTime/deformable-detr ...
 
-Without --dataset_name it uses the generated shapes (no download). The dataset must follow the Hub's
+With --unlabelled_split the images of that split (labels unread) are distilled too, a batch of them per
+micro-batch. Without --dataset_name it uses the generated shapes (no download). The dataset must follow the Hub's
 detection layout (``image``, ``image_id``, ``objects`` with COCO ``bbox`` and ``category``), as
 run_object_detection.py expects. Every model, data and DTOKDConfig field is a flag (``--help``).
 """
@@ -38,6 +39,7 @@ from hf_dtokd.tasks.detection.models import (
     load_object_detector,
 )
 from hf_dtokd.tasks.detection.trainer import DetectionKDTrainer
+from hf_dtokd.tasks.detection.unlabelled import UnlabelledImageTransform
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,17 @@ class DetectionDataArguments:
     )
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_split: str = field(default="validation", metadata={"help": "Split used for evaluation."})
+    unlabelled_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "A split whose images are distilled without their labels (DetectionKDTrainer's "
+            "unlabelled_dataset; its 'image' column is read), e.g. the teacher's extra images; default: none."
+        },
+    )
+    unlabelled_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "The dataset of --unlabelled_split, if not --dataset_name (Hub id / folder)."},
+    )
 
 
 def load_detection_splits(data: DetectionDataArguments, image_size: int) -> DatasetDict:
@@ -99,6 +112,28 @@ def load_detection_splits(data: DetectionDataArguments, image_size: int) -> Data
             f"{splits[data.train_split].column_names}); rename them to the Hub's detection layout"
         )
     return splits
+
+
+def load_unlabelled_images(data: DetectionDataArguments, splits: DatasetDict) -> Any | None:
+    """The ``--unlabelled_split`` images (of ``--unlabelled_dataset_name`` or the training dataset), or None."""
+    if data.unlabelled_split is None:
+        if data.unlabelled_dataset_name is not None:
+            raise ValueError(
+                "--unlabelled_dataset_name needs --unlabelled_split (which of its splits to read)"
+            )
+        return None
+    source = splits if data.unlabelled_dataset_name is None else load_dataset(data.unlabelled_dataset_name)
+    name = data.unlabelled_dataset_name or data.dataset_name or "the generated shapes"
+    if data.unlabelled_split not in source:
+        raise ValueError(
+            f"{name} has no split {data.unlabelled_split!r} (splits: {list(source)}); set --unlabelled_split"
+        )
+    images = source[data.unlabelled_split]
+    if "image" not in images.column_names:
+        raise ValueError(
+            f"{name}'s split {data.unlabelled_split!r} has no 'image' column (columns: {images.column_names})"
+        )
+    return images.select_columns(["image"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -134,12 +169,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         side = model_args.image_size or (64 if generated else 640)
         processor = detection_processor(model_args.student_head, side)
     transform = DetectionTransform(processor, len(names))
+    unlabelled = load_unlabelled_images(data_args, splits) if config.do_train else None
     trainer = DetectionKDTrainer(
         model=student,
         args=config,
         train_dataset=splits[data_args.train_split].with_transform(transform) if config.do_train else None,
         eval_dataset=splits[data_args.eval_split].with_transform(transform) if config.do_eval else None,
         processing_class=processor,
+        unlabelled_dataset=None
+        if unlabelled is None
+        else unlabelled.with_transform(UnlabelledImageTransform(processor)),
     )
     card = {
         "finetuned_from": model_args.model_name_or_path or model_args.student_backbone,

@@ -72,6 +72,7 @@ from hf_dtokd.tasks.detection.inputs import DetectionTransform, collate_detectio
 from hf_dtokd.tasks.detection.metrics import DetectionMetrics
 from hf_dtokd.tasks.detection.models import build_detector
 from hf_dtokd.tasks.detection.trainer import DetectionKDTrainer
+from hf_dtokd.tasks.detection.unlabelled import UnlabelledImageTransform
 
 #: run name -> (method, alpha or None for the demo's --alpha, extra DetectionKDConfig fields)
 RUN_SETTINGS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
@@ -167,6 +168,17 @@ class DetectionDemoArguments:
     temperature: float = field(default=2.0, metadata={"help": "Class-KD temperature."})
     alpha: float = field(default=0.5, metadata={"help": "Distillation weight of the fixed-alpha run."})
     train_size: int = field(default=200, metadata={"help": "Generated training images of the students."})
+    unlabelled_size: int = field(
+        default=0,
+        metadata={
+            "help": "The teacher's training images after the students' train_size, given to the KD runs without "
+            "their labels (DetectionKDTrainer's unlabelled_dataset; 0 = none): the teacher's advantage is its "
+            "data. The no-KD run trains on the labelled images alone."
+        },
+    )
+    unlabelled_batch_size: int = field(
+        default=16, metadata={"help": "Unlabelled images per step of the KD runs (with unlabelled_size)."}
+    )
     validation_size: int = field(default=500, metadata={"help": "Generated validation images."})
     seed: int = field(
         default=0,
@@ -232,6 +244,17 @@ class DetectionDemoArguments:
             )
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+        teacher_images = self.teacher_train_size or self.train_size
+        if self.unlabelled_size < 0 or self.unlabelled_batch_size < 1:
+            raise ValueError(
+                f"unlabelled_size must be >= 0 and unlabelled_batch_size >= 1, got {self.unlabelled_size} and "
+                f"{self.unlabelled_batch_size}"
+            )
+        if self.unlabelled_size and self.train_size + self.unlabelled_size > teacher_images:
+            raise ValueError(
+                f"unlabelled_size={self.unlabelled_size} images after the students' {self.train_size} exceed the "
+                f"teacher's {teacher_images} training images; lower unlabelled_size or raise teacher_train_size"
+            )
         if self.evaluate_on == "test" and self.test_size < 1:
             raise ValueError("evaluate_on='test' needs test images: pass --test_size (e.g. 500)")
 
@@ -382,6 +405,10 @@ def train_student(
         extra = {**extra, "ema_decay": demo.ema_decay, "ema_warmup": True}
     if demo.token_projector != "none" and run != "no_kd":
         extra = {"token_projector": demo.token_projector, **extra}
+    # no KD ignores unlabelled images (alpha 0: the KD terms weigh nothing), so it is not given them
+    unlabelled = splits.get("unlabelled") if run != "no_kd" else None
+    if unlabelled is not None:
+        extra = {**extra, "unlabelled_batch_size": demo.unlabelled_batch_size}
     config = DetectionKDConfig(
         **extra,
         **common_args(
@@ -400,6 +427,7 @@ def train_student(
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=processor(demo.image_size),
+        unlabelled_dataset=unlabelled,
     )
     trainer.remove_callback(PrinterCallback)  # one line per run below, not every log
     trainer.train()
@@ -415,6 +443,7 @@ def train_student(
         "alpha": alpha if method == "fixed" else None,
         "wall_seconds": wall,
         "threads": torch.get_num_threads(),
+        "unlabelled_images": 0 if unlabelled is None else len(unlabelled),
         **_maps(metrics),
         "final_pi_distill": pis[-1] if pis and method != "fixed" else None,
         "mean_pi_distill": sum(pis) / len(pis) if pis and method != "fixed" else None,
@@ -512,7 +541,14 @@ def load_splits(demo: DetectionDemoArguments) -> dict[str, Any]:
             demo.teacher_train_size, demo.image_size, demo.max_objects, seed=0
         )
     transform = DetectionTransform(processor(demo.image_size), len(SHAPE_CLASSES))
-    return {name: split.with_transform(transform) for name, split in raw.items()}
+    splits = {name: split.with_transform(transform) for name, split in raw.items()}
+    if demo.unlabelled_size:  # the teacher's images after the students' ones, their labels removed
+        teacher_images = raw.get("teacher_train", raw["train"])
+        images = teacher_images.select(range(demo.train_size, demo.train_size + demo.unlabelled_size))
+        splits["unlabelled"] = images.remove_columns(["objects"]).with_transform(
+            UnlabelledImageTransform(processor(demo.image_size))
+        )
+    return splits
 
 
 def _student_in_worker(run: str, seed: int, demo: DetectionDemoArguments, teacher: str, threads: int) -> dict:
@@ -541,8 +577,13 @@ def train_students(
 NOT_RUN_SETTINGS = ("output_dir", "runs", "seed", "seeds", "workers", "retrain_teacher", "runs_dir")
 
 
-def run_settings(demo: DetectionDemoArguments) -> dict[str, Any]:
-    return {k: v for k, v in asdict(demo).items() if k not in NOT_RUN_SETTINGS}
+#: fields the no-KD run does not read (it trains on the labelled images alone)
+NOT_NO_KD_SETTINGS = ("unlabelled_size", "unlabelled_batch_size", "token_projector")
+
+
+def run_settings(demo: DetectionDemoArguments, run: str) -> dict[str, Any]:
+    skipped = NOT_RUN_SETTINGS + (NOT_NO_KD_SETTINGS if run == "no_kd" else ())
+    return {k: v for k, v in asdict(demo).items() if k not in skipped}
 
 
 def _run_file(demo: DetectionDemoArguments, run: str, seed: int) -> Path:
@@ -553,11 +594,11 @@ def _run_file(demo: DetectionDemoArguments, run: str, seed: int) -> Path:
 
 def finished_run(demo: DetectionDemoArguments, run: str, seed: int) -> dict[str, Any] | None:
     """A run's recorded result, when it was trained with these settings (else None: it is trained again)."""
-    return load_run(_run_file(demo, run, seed), run_settings(demo))
+    return load_run(_run_file(demo, run, seed), run_settings(demo, run))
 
 
 def record_run(demo: DetectionDemoArguments, result: dict[str, Any]) -> dict[str, Any]:
-    return save_run(_run_file(demo, result["run"], result["seed"]), run_settings(demo), result)
+    return save_run(_run_file(demo, result["run"], result["seed"]), run_settings(demo, result["run"]), result)
 
 
 def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:

@@ -93,7 +93,19 @@ class DetectionKDConfig(DTOKDConfig):
         },
     )
 
+    unlabelled_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "With DetectionKDTrainer(unlabelled_dataset=...): unlabelled images drawn per micro-batch and "
+            "device, distilled alongside the labelled ones (default: per_device_train_batch_size)."
+        },
+    )
+
     def check_signal_options(self) -> None:
+        if self.unlabelled_batch_size is not None and self.unlabelled_batch_size < 1:
+            raise ValueError(
+                f"unlabelled_batch_size must be >= 1 (or None: the train batch size), got {self.unlabelled_batch_size}"
+            )
         if not 0.0 <= self.box_threshold < 1.0:
             raise ValueError(
                 f"box_threshold must lie in [0, 1) (a teacher confidence), got {self.box_threshold}"

@@ -311,7 +311,7 @@ class DistillationTrainer(TradeoffCheckpoints, Publishing, SkippedSteps, Balance
         capture = self.placement.capture()
         capture(True)
         with self.compute_loss_context_manager():
-            outputs = model(**student_inputs)
+            outputs = self.task.student_forward(model, student_inputs)
         capture(False)
         teacher_signal = self.teacher_signal_of(student_inputs, teacher_pixels)
         losses = self.task.objective_losses(outputs, teacher_signal, labels)

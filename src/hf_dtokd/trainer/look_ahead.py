@@ -30,7 +30,9 @@ def look_ahead_update(trainer: DistillationTrainer) -> None:
     after = torch.zeros(len(trainer.objective_names), device=trainer.args.device)
     with torch.no_grad(), trainer.compute_loss_context_manager(), preserved_running_statistics(model):
         for student_inputs, teacher_signal, labels, scales in window.batches:
-            losses = trainer.task.objective_losses(model(**student_inputs), teacher_signal, labels)
+            losses = trainer.task.objective_losses(
+                trainer.task.student_forward(model, student_inputs), teacher_signal, labels
+            )
             after += losses if scales is None else losses * scales
     if trainer.distillation_teacher.fsdp2:  # before zero_grad, which must see the sharded parameters
         reshard(model)

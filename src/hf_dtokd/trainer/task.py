@@ -6,6 +6,8 @@ knows no task. A task (image classification, object detection, semantic segmenta
 
 * ``split_batch``: which of the batch's entries are the student's forward inputs and which are the labels
   (``check_batch_labels`` refuses bad labels on the way);
+* ``student_forward``: the student's forward on those inputs (one call of the model unless the task needs more,
+  e.g. detection's extra forward on unlabelled images);
 * ``teacher_model_inputs``: what the teacher's forward gets (the converted pixels, plus e.g. a pixel mask);
 * ``teacher_signal``: what the objectives need of the teacher's outputs (its logits mapped to the student's
   classes, its features, its boxes);
@@ -102,7 +104,11 @@ class DistillationTask:
         window means are then the micro-batch means' average)."""
         return None
 
-    # ------------------------------------------------------------------ teacher and losses
+    # ------------------------------------------------------------------ student, teacher and losses
+    def student_forward(self, model: nn.Module, student_inputs: dict[str, Any]) -> Any:
+        """The student's outputs for a micro-batch (what ``objective_losses`` reads). Default: one forward."""
+        return model(**student_inputs)
+
     def teacher_model_inputs(
         self, student_inputs: dict[str, Any], teacher_pixels: torch.Tensor | None
     ) -> dict[str, Any]:

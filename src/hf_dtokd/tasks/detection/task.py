@@ -9,12 +9,14 @@ the two objectives ``(sum of the KD terms, task)``; ungrouped, one objective per
 
 Labels are one dict per image (``class_labels``, normalised ``cxcywh`` ``boxes``), which the student's forward
 takes: it computes its own loss. The detection losses keep their own normalisation (no window recount).
+With unlabelled images in the micro-batch (``unlabelled.py``) the student runs a second forward on them without
+labels: the KD terms are means over both forwards' matched queries, the task loss is the labelled forward's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -31,9 +33,17 @@ from hf_dtokd.models.classification import num_labels
 from hf_dtokd.tasks.detection.inputs import check_categories, check_detection_labels, collate_detection
 from hf_dtokd.tasks.detection.metrics import DetectionMetrics
 from hf_dtokd.tasks.detection.models import detection_predictions, is_softmax_head
+from hf_dtokd.tasks.detection.unlabelled import split_unlabelled
 from hf_dtokd.trainer.task import TEACHER_PIXELS, DistillationTask
 
 KD_TERMS = ("class_kd", "box_kd", "token_kd")
+
+
+class WithUnlabelled(NamedTuple):
+    """The student's outputs on a micro-batch's labelled images and on its unlabelled images."""
+
+    labelled: Any
+    unlabelled: Any
 
 
 class DetectionTask(DistillationTask):
@@ -86,6 +96,13 @@ class DetectionTask(DistillationTask):
         return inputs
 
     # ------------------------------------------------------------------ losses
+    def student_forward(self, model: nn.Module, student_inputs: dict[str, Any]) -> Any:
+        """The labelled images' forward (with labels: the detector's own loss) and, when the micro-batch has
+        unlabelled images, their forward without labels (``WithUnlabelled``)."""
+        labelled, unlabelled = split_unlabelled(student_inputs)
+        outputs = model(**labelled)
+        return outputs if not unlabelled else WithUnlabelled(outputs, model(**unlabelled))
+
     def teacher_signal(self, outputs: Any) -> tuple[torch.Tensor, ...]:
         """Teacher query logits (mapped to the student's classes), boxes, confidences (and query states)."""
         assert self.teacher is not None, "attach() first"
@@ -113,7 +130,11 @@ class DetectionTask(DistillationTask):
 
     def objective_losses(self, outputs: Any, teacher_signal: Any, labels: Any) -> torch.Tensor:
         teacher_logits, teacher_boxes, teacher_confidence = teacher_signal[:3]
-        logits, boxes = detection_predictions(outputs)
+        parts = tuple(outputs) if isinstance(outputs, WithUnlabelled) else (outputs,)
+        outputs = parts[0]  # the labelled images': the task loss
+        predictions = [detection_predictions(part) for part in parts]
+        logits = torch.cat([part_logits for part_logits, _ in predictions])
+        boxes = torch.cat([part_boxes for _, part_boxes in predictions])
         student_softmax = is_softmax_head(logits, num_labels(self.student))
         if student_softmax != self._teacher_softmax:
             raise ValueError(
@@ -126,7 +147,7 @@ class DetectionTask(DistillationTask):
             box_kd_loss(boxes, teacher_boxes, teacher_confidence, matches, self.box_threshold),
         ]
         if self.projector is not None:
-            states = query_states(outputs, boxes.shape[1])
+            states = torch.cat([query_states(part, boxes.shape[1]) for part in parts])
             terms.append(query_token_kd_loss(self.projector, states, teacher_signal[3], matches))
         task = outputs["loss"].float()
         for name, value in outputs["loss_dict"].items():

@@ -5,7 +5,8 @@ The student's forward receives the labels, so every rank computes the detection 
 or the ``teacher_pixel_values`` column when its image size or normalisation differs. Query counts may differ:
 the matching keeps the teacher's ``min(Q_s, Q_t)`` most confident queries. With a token projector the trainable
 module is ``StudentWithProjectors`` (student + projector): saving and pushing write the student alone,
-checkpoints carry ``projectors.safetensors``. Evaluation reports COCO mAP through ``DetectionMetrics``; the
+checkpoints carry ``projectors.safetensors``. With ``unlabelled_dataset`` each micro-batch also distils on images
+without labels (``unlabelled.py``). Evaluation reports COCO mAP through ``DetectionMetrics``; the
 per-image targets are gathered as whole objects across processes.
 """
 
@@ -15,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from hf_dtokd.signals.projectors import build_projector
@@ -22,6 +24,7 @@ from hf_dtokd.signals.signal_config import DetectionKDConfig, as_signal_config
 from hf_dtokd.signals.student_with_projectors import ProjectorCheckpointsMixin, StudentWithProjectors
 from hf_dtokd.tasks.detection.models import load_object_detector
 from hf_dtokd.tasks.detection.task import DetectionTask
+from hf_dtokd.tasks.detection.unlabelled import UNLABELLED_PREFIX, UnlabelledImages, split_unlabelled
 from hf_dtokd.trainer.dtokd_config import DTOKDConfig
 from hf_dtokd.trainer.engine import DistillationTrainer
 from hf_dtokd.trainer.teacher import load_teacher
@@ -39,6 +42,10 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DistillationTrainer):
         token_projector: add token KD through this projector (``projectors.PROJECTORS``), or None.
         group_distillation: balance ``(sum of the KD terms, task)`` (the default) or, False, one objective
             per KD term and the task.
+        unlabelled_dataset: images without labels (rows with ``pixel_values``, prepared like the training
+            images, e.g. with ``UnlabelledImageTransform``), of which every micro-batch also distils
+            ``unlabelled_batch_size`` per device (default: the train batch size): the KD terms are means over
+            the labelled and the unlabelled images, the task loss reads the labelled ones.
         **kwargs: as for [`DTOKDTrainer`]. ``processing_class`` (the student's image processor) turns
             outputs into boxes for the mAP; ``data_collator`` defaults to ``collate_detection`` and
             ``compute_metrics`` to ``DetectionMetrics`` (mAP, mAP50, mAP75, per-class AP).
@@ -53,6 +60,7 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DistillationTrainer):
         group_distillation: bool | None = None,
         token_projector: str | None = None,
         teacher_processing_class: Any | None = None,
+        unlabelled_dataset: Any | None = None,
         **kwargs: Any,
     ) -> None:
         if model is None or args is None:
@@ -76,6 +84,17 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DistillationTrainer):
                 "gradient_placement='representation' has no automatic layer for detectors (RT-DETR-style decoders "
                 "refine boxes layer by layer, so no single layer carries every loss); name one in "
                 "representation_layer (e.g. a DETR decoder's final layer norm) or use gradient_placement='parameters'"
+            )
+        if unlabelled_dataset is None and args.unlabelled_batch_size is not None:
+            raise ValueError(
+                f"unlabelled_batch_size={args.unlabelled_batch_size} without unlabelled images: pass "
+                "unlabelled_dataset=... to DetectionKDTrainer, or leave unlabelled_batch_size unset"
+            )
+        if unlabelled_dataset is not None and args.gradient_placement == "representation":
+            raise ValueError(
+                "unlabelled_dataset runs a second student forward per micro-batch, which gradient_placement="
+                "'representation' (one captured layer per forward) does not support; use gradient_placement="
+                "'parameters'"
             )
         teacher, teacher_processing_class = load_teacher(
             teacher_model, args, teacher_processing_class, load_object_detector, student=model
@@ -109,6 +128,49 @@ class DetectionKDTrainer(ProjectorCheckpointsMixin, DistillationTrainer):
             teacher_processing_class=teacher_processing_class,
             **kwargs,
         )
+        #: the unlabelled images each micro-batch draws (None: labelled images only)
+        self.unlabelled_images = None
+        if unlabelled_dataset is not None:
+            # the effective size, as the config saved with the run and the model card report it
+            args.unlabelled_batch_size = args.unlabelled_batch_size or args.per_device_train_batch_size
+            self.task.signal_fields = (*self.task.signal_fields, "unlabelled_batch_size")
+            self.unlabelled_images = UnlabelledImages(
+                unlabelled_dataset,
+                args.unlabelled_batch_size,
+                args.data_seed if args.data_seed is not None else args.seed,
+                self.accelerator.process_index,
+                self.accelerator.num_processes,
+            )
+        self._unlabelled_drawn: int | None = None
+
+    # ------------------------------------------------------------------ unlabelled images
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._unlabelled_drawn = None  # counted again from the (resumed) global step
+        return super().train(*args, **kwargs)
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        """The engine's step, with this micro-batch's unlabelled images added to the batch: micro-batch ``k`` of
+        the run (``global_step * gradient_accumulation_steps`` at the start, so a resumed run draws what the
+        uninterrupted run would have)."""
+        if self.unlabelled_images is not None:
+            if self._unlabelled_drawn is None:
+                self._unlabelled_drawn = self.state.global_step * self.args.gradient_accumulation_steps
+            images = self.unlabelled_images.batch(self._unlabelled_drawn)
+            self._unlabelled_drawn += 1
+            inputs = {**inputs, **{UNLABELLED_PREFIX + key: value for key, value in images.items()}}
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def teacher_signal_of(self, student_inputs: dict[str, Any], teacher_pixels: torch.Tensor | None) -> Any:
+        """The teacher's signal on the labelled images, then on the unlabelled ones (from the student's pixels,
+        converted by the teacher), concatenated in the order of the student's predictions."""
+        labelled, unlabelled = split_unlabelled(student_inputs)
+        signal = super().teacher_signal_of(labelled, teacher_pixels)
+        if not unlabelled:
+            return signal
+        extra = super().teacher_signal_of(unlabelled, None)
+        return tuple(torch.cat(pair) for pair in zip(signal, extra))
 
     # ------------------------------------------------------------------ evaluation
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
