@@ -95,6 +95,7 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     assert defaults.runs == ["no_kd", "fixed", "dto_shared"] and defaults.evaluate_on == "test"
     assert defaults.student_backbone == "pretrained"
     assert (defaults.teacher_train_size, defaults.train_size, defaults.token_projector) == (3200, 200, "none")
+    assert (defaults.unlabelled_size, defaults.unlabelled_batch_size) == (3000, 16)
     with pytest.raises(ValueError, match="multiple of 32"):
         DetectionDemoArguments(image_size=48)
     with pytest.raises(ValueError, match="backbone_pretrain_images and backbone_pretrain_steps >= 1"):

@@ -169,7 +169,7 @@ class DetectionDemoArguments:
     alpha: float = field(default=0.5, metadata={"help": "Distillation weight of the fixed-alpha run."})
     train_size: int = field(default=200, metadata={"help": "Generated training images of the students."})
     unlabelled_size: int = field(
-        default=0,
+        default=3000,
         metadata={
             "help": "The teacher's training images after the students' train_size, given to the KD runs without "
             "their labels (DetectionKDTrainer's unlabelled_dataset; 0 = none): the teacher's advantage is its "
