@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from hf_dtokd.demos.paired_seeds import paired_difference, runs_by_seed
+from hf_dtokd.demos.paired_seeds import load_run, paired_difference, runs_by_seed, save_run
 
 
 def test_runs_pair_by_seed_and_unshared_seeds_are_left_out():
@@ -22,3 +22,15 @@ def test_runs_pair_by_seed_and_unshared_seeds_are_left_out():
     assert mean == pytest.approx(0.20) and se == pytest.approx(math.sqrt(0.02) / math.sqrt(2))
     assert paired_difference({0: by_run["a"][0]}, by_run["b"], "m") == (pytest.approx(0.10), None)
     assert paired_difference(by_run["a"], {}, "m") == (None, None)
+
+
+def test_a_recorded_run_is_reused_under_its_settings_whatever_the_settings_it_does_not_read(tmp_path) -> None:
+    path = tmp_path / "run.json.gz"
+    save_run(path, {"lr": 2e-3, "token_projector": "none"}, {"map": 0.4})
+    assert load_run(path, {"lr": 2e-3, "token_projector": "none"}) == {"map": 0.4}
+    assert load_run(path, {"lr": 1e-3, "token_projector": "none"}) is None
+    # a field the run does not read, recorded or not, under any value: reused
+    assert load_run(path, {"lr": 2e-3}, unread={"token_projector"}) == {"map": 0.4}
+    assert load_run(path, {"lr": 2e-3, "token_projector": "vkd"}, unread={"token_projector"}) == {"map": 0.4}
+    assert load_run(path, {"lr": 2e-3}) is None  # unless it is read
+    assert load_run(tmp_path / "missing.json.gz", {"lr": 2e-3}) is None

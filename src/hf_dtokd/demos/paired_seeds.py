@@ -9,7 +9,7 @@ import math
 import multiprocessing
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -94,14 +94,16 @@ def per_step_summary(traces: list[dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
-def load_run(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """A run's recorded result, when it was trained with these ``settings`` (else None: it is trained again).
-    A path ending in ``.gz`` is gzipped JSON (run files meant to be committed)."""
+def load_run(path: Path, settings: dict[str, Any], unread: Collection[str] = ()) -> dict[str, Any] | None:
+    """A run's recorded result, when it was trained with these ``settings`` (else None: it is trained again);
+    ``unread`` names settings the run does not read, left out of the comparison whether recorded or not. A path
+    ending in ``.gz`` is gzipped JSON (run files meant to be committed)."""
     if not path.is_file():
         return None
     data = path.read_bytes()
     recorded = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
-    return recorded["result"] if recorded.get("settings") == settings else None
+    kept = {k: v for k, v in (recorded.get("settings") or {}).items() if k not in unread}
+    return recorded["result"] if kept == {k: v for k, v in settings.items() if k not in unread} else None
 
 
 def save_run(path: Path, settings: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

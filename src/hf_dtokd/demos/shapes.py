@@ -577,13 +577,25 @@ def train_students(
 NOT_RUN_SETTINGS = ("output_dir", "runs", "seed", "seeds", "workers", "retrain_teacher", "runs_dir")
 
 
-#: fields the no-KD run does not read (it trains on the labelled images alone)
-NOT_NO_KD_SETTINGS = ("unlabelled_size", "unlabelled_batch_size", "token_projector")
+UNLABELLED_SETTINGS = ("unlabelled_size", "unlabelled_batch_size")
+
+
+def unread_settings(demo: DetectionDemoArguments, run: str) -> set[str]:
+    """Fields a run does not read: no KD reads neither the token projector nor unlabelled images; without
+    unlabelled images their batch size is unread. Left out of its settings, so that a run recorded before such
+    a field existed, or under another value of it, is still reused."""
+    unread = set(NOT_RUN_SETTINGS)
+    if run == "no_kd":
+        unread |= {"token_projector", *UNLABELLED_SETTINGS}
+    if not demo.unlabelled_size:
+        unread |= set(UNLABELLED_SETTINGS)
+    return unread
 
 
 def run_settings(demo: DetectionDemoArguments, run: str) -> dict[str, Any]:
-    skipped = NOT_RUN_SETTINGS + (NOT_NO_KD_SETTINGS if run == "no_kd" else ())
-    return {k: v for k, v in asdict(demo).items() if k not in skipped}
+    """The settings a run's result depends on (its file is reused only under the same)."""
+    unread = unread_settings(demo, run)
+    return {k: v for k, v in asdict(demo).items() if k not in unread}
 
 
 def _run_file(demo: DetectionDemoArguments, run: str, seed: int) -> Path:
@@ -594,7 +606,7 @@ def _run_file(demo: DetectionDemoArguments, run: str, seed: int) -> Path:
 
 def finished_run(demo: DetectionDemoArguments, run: str, seed: int) -> dict[str, Any] | None:
     """A run's recorded result, when it was trained with these settings (else None: it is trained again)."""
-    return load_run(_run_file(demo, run, seed), run_settings(demo, run))
+    return load_run(_run_file(demo, run, seed), run_settings(demo, run), unread_settings(demo, run))
 
 
 def record_run(demo: DetectionDemoArguments, result: dict[str, Any]) -> dict[str, Any]:
