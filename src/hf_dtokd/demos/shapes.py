@@ -1,15 +1,18 @@
 """The embedded detection default: distilling an RT-DETR on generated shapes, offline, on 2 CPU cores.
 
 The regime is meant for distillation to matter and for seeds to agree: the teacher is trained on sixteen
-times the students' images (as real teachers are trained on more data), the students are small and start,
-as real students do, from a pretrained backbone (so that only their head starts at random); without KD they
-reached 61 % of the teacher's mAP on the validation pilots. The pilots that chose it are in the detection docs.
+times the students' labelled images (as real teachers are trained on more data), and the KD runs distil on the
+teacher's other images too, without their labels (the teacher's advantage is its data); the students are small
+and start, as real students do, from a pretrained backbone (so that only their head starts at random); without
+KD they reached 61-66 % of the teacher's mAP on the validation pilots. The pilots that chose it are in the
+detection docs.
 
 1. Data: ``generate_shapes`` (coloured circles / squares / triangles on textured backgrounds, 64 px, 1-2
-   objects per image, COCO boxes): the teacher's 3,200 training images, of which the students see the first
-   200; 500 validation images (another seed: the pilots that chose the settings read them) and 500 test
-   images (a third seed: the table reads them, once per run), prepared by the RT-DETR image processor with
-   ``DetectionTransform``.
+   objects per image, COCO boxes): the teacher's 3,200 training images, of which the students have the labels
+   of the first 200 and the KD runs see the other 3,000 without labels (``unlabelled_size``, 16 per step:
+   ``DetectionKDTrainer``'s ``unlabelled_dataset``); 500 validation images (another seed: the pilots that
+   chose the settings read them) and 500 test images (a third seed: the table reads them, once per run),
+   prepared by the RT-DETR image processor with ``DetectionTransform``.
 2. A teacher RT-DETR (ResNet backbone of widths 16-32, d_model 64, 10 queries) is trained for 2,400 steps
    with the plain ``transformers.Trainer`` on its own detection loss, evaluated with ``DetectionMetrics``
    and cached in ``<output_dir>/teacher`` (reused while its data and budget are unchanged).
@@ -17,12 +20,13 @@ reached 61 % of the teacher's mAP on the validation pilots. The pilots that chos
    on 3,200 generated images of a seed no detection split uses, cached in ``<output_dir>/student_backbone``.
 4. A student RT-DETR (that backbone, width 8, d_model 32, 8 queries) is trained for 2,400 steps, per seed from
    one initialisation of its head and one data order shared by the runs (so runs pair by seed), with
-   ``DetectionKDTrainer``: no KD (alpha 0), fixed alpha 0.5 and exact DTO-KD with the Gram over the parameters
-   both objectives reach, on the two objectives (class KD + box KD, the detection loss; ``--token_projector``
-   adds token KD through a projector, the paper's detection signal, which the validation pilots did not
-   keep). The teacher is loaded from its folder by path (the same code path as a Hub id). Three seeds by default, two runs at a time in their own processes; ``--runs``
-   adds the other rows (fixed alpha 0.1 / 0.9, the Gram over all parameters, the one-loss rule, raw instead
-   of log gradients, the amortized form).
+   ``DetectionKDTrainer``: no KD (alpha 0, on the labelled images alone), fixed alpha 0.5 and exact DTO-KD with
+   the Gram over the parameters both objectives reach, on the two objectives (class KD + box KD, the detection
+   loss; ``--token_projector`` adds token KD through a projector, the paper's detection signal, which the
+   validation pilots did not keep). The teacher is loaded from its folder by path (the same code path as a Hub
+   id). Three seeds by default, two runs at a time in their own processes; ``--runs`` adds the other rows
+   (fixed alpha 0.1 / 0.9, the Gram over all parameters, the one-loss rule, raw instead of log gradients, the
+   amortized form).
 5. It prints a table (mAP over the seeds and per seed, its share of the teacher's, paired differences to
    no-KD and to fixed alpha, wall time, pi, and from the per-step traces: the share of optimizer steps at a
    vertex of the simplex, the share whose two gradients conflict, the median weights applied and how much

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils.data import SequentialSampler
@@ -115,7 +117,7 @@ def run(tmp_path, shapes, unlabelled_dataset, **overrides):
     student, teacher = tiny_detr(0), tiny_detr(1)
     before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
     args = detection_args(
-        tmp_path, method="fixed", per_device_train_batch_size=4, **{"max_steps": 3, **overrides}
+        tmp_path, per_device_train_batch_size=4, **{"method": "fixed", "max_steps": 3, **overrides}
     )
     trainer = SequentialTrainer(
         model=student,
@@ -141,6 +143,19 @@ def test_with_alpha_zero_the_unlabelled_images_change_nothing_and_with_kd_they_d
     moved = [n for n in kd if not torch.allclose(kd[n], kd_plain[n], atol=1e-7)]
     assert any("class_labels_classifier" in n for n in moved) and any("bbox_predictor" in n for n in moved)
     assert len(train_logs(kd_trainer, "distill_loss")) == 3 and kd_trainer._unlabelled_drawn == 3
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"method": "dto_amortized"}, {"method": "famo", "look_ahead": "same_batch"}, {"method": "dto"}],
+    ids=["dto_amortized", "famo_same_batch", "dto"],
+)
+def test_every_kind_of_method_distils_on_unlabelled_images(tmp_path, shapes, unlabelled, settings):
+    """Amortized and look-ahead methods re-evaluate the losses after the step: with the unlabelled forward too."""
+    trainer, _ = run(tmp_path, shapes, unlabelled, **settings, max_steps=2)
+    pis = train_logs(trainer, "pi_distill")
+    assert len(pis) == 2 and all(0.0 <= p <= 1.0 for p in pis)
+    assert all(math.isfinite(v) for v in train_logs(trainer, "distill_loss"))
 
 
 def test_a_resumed_run_draws_the_images_the_uninterrupted_run_drew(tmp_path, shapes, unlabelled) -> None:
