@@ -168,6 +168,7 @@ EARLIER_DETECTION_DEFAULTS = {
     "evaluate_on": "validation",
     "seeds": 2,
     "student_backbone": "random",
+    "unlabelled_size": 0,
 }
 
 
