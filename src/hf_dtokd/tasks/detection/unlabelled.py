@@ -11,7 +11,8 @@ the two objectives are still ``(KD, task)``, measured on the same micro-batch.
 Hand-written rather than a second ``DataLoader``: the draw is a pure function of ``(seed, micro-batch index,
 process)`` (a seeded permutation per pass over the images, each process taking its own slice of every
 micro-batch), so a run resumed from a checkpoint draws exactly what the uninterrupted run would have drawn,
-without a sampler state to save, and processes never draw the same image in a micro-batch.
+without a sampler state to save, and within a pass over the images no image is drawn twice, whichever process
+draws it.
 """
 
 from __future__ import annotations
