@@ -113,6 +113,38 @@ def test_unlabelled_images_enter_the_kd_terms_and_not_the_task_loss(tmp_path, sh
     assert not torch.allclose(losses[0], parts[0][0]), "the unlabelled images must change the KD terms"
 
 
+def test_the_teacher_reads_both_sets_in_one_forward_when_they_stack(tmp_path, shapes, unlabelled) -> None:
+    """Same image size: one teacher forward over labelled + unlabelled images; another size (the labelled batch
+    padded larger): one forward each. Both give the signal of separate forwards, in the student's order."""
+    student, teacher = tiny_detr(0), tiny_detr(1, queries=4)
+    trainer = DetectionKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=detection_args(tmp_path, method="dto"),
+        train_dataset=shapes,
+        unlabelled_dataset=unlabelled,
+    )
+    calls = []
+    teacher.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(kwargs["pixel_values"].shape[0]), with_kwargs=True
+    )
+    pixels = shapes[:6]["pixel_values"]
+    extra = collate_unlabelled([unlabelled[i] for i in range(4)])["pixel_values"]
+    padded = torch.nn.functional.pad(pixels, (0, 8, 0, 8))
+    with torch.no_grad():
+        separate = [
+            trainer.teacher_signal_of({"pixel_values": images}, None) for images in (pixels, extra, padded)
+        ]
+        calls.clear()
+        joined = trainer.teacher_signal_of({"pixel_values": pixels, "unlabelled_pixel_values": extra}, None)
+        assert calls == [10], "images of one size: one teacher forward"
+        apart = trainer.teacher_signal_of({"pixel_values": padded, "unlabelled_pixel_values": extra}, None)
+        assert calls == [10, 6, 4], "another size: one forward per set"
+    for got, parts in ((joined, separate[:2]), (apart, (separate[2], separate[1]))):
+        for value, first, second in zip(got, *parts):
+            assert torch.allclose(value, torch.cat([first, second]), atol=1e-6)
+
+
 def run(tmp_path, shapes, unlabelled_dataset, **overrides):
     student, teacher = tiny_detr(0), tiny_detr(1)
     before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -152,7 +184,29 @@ def test_with_alpha_zero_the_unlabelled_images_change_nothing_and_with_kd_they_d
 )
 def test_every_kind_of_method_distils_on_unlabelled_images(tmp_path, shapes, unlabelled, settings):
     """Amortized and look-ahead methods re-evaluate the losses after the step: with the unlabelled forward too."""
-    trainer, _ = run(tmp_path, shapes, unlabelled, **settings, max_steps=2)
+    forwards = []
+
+    class Recording(SequentialTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            student_forward = self.task.student_forward
+
+            def recorded(model, inputs):
+                forwards.append("unlabelled_pixel_values" in inputs)
+                return student_forward(model, inputs)
+
+            self.task.student_forward = recorded
+
+    student, teacher = tiny_detr(0), tiny_detr(1)
+    args = detection_args(tmp_path, per_device_train_batch_size=4, max_steps=2, **settings)
+    trainer = Recording(
+        model=student, teacher_model=teacher, args=args, train_dataset=shapes, unlabelled_dataset=unlabelled
+    )
+    trainer.train()
+    look_ahead = trainer.balancer.needs_look_ahead and args.look_ahead == "same_batch"
+    # dto_amortized and FAMO re-evaluate the losses on the same micro-batch after the step; dto does not
+    assert look_ahead == (settings["method"] != "dto")
+    assert len(forwards) == 2 * (2 if look_ahead else 1) and all(forwards), forwards
     pis = train_logs(trainer, "pi_distill")
     assert len(pis) == 2 and all(0.0 <= p <= 1.0 for p in pis)
     assert all(math.isfinite(v) for v in train_logs(trainer, "distill_loss"))

@@ -95,6 +95,16 @@ class UnlabelledImages:
         return permutation[offset]
 
 
+def stacked_images(labelled: dict[str, Any], unlabelled: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """Both sets' images as one batch (labelled first) for a single teacher forward, or None when they do not
+    stack: another image size, or a pixel mask on one side only."""
+    if any((key in labelled) != (key in unlabelled) for key in UNLABELLED_COLUMNS):
+        return None
+    if any(labelled[key].shape[1:] != unlabelled[key].shape[1:] for key in unlabelled):
+        return None
+    return {key: torch.cat([labelled[key], unlabelled[key]]) for key in unlabelled}
+
+
 def collate_unlabelled(rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack the rows' pixels (and masks); refuse images of different sizes with the reason."""
     shapes = {tuple(torch.as_tensor(row["pixel_values"]).shape) for row in rows}
