@@ -87,6 +87,8 @@ class DistillationTeacher:
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     ) -> None:
         self.name = model_name(model)
+        #: the model's own config: once prepared, a DeepSpeed engine's ``config`` is DeepSpeed's dict
+        self.config = getattr(model, "config", None)
         self.accelerator = accelerator
         self.fsdp2 = bool(getattr(accelerator, "is_fsdp2", False))
         self.model = prepare_teacher(model, accelerator)

@@ -12,6 +12,8 @@ is the same result offline, with a check that every weight found its place.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -34,11 +36,38 @@ SINGLE_SCALE = ("detr", "conditional_detr", "table_transformer")
 DETECTION_HEADS = ("detr", "conditional_detr", "deformable_detr", "rt_detr", "rt_detr_v2", "d_fine")
 
 
+@contextmanager
+def outside_zero3_init() -> Iterator[None]:
+    """Build a detector whole even when a DeepSpeed ZeRO-3 config is active.
+
+    Under ZeRO-3, transformers constructs models inside ``deepspeed.zero.Init``, which partitions each
+    parameter as it is created; the DETR family's constructors then copy every backbone ``BatchNorm2d`` into a
+    frozen batch norm (``replace_batch_norm``), reading the already partitioned (empty) weights, and fail with
+    "The size of tensor a (8) must match the size of tensor b (0)". Detectors are small, so each process builds
+    the whole model and DeepSpeed partitions it when the Trainer prepares it (ZeRO-3 converts parameters not
+    created under ``zero.Init`` at its engine's start). transformers offers ``unset_hf_deepspeed_config`` and
+    ``set_hf_deepspeed_config`` but no getter for the active config object: it is read from the module.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    if not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    active = hf_deepspeed._hf_deepspeed_config_weak_ref()
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(active)
+
+
 def load_object_detector(name_or_path: str, role: str, **init_kwargs: Any) -> PreTrainedModel:
-    """``AutoModelForObjectDetection.from_pretrained``; ``role`` names the model in the error."""
+    """``AutoModelForObjectDetection.from_pretrained`` (built whole under ZeRO-3: ``outside_zero3_init``);
+    ``role`` names the model in the error."""
     check_model_reference(name_or_path, role)
     try:
-        return AutoModelForObjectDetection.from_pretrained(name_or_path, **init_kwargs)
+        with outside_zero3_init():
+            return AutoModelForObjectDetection.from_pretrained(name_or_path, **init_kwargs)
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(
             f"could not load the {role} detector {name_or_path!r}: {error}\n{OFFLINE_HINT}"
@@ -127,6 +156,17 @@ def build_detector(
     """
     if head not in DETECTION_HEADS:
         raise ValueError(f"unknown detection head {head!r}; valid values: {', '.join(DETECTION_HEADS)}")
+    with outside_zero3_init():
+        return _build_detector(head, backbone, id2label, out_indices, **head_kwargs)
+
+
+def _build_detector(
+    head: str,
+    backbone: str | PretrainedConfig,
+    id2label: dict[int, str],
+    out_indices: list[int] | None,
+    **head_kwargs: Any,
+) -> PreTrainedModel:
     single_scale = head in SINGLE_SCALE
     backbone_config, state, required = _backbone_config(backbone, out_indices, single_scale)
     kwargs: dict[str, Any] = {

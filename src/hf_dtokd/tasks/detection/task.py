@@ -108,7 +108,7 @@ class DetectionTask(DistillationTask):
         assert self.teacher is not None, "attach() first"
         logits, boxes = detection_predictions(outputs)
         if self._teacher_softmax is None:
-            self._teacher_softmax = is_softmax_head(logits, num_labels(self.teacher.model))
+            self._teacher_softmax = is_softmax_head(logits, int(self.teacher.config.num_labels))
         logits = self.teacher.map_classes(logits, keep_last=self._teacher_softmax)  # "no object" stays last
         confidence, _ = detection_scores(logits, self._teacher_softmax)
         signal = (logits.detach(), boxes.detach(), confidence.detach())
