@@ -39,8 +39,9 @@ lint:
 	$(PYTHON) -m ruff check src tests examples benchmarks docs
 	$(PYTHON) -m ruff format --check src tests examples benchmarks docs
 
-# the fast tier, in parallel (one torch thread per worker); test-all adds the slow tier (what CI runs)
-PYTEST := OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2
+# the fast tier, in parallel (one torch thread per worker); test-all adds the slow tier (what CI runs); each
+# tier ends with its 15 slowest tests (where the suite's time goes)
+PYTEST := OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -n 2 --durations=15
 test: install lint
 	$(PYTEST) -m "not slow" tests
 
