@@ -331,13 +331,18 @@ def free_port() -> int:
 
 
 def end_process_group() -> None:
-    """A launched worker's last step: every rank waits for the others, then the process group is destroyed
-    (left alive, gloo's threads can abort one rank at interpreter exit, failing a run whose results are written)."""
+    """A launched worker's last step: every rank waits for the others, the process group is destroyed, and the
+    process exits without the interpreter's teardown. Left alive, gloo's threads can abort one rank at exit;
+    even destroyed, a thread still joinable at teardown did once ("terminate called without an active
+    exception", 1 of 3 FSDP2 launches), failing a run whose results were written."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch_two_processes(script: str, output_dir: Path, *args: str, config_file: Path | None = None) -> None:

@@ -34,14 +34,30 @@ def student() -> torch.nn.Module:
     return model
 
 
+def teacher() -> torch.nn.Module:
+    """A teacher whose pixel predictions are far from the student's (its classifier scaled up), so that the KD
+    terms and the balancing are not at their floor, and a step's size (learning rate 0.5) that makes a wrong
+    reduction show in the weights."""
+    model = tiny_segformer(1, width=16)
+    with torch.no_grad():
+        model.decode_head.classifier.weight.mul_(25.0)
+    return model
+
+
+LEARNING_RATE = 0.5
+
+
 def main(output_dir: str, batch: int) -> None:
     results = {}
     for method in ("dto", "dto_amortized", "fixed"):
         trainer = SequentialTrainer(
             model=student(),
-            teacher_model=tiny_segformer(1, width=16),
+            teacher_model=teacher(),
             args=segmentation_args(
-                f"{output_dir}/{method}", method=method, per_device_train_batch_size=batch
+                f"{output_dir}/{method}",
+                method=method,
+                per_device_train_batch_size=batch,
+                learning_rate=LEARNING_RATE,
             ),
             train_dataset=shape_masks(16),
             processing_class=segformer_processor(),
