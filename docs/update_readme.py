@@ -150,9 +150,23 @@ def quote_demo(pages: Pages, folder: Path, prefix: str, block: str) -> None:
         return
     results = ROOT / "docs" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    for name in ("results.md", "results.json", "tradeoff.png"):
+    for name in ("results.md", "tradeoff.png"):
         shutil.copy(folder / name, results / f"{prefix}_{name}")
+    report = json.loads((folder / "results.json").read_text())
+    if prefix in PER_STEP_IN_RUN_FILES:
+        for student in report.get("students", []):
+            student.pop("log_history", None)
+            student.pop("step_trace", None)
+        report["per_step"] = PER_STEP_IN_RUN_FILES[prefix]
+    (results / f"{prefix}_results.json").write_text(json.dumps(report, indent=2))
     pages.fill(block, (folder / "results.md").read_text())
+
+
+#: demos whose runs keep their log history and per-step trace in committed run files: the docs' copy of the
+#: results leaves them out (30 runs made it 13 MB) and says where they are
+PER_STEP_IN_RUN_FILES = {
+    "shapes_demo": "each run's log history and per-step weights are in benchmarks/results/detection_demo/runs"
+}
 
 
 #: the earlier detection demo's values of the fields added or given new defaults since it ran (its JSON records only
