@@ -64,9 +64,8 @@ def run(name: str, kind: str, output_dir: str, data, unlabelled) -> dict:
         teacher = trainer.teacher
         teacher_before = full_parameters(kind, teacher)
         trainer.train()
-    except (
-        ValueError
-    ) as error:  # refused at start (the trainer or the backend's prepare): recorded for the test
+    except ValueError as error:
+        # refused at start (the trainer or the backend's prepare): recorded for the test
         return {"refused": str(error)}
     accelerator = trainer.accelerator
     params = full_parameters(kind, trainer.model)
