@@ -21,12 +21,17 @@ class SequentialTrainer(DetectionKDTrainer):
         return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
 
-def main(output_dir: str) -> None:
+def training_data():
+    """16 labelled images (with a per-process batch of 4, rank 1's have no targets) and 12 unlabelled ones."""
     data = generate_shapes(16, image_size=32, seed=3)
     data = data.map(lambda row, i: {"objects": EMPTY if (i // 4) % 2 else row["objects"]}, with_indices=True)
     data = data.with_transform(DetectionTransform(processor(), 3))
     unlabelled = generate_shapes(12, image_size=32, seed=5).remove_columns(["objects"])
-    unlabelled = unlabelled.with_transform(UnlabelledImageTransform(processor()))
+    return data, unlabelled.with_transform(UnlabelledImageTransform(processor()))
+
+
+def main(output_dir: str) -> None:
+    data, unlabelled = training_data()
     results = {}
     # the third run adds token KD: the student and its projector as one DDP-wrapped module; the fourth distils
     # on unlabelled images too (a second forward of the DDP-wrapped student before the one backward)

@@ -15,12 +15,10 @@ import sys
 
 import sharded_harness
 import torch
+from ddp_detection_worker import SequentialTrainer, training_data
 from sharded_worker import full_parameters, is_sharded
-from torch.utils.data import SequentialSampler
 
-from hf_dtokd import DetectionKDTrainer, DetectionTransform, UnlabelledImageTransform
-from hf_dtokd.data import generate_shapes
-from testing_utils import EMPTY, detection_args, end_process_group, processor, tiny_detr, train_logs
+from testing_utils import detection_args, end_process_group, tiny_detr, train_logs
 
 #: run name -> config overrides (AdamW with weight decay: the sharded optimizer state matters)
 RUNS = {
@@ -36,11 +34,6 @@ SETTINGS = {
     "learning_rate": 0.01,
     "weight_decay": 0.1,
 }
-
-
-class SequentialTrainer(DetectionKDTrainer):
-    def _get_train_sampler(self, train_dataset=None):
-        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
 
 def backend() -> str:
@@ -89,11 +82,7 @@ def main(output_dir: str) -> None:
     kind = backend()
     # rank 1's labelled images have no targets (per-process batch 4, sequential): the DETR loss all-reduces the box
     # count inside, so a rank that skipped it would hang the other
-    data = generate_shapes(16, image_size=32, seed=3)
-    data = data.map(lambda row, i: {"objects": EMPTY if (i // 4) % 2 else row["objects"]}, with_indices=True)
-    data = data.with_transform(DetectionTransform(processor(), 3))
-    unlabelled = generate_shapes(12, image_size=32, seed=5).remove_columns(["objects"])
-    unlabelled = unlabelled.with_transform(UnlabelledImageTransform(processor()))
+    data, unlabelled = training_data()
     results = {"backend": kind, **{name: run(name, kind, output_dir, data, unlabelled) for name in RUNS}}
     if torch.distributed.get_rank() == 0:
         with open(f"{output_dir}/sharded_detection_results.json", "w") as handle:
