@@ -81,6 +81,10 @@ from hf_dtokd.tasks.detection.unlabelled import UnlabelledImageTransform
 #: run name -> (method, alpha or None for the demo's --alpha, extra DetectionKDConfig fields)
 RUN_SETTINGS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "no_kd": ("fixed", 0.0, {}),
+    # a control: alpha 0 given the unlabelled images, so the student also runs their forward but their KD terms
+    # weigh nothing (the gradient is no KD's): what the second forward alone changes (the batch-norm running
+    # statistics it updates), against "fixed alpha 0.1 falls below no KD because of the unlabelled forward"
+    "no_kd_unlabelled": ("fixed", 0.0, {}),
     "fixed": ("fixed", None, {}),
     "fixed_0.1": ("fixed", 0.1, {}),
     "fixed_0.9": ("fixed", 0.9, {}),
@@ -99,6 +103,8 @@ RUN_SETTINGS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "dto_token_kd": ("dto", None, {"token_projector": "vkd"}),
 }
 RUNS = tuple(RUN_SETTINGS)
+#: the runs at alpha 0: no distillation term, so no token projector either
+WITHOUT_KD = ("no_kd", "no_kd_unlabelled")
 #: no KD (alpha 0), fixed alpha and DTO-KD in the form chosen on the validation images (the Gram over the
 #: parameters both objectives reach): the ranking the demo is for
 DEFAULT_RUNS = ("no_kd", "fixed", "dto_shared")
@@ -410,7 +416,7 @@ def train_student(
     alpha = demo.alpha if alpha is None else alpha
     if demo.ema_decay:
         extra = {**extra, "ema_decay": demo.ema_decay, "ema_warmup": True}
-    if demo.token_projector != "none" and run != "no_kd":
+    if demo.token_projector != "none" and run not in WITHOUT_KD:
         extra = {"token_projector": demo.token_projector, **extra}
     # no KD ignores unlabelled images (alpha 0: the KD terms weigh nothing), so it is not given them
     unlabelled = splits.get("unlabelled") if run != "no_kd" else None
@@ -588,12 +594,14 @@ UNLABELLED_SETTINGS = ("unlabelled_size", "unlabelled_batch_size")
 
 
 def unread_settings(demo: DetectionDemoArguments, run: str) -> set[str]:
-    """Fields a run does not read: no KD reads neither the token projector nor unlabelled images; without
-    unlabelled images their batch size is unread. Left out of its settings, so that a run recorded before such
-    a field existed, or under another value of it, is still reused."""
+    """Fields a run does not read: the alpha-0 runs do not read the token projector, no KD reads no unlabelled
+    images, and without unlabelled images their batch size is unread. Left out of its settings, so that a run
+    recorded before such a field existed, or under another value of it, is still reused."""
     unread = set(NOT_RUN_SETTINGS)
+    if run in WITHOUT_KD:
+        unread.add("token_projector")
     if run == "no_kd":
-        unread |= {"token_projector", *UNLABELLED_SETTINGS}
+        unread |= set(UNLABELLED_SETTINGS)
     if not demo.unlabelled_size:
         unread |= set(UNLABELLED_SETTINGS)
     return unread
