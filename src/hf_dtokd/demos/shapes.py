@@ -69,7 +69,7 @@ from hf_dtokd.demos.paired_seeds import (
     train_jobs,
     vertex_share,
 )
-from hf_dtokd.demos.shapes_backbone import pretrain_backbone, resnet_config
+from hf_dtokd.demos.shapes_backbone import detector_training_args, pretrain_backbone, resnet_config
 from hf_dtokd.hub.plotting import plot_tradeoff
 from hf_dtokd.signals.signal_config import DetectionKDConfig
 from hf_dtokd.tasks.detection.inputs import DetectionTransform, collate_detection
@@ -309,26 +309,8 @@ def build_model(
 def common_args(
     output_dir: Path, demo: DetectionDemoArguments, steps: int, seed: int, learning_rate: float
 ) -> dict[str, Any]:
-    return dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        per_device_train_batch_size=demo.batch_size,
-        per_device_eval_batch_size=50,
-        max_steps=steps,
-        learning_rate=learning_rate,
-        warmup_steps=int(0.05 * steps),
-        lr_scheduler_type="cosine",
-        weight_decay=1e-4,
-        max_grad_norm=1.0,
-        logging_steps=demo.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        eval_do_concat_batches=False,
+    return detector_training_args(
+        output_dir, demo.batch_size, steps, learning_rate, seed, seed, demo.logging_steps
     )
 
 

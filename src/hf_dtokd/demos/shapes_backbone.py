@@ -48,6 +48,42 @@ def resnet_config(width: int) -> ResNetConfig:
     )
 
 
+def detector_training_args(
+    output_dir: Path,
+    batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    data_seed: int | None,
+    logging_steps: int = 500,
+) -> dict[str, Any]:
+    """The demos' detector recipe (TrainingArguments fields), shared by the backbone's pretraining, the teacher
+    and the students: AdamW with a 5 % warm-up then a cosine decay, weight decay 1e-4, gradients clipped at 1,
+    on CPU, no checkpoints; ``seed`` fixes the initialisation's random stream, ``data_seed`` the data order (None: the
+    Trainer's default, which the backbone's pretraining keeps so that a cached backbone is trained again alike)."""
+    return dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=50,
+        max_steps=steps,
+        learning_rate=learning_rate,
+        warmup_steps=int(0.05 * steps),
+        lr_scheduler_type="cosine",
+        weight_decay=1e-4,
+        max_grad_norm=1.0,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=data_seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        eval_do_concat_batches=False,
+    )
+
+
 def class_agnostic_shapes(
     num_images: int, image_size: int, max_objects: int, seed: int, first_id: int
 ) -> Any:
@@ -95,23 +131,7 @@ def pretrain_backbone(
     held_out = class_agnostic_shapes(HELD_OUT_IMAGES, image_size, max_objects, HELD_OUT_SEED, num_images)
     detector = build_detector(OBJECTNESS)
     args = TrainingArguments(
-        output_dir=str(folder / "run"),
-        use_cpu=True,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=50,
-        max_steps=steps,
-        learning_rate=learning_rate,
-        warmup_steps=int(0.05 * steps),
-        lr_scheduler_type="cosine",
-        weight_decay=1e-4,
-        max_grad_norm=1.0,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        eval_do_concat_batches=False,
+        **detector_training_args(folder / "run", batch_size, steps, learning_rate, seed=0, data_seed=None)
     )
     trainer = Trainer(
         model=detector,
