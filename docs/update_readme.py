@@ -8,6 +8,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``digits-signals`` (signals page): the digits demo's opt-in signal runs, from ``--signals-demo-dir``;
 * ``detection-demo`` (detection page): the table printed by ``python -m hf_dtokd.demos.shapes``, copied
   with its JSON and plot into ``docs/results/``;
+* ``detection-first-teacher`` (detection page): the first test table of that demo, whose teacher was not kept,
+  from its committed copy ``docs/results/shapes_first_teacher_results.md``;
 * ``detection-earlier-demo``, ``detection-earlier-demo-seeds-2-3`` (detection page): the earlier detection
   demo's tables (800 student images, class and box KD), from their committed copies in ``docs/results/``, and
   ``detection-earlier-demo-pooled``: their students summarised together (the demo's own ``summarise`` and
@@ -246,6 +248,9 @@ def main() -> None:
         (args.segmentation_demo_dir, "segmentation_demo", "segmentation-demo"),
     ):
         quote_demo(pages, Path(folder), prefix, block)
+    first_teacher = ROOT / "docs" / "results" / "shapes_first_teacher_results.md"
+    if first_teacher.is_file():
+        pages.fill("detection-first-teacher", first_teacher.read_text())
     earlier_detection_demo(pages)
     benchmarks = ROOT / "benchmarks" / "results"
     if (benchmarks / "step_cost.md").is_file():

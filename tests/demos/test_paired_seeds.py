@@ -1,10 +1,13 @@
 """Seed-paired statistics of the demos, against a hand computation."""
 
 import math
+import platform
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from hf_dtokd.demos.paired_seeds import load_run, paired_difference, runs_by_seed, save_run
+from hf_dtokd.demos.paired_seeds import cpu_name, load_run, paired_difference, runs_by_seed, save_run
 
 
 def test_runs_pair_by_seed_and_unshared_seeds_are_left_out():
@@ -34,3 +37,15 @@ def test_a_recorded_run_is_reused_under_its_settings_whatever_the_settings_it_do
     assert load_run(path, {"lr": 2e-3, "token_projector": "vkd"}, unread={"token_projector"}) == {"map": 0.4}
     assert load_run(path, {"lr": 2e-3}) is None  # unless it is read
     assert load_run(tmp_path / "missing.json.gz", {"lr": 2e-3}) is None
+
+
+def test_cpu_name_is_the_model_name_the_system_reports():
+    name = cpu_name()
+    assert name and "\n" not in name
+    if Path("/proc/cpuinfo").is_file() and "model name" in Path("/proc/cpuinfo").read_text():
+        line = subprocess.run(
+            ["grep", "-m1", "model name", "/proc/cpuinfo"], capture_output=True, text=True, check=True
+        ).stdout
+        assert name == line.split(":", 1)[1].strip()
+    else:
+        assert name in (platform.processor(), platform.machine(), "unknown")

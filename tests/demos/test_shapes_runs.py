@@ -1,6 +1,14 @@
 """The detection demo's run names: what each run reads, so that a recorded run is reused only when it should be."""
 
-from hf_dtokd.demos.shapes import RUN_SETTINGS, DetectionDemoArguments, run_settings
+from hf_dtokd.demos.shapes import (
+    RUN_SETTINGS,
+    DetectionDemoArguments,
+    finished_run,
+    model_weights,
+    record_run,
+    run_settings,
+    weights_fingerprint,
+)
 
 
 def test_alpha_zero_runs_differ_only_in_the_unlabelled_images():
@@ -19,3 +27,34 @@ def test_without_unlabelled_images_the_control_is_no_kd():
     demo = DetectionDemoArguments(unlabelled_size=0)
     assert run_settings(demo, "no_kd_unlabelled") == run_settings(demo, "no_kd")
     assert "unlabelled_batch_size" not in run_settings(demo, "fixed")
+
+
+def test_a_run_is_reused_only_against_the_weights_it_was_trained_against(tmp_path):
+    demo = DetectionDemoArguments(runs_dir=str(tmp_path / "runs"))
+    first = {"teacher_weights": "aaaa", "backbone_weights": "bbbb"}
+    for run in ("no_kd", "fixed"):
+        record_run(demo, {"run": run, "seed": 0, "map": 0.5}, first)
+        assert finished_run(demo, run, 0, first) == {"run": run, "seed": 0, "map": 0.5}
+    other_teacher = {**first, "teacher_weights": "cccc"}
+    assert finished_run(demo, "fixed", 0, other_teacher) is None  # trained again: another teacher
+    assert finished_run(demo, "no_kd", 0, other_teacher) is not None  # no KD never reads the teacher
+    other_backbone = {**first, "backbone_weights": "dddd"}
+    assert finished_run(demo, "no_kd", 0, other_backbone) is None  # every student starts from the backbone
+    assert finished_run(demo, "fixed", 0) is None  # a run recorded with fingerprints needs them
+
+
+def test_the_fingerprint_reads_the_saved_weights(tmp_path):
+    for name, content in (("teacher", b"one"), ("student_backbone", b"two")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(content)
+    demo = DetectionDemoArguments(models_dir=str(tmp_path))
+    # SHA-256 of b"one" and b"two", computed outside this project (coreutils sha256sum)
+    assert weights_fingerprint(tmp_path / "teacher") == "7692c3ad3540bb80"
+    assert model_weights(demo, str(tmp_path / "teacher")) == {
+        "teacher_weights": "7692c3ad3540bb80",
+        "backbone_weights": "3fc4ccfe745870e2",
+    }
+    random_backbone = DetectionDemoArguments(models_dir=str(tmp_path), student_backbone="random")
+    assert model_weights(random_backbone, str(tmp_path / "teacher")) == {
+        "teacher_weights": "7692c3ad3540bb80"
+    }

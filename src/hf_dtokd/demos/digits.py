@@ -52,7 +52,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from hf_dtokd.data import load_digits_splits, preprocess_images, transfer_set
-from hf_dtokd.demos.paired_seeds import paired_difference, runs_by_seed
+from hf_dtokd.demos.paired_seeds import cpu_name, paired_difference, runs_by_seed
 from hf_dtokd.hub.plotting import plot_tradeoff
 from hf_dtokd.tasks.classification.deit_token import DeiTTokenTrainer
 from hf_dtokd.tasks.classification.feature_kd import FeatureKDTrainer
@@ -375,7 +375,7 @@ def write_summary(
     return the summary."""
     summary = {
         "arguments": arguments,
-        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name()},
         "teacher": teacher,
         "students": results,
         "total_wall_seconds": time.perf_counter() - start,

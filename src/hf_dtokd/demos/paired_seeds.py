@@ -8,6 +8,7 @@ import json
 import math
 import multiprocessing
 import os
+import platform
 import statistics
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -92,6 +93,18 @@ def per_step_summary(traces: list[dict[str, Any]]) -> dict[str, float | None]:
         # how far the applied weight moves from one optimizer step to the next (0 for a fixed alpha)
         "median_weight_change": statistics.median(changes) if changes else None,
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` on Linux, else ``platform.processor()``), recorded with each
+    run: a detector's training differs from one CPU to another (float summation order), so a table pooled over
+    machines says which run came from which."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def load_run(path: Path, settings: dict[str, Any], unread: Collection[str] = ()) -> dict[str, Any] | None:

@@ -15,9 +15,11 @@ detection docs.
    prepared by the RT-DETR image processor with ``DetectionTransform``.
 2. A teacher RT-DETR (ResNet backbone of widths 16-32, d_model 64, 10 queries) is trained for 2,400 steps
    with the plain ``transformers.Trainer`` on its own detection loss, evaluated with ``DetectionMetrics``
-   and cached in ``<output_dir>/teacher`` (reused while its data and budget are unchanged).
+   and cached in ``<models_dir>/teacher`` (``models_dir`` defaults to ``output_dir``; reused while its data,
+   budget and seed are unchanged; each run records the fingerprint of the teacher's and backbone's weights and
+   is reused only against the same, since the same settings train other weights on another machine).
 3. The students' backbone (``shapes_backbone``): the ResNet of a student-shaped RT-DETR trained class-agnostic
-   on 3,200 generated images of a seed no detection split uses, cached in ``<output_dir>/student_backbone``.
+   on 3,200 generated images of a seed no detection split uses, cached in ``<models_dir>/student_backbone``.
 4. A student RT-DETR (that backbone, width 8, d_model 32, 8 queries) is trained for 2,400 steps, per seed from
    one initialisation of its head and one data order shared by the runs (so runs pair by seed), with
    ``DetectionKDTrainer``: no KD (alpha 0, on the labelled images alone), fixed alpha 0.5 and exact DTO-KD with
@@ -38,6 +40,7 @@ Run: ``python -m hf_dtokd.demos.shapes`` (or ``hf-dtokd detect-demo``); ``--help
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
@@ -60,6 +63,7 @@ from hf_dtokd.data import SHAPE_CLASSES, generate_shapes, load_shapes_splits
 from hf_dtokd.demos.digits import write_summary
 from hf_dtokd.demos.paired_seeds import (
     add_paired_differences,
+    cpu_name,
     load_run,
     per_step_summary,
     percent,
@@ -110,7 +114,6 @@ WITHOUT_KD = ("no_kd", "no_kd_unlabelled")
 DEFAULT_RUNS = ("no_kd", "fixed", "dto_shared")
 ID2LABEL = dict(enumerate(SHAPE_CLASSES))
 BACKBONE_SEED = 4321  # the initialisation of the detector that pretrains the students' backbone
-TEACHER_SEED = 1234  # the teacher's initialisation (its data order: seed 0), whatever the students' seeds
 IMAGE_SIZE = 64  # a multiple of 32: RT-DETR's strides 8 / 16 / 32 must give maps its FPN can merge
 
 
@@ -164,6 +167,15 @@ class DetectionDemoArguments:
             "choices": ["validation", "test"],
         },
     )
+    models_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the teacher and the students' pretrained backbone are kept (reused when trained with "
+            "these settings, else trained there); default: <output_dir>. Training them again on another machine "
+            "gives other weights (a detector's training amplifies float rounding), so a table that grows over "
+            "sessions keeps them here, committed, and each run records their fingerprints."
+        },
+    )
     runs_dir: str | None = field(
         default=None,
         metadata={
@@ -177,6 +189,14 @@ class DetectionDemoArguments:
     learning_rate: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the students."})
     teacher_learning_rate: float = field(
         default=2e-3, metadata={"help": "AdamW learning rate of the teacher (cached with it)."}
+    )
+    teacher_seed: int = field(
+        default=1235,
+        metadata={
+            "help": "The teacher's initialisation (its data order: seed 0), whatever the students' seeds. The "
+            "recipe is a lottery (three trainings: 24.6, 48.3 and 53.3 validation mAP): the test table's teacher "
+            "is the best of them on the validation images, committed with its seed."
+        },
     )
     temperature: float = field(default=2.0, metadata={"help": "Class-KD temperature."})
     alpha: float = field(default=0.5, metadata={"help": "Distillation weight of the fixed-alpha run."})
@@ -217,7 +237,7 @@ class DetectionDemoArguments:
         default="pretrained",
         metadata={
             "help": "'pretrained': the students' ResNet starts from a backbone pretrained (cached in "
-            "<output_dir>/student_backbone) by class-agnostic detection on generated images no detection split "
+            "<models_dir>/student_backbone) by class-agnostic detection on generated images no detection split "
             "uses, as real students start from a pretrained backbone; 'random': from scratch.",
             "choices": ["pretrained", "random"],
         },
@@ -316,7 +336,7 @@ def common_args(
 
 def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse) the teacher with the plain Trainer; its mAP on the validation images."""
-    folder = Path(demo.output_dir) / "teacher"
+    folder = models_folder(demo) / "teacher"
     start = time.perf_counter()
     # reused only when it was trained on the same data and budget
     # (its images are the first teacher_train_size generated ones, whatever the students' train_size)
@@ -334,6 +354,7 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
             )
         },
         "learning_rate": demo.teacher_learning_rate,
+        "seed": demo.teacher_seed,
     }
     marker = folder / "demo_settings.json"
     cached = (
@@ -342,7 +363,7 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
         and json.loads(marker.read_text()) == settings
         and not demo.retrain_teacher
     )
-    model = build_model("teacher", TEACHER_SEED, demo.teacher_width, demo.teacher_d_model)
+    model = build_model("teacher", demo.teacher_seed, demo.teacher_width, demo.teacher_d_model)
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
@@ -381,9 +402,25 @@ def train_teacher(demo: DetectionDemoArguments, splits: dict[str, Any]) -> dict[
     }
 
 
+def models_folder(demo: DetectionDemoArguments) -> Path:
+    """Where the teacher and the students' backbone are kept (``models_dir``, default ``output_dir``)."""
+    return Path(demo.models_dir or demo.output_dir)
+
+
 def student_backbone(demo: DetectionDemoArguments) -> str | None:
     """The folder of the students' pretrained backbone (None: random backbones)."""
-    return str(Path(demo.output_dir) / "student_backbone") if demo.student_backbone == "pretrained" else None
+    return str(models_folder(demo) / "student_backbone") if demo.student_backbone == "pretrained" else None
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a saved model's ``model.safetensors``.
+
+    Each run records the fingerprints of the teacher and the backbone it was trained against, and is reused only
+    against the same weights: the same settings on another machine train other weights (DETR's Hungarian matching
+    turns the float summation order into other matches: the teacher retrained on a second machine scored 48.7
+    mAP against 58.1), and rows trained against different teachers must not be paired."""
+    digest = hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+    return digest[:16]
 
 
 def _maps(metrics: dict[str, float]) -> dict[str, float]:
@@ -438,6 +475,7 @@ def train_student(
         "alpha": alpha if method == "fixed" else None,
         "wall_seconds": wall,
         "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
         "unlabelled_images": 0 if unlabelled is None else len(unlabelled),
         **_maps(metrics),
         "final_pi_distill": pis[-1] if pis and method != "fixed" else None,
@@ -554,13 +592,14 @@ def _student_in_worker(run: str, seed: int, demo: DetectionDemoArguments, teache
 
 
 def train_students(
-    demo: DetectionDemoArguments, splits: dict[str, Any], teacher: str
+    demo: DetectionDemoArguments, splits: dict[str, Any], teacher: str, weights: dict[str, str]
 ) -> list[dict[str, Any]]:
-    """Every (seed, run) pair, reused from its file or trained (``paired_seeds.train_jobs``)."""
+    """Every (seed, run) pair, reused from its file (when trained against these ``weights``: see
+    ``model_weights``) or trained (``paired_seeds.train_jobs``)."""
     return train_jobs(
         [(run, seed) for seed in range(demo.seed, demo.seed + demo.seeds) for run in demo.runs],
-        load=lambda run, seed: finished_run(demo, run, seed),
-        save=lambda result: record_run(demo, result),
+        load=lambda run, seed: finished_run(demo, run, seed, weights),
+        save=lambda result: record_run(demo, result, weights),
         workers=demo.workers,
         train_here=lambda run, seed: train_student(run, demo, splits, teacher, seed),
         worker=_student_in_worker,
@@ -569,7 +608,16 @@ def train_students(
 
 
 #: DetectionDemoArguments fields that do not change a run's result (which runs, where, how many at once)
-NOT_RUN_SETTINGS = ("output_dir", "runs", "seed", "seeds", "workers", "retrain_teacher", "runs_dir")
+NOT_RUN_SETTINGS = (
+    "output_dir",
+    "runs",
+    "seed",
+    "seeds",
+    "workers",
+    "retrain_teacher",
+    "runs_dir",
+    "models_dir",
+)
 
 
 UNLABELLED_SETTINGS = ("unlabelled_size", "unlabelled_batch_size")
@@ -580,8 +628,8 @@ def unread_settings(demo: DetectionDemoArguments, run: str) -> set[str]:
     images, and without unlabelled images their batch size is unread. Left out of its settings, so that a run
     recorded before such a field existed, or under another value of it, is still reused."""
     unread = set(NOT_RUN_SETTINGS)
-    if run in WITHOUT_KD:
-        unread.add("token_projector")
+    if run in WITHOUT_KD:  # no distillation term: neither the teacher's weights nor a token projector count
+        unread |= {"token_projector", "teacher_weights"}
     if run == "no_kd":
         unread |= set(UNLABELLED_SETTINGS)
     if not demo.unlabelled_size:
@@ -589,10 +637,13 @@ def unread_settings(demo: DetectionDemoArguments, run: str) -> set[str]:
     return unread
 
 
-def run_settings(demo: DetectionDemoArguments, run: str) -> dict[str, Any]:
-    """The settings a run's result depends on (its file is reused only under the same)."""
+def run_settings(
+    demo: DetectionDemoArguments, run: str, weights: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The settings a run's result depends on, with the fingerprints of the teacher and backbone it is trained
+    against (``model_weights``); its file is reused only under the same."""
     unread = unread_settings(demo, run)
-    return {k: v for k, v in asdict(demo).items() if k not in unread}
+    return {k: v for k, v in {**asdict(demo), **(weights or {})}.items() if k not in unread}
 
 
 def _run_file(demo: DetectionDemoArguments, run: str, seed: int) -> Path:
@@ -601,13 +652,28 @@ def _run_file(demo: DetectionDemoArguments, run: str, seed: int) -> Path:
     return Path(demo.output_dir) / "runs" / f"{run}_seed{seed}.json"
 
 
-def finished_run(demo: DetectionDemoArguments, run: str, seed: int) -> dict[str, Any] | None:
-    """A run's recorded result, when it was trained with these settings (else None: it is trained again)."""
-    return load_run(_run_file(demo, run, seed), run_settings(demo, run), unread_settings(demo, run))
+def finished_run(
+    demo: DetectionDemoArguments, run: str, seed: int, weights: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """A run's recorded result, when it was trained with these settings and against these weights (else None:
+    it is trained again)."""
+    settings = run_settings(demo, run, weights)
+    return load_run(_run_file(demo, run, seed), settings, unread_settings(demo, run))
 
 
-def record_run(demo: DetectionDemoArguments, result: dict[str, Any]) -> dict[str, Any]:
-    return save_run(_run_file(demo, result["run"], result["seed"]), run_settings(demo, result["run"]), result)
+def record_run(
+    demo: DetectionDemoArguments, result: dict[str, Any], weights: dict[str, str] | None = None
+) -> dict[str, Any]:
+    settings = run_settings(demo, result["run"], weights)
+    return save_run(_run_file(demo, result["run"], result["seed"]), settings, result)
+
+
+def model_weights(demo: DetectionDemoArguments, teacher_folder: str) -> dict[str, str]:
+    """The fingerprints (``weights_fingerprint``) of the teacher and, when pretrained, the students' backbone."""
+    weights = {"teacher_weights": weights_fingerprint(teacher_folder)}
+    if (backbone := student_backbone(demo)) is not None:
+        weights["backbone_weights"] = weights_fingerprint(backbone)
+    return weights
 
 
 def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
@@ -635,7 +701,9 @@ def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
             f"({state}, {backbone['train_seconds']:.0f} s)",
             flush=True,
         )
-    results = train_students(demo, splits, teacher["folder"])
+    weights = model_weights(demo, teacher["folder"])
+    teacher["weights"] = weights["teacher_weights"]
+    results = train_students(demo, splits, teacher["folder"], weights)
     rows = summarise(results, teacher["map"])
     table = format_table(teacher, rows, demo)
     dto = [r for r in results if r["method"] == "dto"]
