@@ -10,7 +10,8 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_dtokd.cli import main as hf_dtokd_main
 from hf_dtokd.cli.detect import DetectionModelArguments
-from hf_dtokd.demos.shapes import DetectionDemoArguments, load_splits, run_demo
+from hf_dtokd.demos.paired_seeds import cpu_name
+from hf_dtokd.demos.shapes import DetectionDemoArguments, load_splits, run_demo, weights_fingerprint
 from hf_dtokd.tasks.detection.models import detection_processor
 from testing_utils import console_script, tiny_detr
 
@@ -129,6 +130,9 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     )
     summary = run_demo(demo)
     out = capsys.readouterr().out
+    # each run names the weights it was trained against (the teacher's fingerprint is the summary's) and its CPU
+    assert summary["teacher"]["weights"] == weights_fingerprint(tmp_path / "teacher")
+    assert all(r["cpu"] == cpu_name() for r in summary["students"])
     assert "| teacher RT-DETR" in out and "student RT-DETR (d_model 32, 8 queries), dto" in out
     assert [(r["run"], r["seed"]) for r in summary["students"]] == [
         (run, seed) for seed in (0, 1) for run in ("no_kd", "fixed", "dto")
