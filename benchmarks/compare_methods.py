@@ -177,6 +177,15 @@ class CompareArguments:
         default=None,
         metadata={"help": "Teachers and run folders (default: outputs/compare_methods[_paper])."},
     )
+    teachers_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where each fold's teacher is kept (teacher_fold<f>; trained there when missing); default: "
+            "<output_dir>. Each run records its teacher's weights fingerprint and is paired only with runs against "
+            "the same teacher; a benchmark longer than a session commits its teachers here (the same settings "
+            "train other weights on another machine)."
+        },
+    )
     runs_dir: str | None = field(
         default=None,
         metadata={
@@ -283,7 +292,7 @@ def training_set(dataset: Any, per_class: int, seed: int, unlabelled_pool: bool)
 
 # ---------------------------------------------------------------------------------------------- runs
 def teacher_dir(args: CompareArguments, fold: int) -> Path:
-    return Path(args.output_dir) / f"teacher_fold{fold}"
+    return Path(args.teachers_dir or args.output_dir) / f"teacher_fold{fold}"
 
 
 def train_teacher(args: CompareArguments, fold: int) -> float:
@@ -995,9 +1004,10 @@ def _run_file(runs_dir: Path, row: str, fold: int, seed: int) -> Path:
 
 
 def finished_runs(
-    args: CompareArguments, settings: dict[str, Any]
+    args: CompareArguments, settings: dict[str, Any], teachers: dict[int, str]
 ) -> dict[tuple[str, int, int], dict[str, Any]]:
-    """The runs already recorded with these settings, by ``(row, fold, seed)``."""
+    """The runs already recorded with these settings, by ``(row, fold, seed)``; refused when a recorded run of
+    one of these folds was trained against another teacher than ``teachers`` (fold -> weights fingerprint)."""
     if args.runs_dir is None:
         path = Path(args.output_dir) / "runs.jsonl"
         records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -1018,7 +1028,22 @@ def finished_runs(
                 f"{differ}); pass the flags they were made with (the folder's README or results name them), or "
                 "another --runs_dir"
             )
-    return {(r["row"], r["fold"], r["seed"]): r for r in records if r.pop("settings") == settings}
+    records = [r for r in records if r.pop("settings") == settings]
+    # a recorded run is paired with new ones only when both were trained against the same teacher weights
+    other_teacher = [
+        r for r in records if r["fold"] in teachers and r.get("teacher_weights") != teachers[r["fold"]]
+    ]
+    if other_teacher:
+        example = other_teacher[0]
+        raise ValueError(
+            f"{args.runs_dir or Path(args.output_dir) / 'runs.jsonl'} holds {len(other_teacher)} runs trained "
+            f"against other teachers than those in {Path(args.teachers_dir or args.output_dir)} (e.g. "
+            f"{example['row']} fold {example['fold']} seed {example['seed']}: teacher weights "
+            f"{example.get('teacher_weights', 'not recorded')}, here {teachers[example['fold']]}); new runs would be "
+            "paired with them: pass --teachers_dir with the teachers they were trained against, or another "
+            "--runs_dir"
+        )
+    return {(r["row"], r["fold"], r["seed"]): r for r in records}
 
 
 def record_run(args: CompareArguments, settings: dict[str, Any], run: dict[str, Any]) -> None:
@@ -1040,6 +1065,8 @@ def record_run(args: CompareArguments, settings: dict[str, Any], run: dict[str, 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import HfArgumentParser
 
+    from hf_dtokd.demos.paired_seeds import weights_fingerprint
+
     (args,) = HfArgumentParser((CompareArguments,)).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -1048,9 +1075,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teachers = [train_teacher(args, fold) for fold in folds]
     # finished runs are recorded as they end (runs.jsonl, or one file each in --runs_dir), keyed by the settings
     # that change them, so an interrupted benchmark continues where it stopped
-    ignored = ("rows", "folds", "seeds", "only_folds", "workers", "results_dir", "results_name", "runs_dir")
+    ignored = (
+        "rows",
+        "folds",
+        "seeds",
+        "only_folds",
+        "workers",
+        "results_dir",
+        "results_name",
+        "runs_dir",
+        "teachers_dir",
+    )
     settings = {k: v for k, v in asdict(args).items() if k not in ignored}
-    done = finished_runs(args, settings)
+    fingerprints = {fold: weights_fingerprint(teacher_dir(args, fold)) for fold in folds}
+    done = finished_runs(args, settings, fingerprints)
     tasks = [
         (args, row, fold, seed)
         for seed in range(args.seeds)
@@ -1061,6 +1099,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
 
     def keep(run: dict[str, Any]) -> None:
+        run["teacher_weights"] = fingerprints[run["fold"]]
         done[(run["row"], run["fold"], run["seed"])] = run
         record_run(args, settings, run)
 

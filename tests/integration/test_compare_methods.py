@@ -1,6 +1,7 @@
 """The method-comparison benchmark end to end on a tiny budget: files, rows, paired statistics."""
 
 import gzip
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -74,6 +75,15 @@ def test_smoke_run_writes_the_table_the_json_and_the_plot(tmp_path):
         ValueError, match=r"holds 6 runs made with other settings .*'temperature': \(4.0, 2.0\)"
     ):
         compare_methods.main([*argv, "--runs_dir", str(runs_dir), "--temperature", "2"])
+    # each run names its fold's teacher by the SHA-256 of its weights; runs against another teacher are refused
+    for path in runs_dir.glob("*.json.gz"):
+        record = json.loads(gzip.decompress(path.read_bytes()))
+        weights = tmp_path / "out" / f"teacher_fold{record['fold']}" / "model.safetensors"
+        assert record["teacher_weights"] == hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    record = json.loads(gzip.decompress(marked.read_bytes()))
+    marked.write_bytes(gzip.compress(json.dumps({**record, "teacher_weights": "0" * 16}).encode()))
+    with pytest.raises(ValueError, match=r"holds 1 runs trained against other teachers .*--teachers_dir"):
+        compare_methods.main([*argv, "--runs_dir", str(runs_dir)])
 
 
 def test_bad_rows_are_refused():

@@ -40,7 +40,6 @@ Run: ``python -m hf_dtokd.demos.shapes`` (or ``hf-dtokd detect-demo``); ``--help
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import statistics
@@ -72,6 +71,7 @@ from hf_dtokd.demos.paired_seeds import (
     signed_points,
     train_jobs,
     vertex_share,
+    weights_fingerprint,
 )
 from hf_dtokd.demos.shapes_backbone import detector_training_args, pretrain_backbone, resnet_config
 from hf_dtokd.hub.plotting import plot_tradeoff
@@ -410,17 +410,6 @@ def models_folder(demo: DetectionDemoArguments) -> Path:
 def student_backbone(demo: DetectionDemoArguments) -> str | None:
     """The folder of the students' pretrained backbone (None: random backbones)."""
     return str(models_folder(demo) / "student_backbone") if demo.student_backbone == "pretrained" else None
-
-
-def weights_fingerprint(folder: str | Path) -> str:
-    """The first 16 hex digits of the SHA-256 of a saved model's ``model.safetensors``.
-
-    Each run records the fingerprints of the teacher and the backbone it was trained against, and is reused only
-    against the same weights: the same settings on another machine train other weights (DETR's Hungarian matching
-    turns the float summation order into other matches: the teacher retrained on a second machine scored 48.7
-    mAP against 58.1), and rows trained against different teachers must not be paired."""
-    digest = hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
-    return digest[:16]
 
 
 def _maps(metrics: dict[str, float]) -> dict[str, float]:
