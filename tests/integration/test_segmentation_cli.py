@@ -175,3 +175,10 @@ def test_the_segmentation_demo_runs_end_to_end_with_a_tiny_budget_and_resumes(tm
     again = run_demo(dataclasses.replace(demo, runs=["no_kd", "fixed_0.9"], seeds=1, workers=1))
     assert again["teacher"]["cached"] and again["teacher"]["miou"] == summary["teacher"]["miou"]
     assert again["students"][0]["miou"] == values["no_kd", 0]
+    # each run file names the teacher weights it was trained against (a retrained teacher's runs are not reused)
+    import json
+
+    from hf_dtokd.demos.paired_seeds import weights_fingerprint
+
+    recorded = json.loads((tmp_path / "runs" / "fixed_seed0.json").read_text())["settings"]
+    assert recorded["teacher_weights"] == weights_fingerprint(tmp_path / "teacher")

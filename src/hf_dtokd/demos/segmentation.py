@@ -54,6 +54,7 @@ from hf_dtokd.demos.paired_seeds import (
     signed_points,
     train_jobs,
     vertex_share,
+    weights_fingerprint,
 )
 from hf_dtokd.hub.plotting import plot_tradeoff
 from hf_dtokd.losses import resample_logits
@@ -291,8 +292,11 @@ def _run_file(demo: SegmentationDemoArguments, run: str, seed: int) -> Path:
 def train_students(
     demo: SegmentationDemoArguments, splits: dict[str, Any], teacher: str
 ) -> list[dict[str, Any]]:
-    """Every (seed, run): reused from its file when trained with these settings, else trained (in workers)."""
+    """Every (seed, run): reused from its file when trained with these settings and against this teacher's
+    weights (``weights_fingerprint``: a teacher trained again, e.g. ``--retrain_teacher``, has other weights),
+    else trained (in workers)."""
     settings = {k: v for k, v in asdict(demo).items() if k not in NOT_RUN_SETTINGS}
+    settings["teacher_weights"] = weights_fingerprint(teacher)
     return train_jobs(
         [(run, seed) for seed in range(demo.seed, demo.seed + demo.seeds) for run in demo.runs],
         load=lambda run, seed: load_run(_run_file(demo, run, seed), settings),
