@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_dtokd.demos.paired_seeds import cpu_name, load_run, paired_difference, runs_by_seed, save_run
 
@@ -39,9 +40,10 @@ def test_a_recorded_run_is_reused_under_its_settings_whatever_the_settings_it_do
     assert load_run(tmp_path / "missing.json.gz", {"lr": 2e-3}) is None
 
 
-def test_cpu_name_is_the_model_name_the_system_reports():
-    name = cpu_name()
+def test_cpu_name_is_the_model_name_the_system_reports_with_torchs_kernels():
+    name, _, kernels = cpu_name().rpartition(" (torch CPU kernels: ")
     assert name and "\n" not in name
+    assert kernels == f"{torch.backends.cpu.get_cpu_capability()})"
     if Path("/proc/cpuinfo").is_file() and "model name" in Path("/proc/cpuinfo").read_text():
         line = subprocess.run(
             ["grep", "-m1", "model name", "/proc/cpuinfo"], capture_output=True, text=True, check=True

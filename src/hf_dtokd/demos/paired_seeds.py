@@ -108,15 +108,21 @@ def weights_fingerprint(folder: str | Path) -> str:
 
 
 def cpu_name() -> str:
-    """The CPU's model name (from ``/proc/cpuinfo`` on Linux, else ``platform.processor()``), recorded with each
-    run: a detector's training differs from one CPU to another (float summation order), so a table pooled over
-    machines says which run came from which."""
+    """The CPU's model name (from ``/proc/cpuinfo`` on Linux, else ``platform.processor()``) and the instruction
+    set torch's CPU kernels use on it, recorded with each run: a detector's training differs from one CPU to
+    another (float summation order), so a table pooled over machines says which run came from which. The model
+    name alone does not tell machines apart (two cloud CPUs a factor 2 apart in speed both report "AMD EPYC")."""
+    import torch  # here, not at the top: the rest of this module is plain Python
+
+    name = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine() or "unknown"
+                name = line.partition(":")[2].strip()
+                break
+    name = name or platform.processor() or platform.machine() or "unknown"
+    return f"{name} (torch CPU kernels: {torch.backends.cpu.get_cpu_capability()})"
 
 
 def load_run(path: Path, settings: dict[str, Any], unread: Collection[str] = ()) -> dict[str, Any] | None:
