@@ -695,7 +695,7 @@ def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
     results = train_students(demo, splits, teacher["folder"], weights)
     rows = summarise(results, teacher["map"])
     table = format_table(teacher, rows, demo)
-    dto = [r for r in results if r["method"] == "dto"]
+    dto = plotted_runs(results, demo.seed)
     histories = {f"{r['run']} (seed {r['seed']})": r["log_history"] for r in dto}
     traces = {f"{r['run']} (seed {r['seed']})": r["step_trace"] for r in dto}
     plot = (
@@ -704,6 +704,13 @@ def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
         else "no plot (no DTO-KD run)"
     )
     return write_summary(output_dir, asdict(demo), teacher, results, table, plot, start, {"rows": rows})
+
+
+def plotted_runs(results: list[dict[str, Any]], first_seed: int) -> list[dict[str, Any]]:
+    """The runs the trade-off plot draws: the first seed of every balanced row (one colour per row; the table
+    pools the seeds). One line per run of every seed would bury the panels under their legends, and fixed
+    weights have no trade-off to draw."""
+    return [r for r in results if r["method"] != "fixed" and r["seed"] == first_seed]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,7 +63,7 @@ def plot_tradeoff(
         )
     colours = {name: f"C{i}" for i, name in enumerate(histories)}  # one colour per run in every panel
     styles = ["-", "--", ":", "-."]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.4), squeeze=False)
     for axis, panel in zip(axes[0], panels):
         for name, history in histories.items():
             trace = (traces or {}).get(name, {})
@@ -90,10 +90,11 @@ def plot_tradeoff(
             axis.set_yscale("log")
         if panel == "grad_cos":
             axis.axhline(0.0, color="grey", linewidth=0.6)
-        axis.legend(fontsize=7)
+        # under the panel, so that many runs do not cover the curves
+        axis.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # the legends under the panels included
     plt.close(figure)
     return path
