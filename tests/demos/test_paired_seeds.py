@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_dtokd.demos.paired_seeds import cpu_name, load_run, paired_difference, runs_by_seed, save_run
+from hf_dtokd.demos.paired_seeds import (
+    cpu_name,
+    load_run,
+    paired_difference,
+    plotted_runs,
+    runs_by_seed,
+    save_run,
+)
 
 
 def test_runs_pair_by_seed_and_unshared_seeds_are_left_out():
@@ -51,3 +58,12 @@ def test_cpu_name_is_the_model_name_the_system_reports_with_torchs_kernels():
         assert name == line.split(":", 1)[1].strip()
     else:
         assert name in (platform.processor(), platform.machine(), "unknown")
+
+
+def test_the_plot_draws_the_first_seed_of_every_balanced_row():
+    methods = {"no_kd": "fixed", "fixed_0.9": "fixed", "dto_shared": "dto", "dto_amortized": "dto_amortized"}
+    results = [{"run": run, "method": m, "seed": seed} for seed in (3, 4, 5) for run, m in methods.items()]
+    assert [(r["run"], r["seed"]) for r in plotted_runs(results, 3)] == [
+        ("dto_shared", 3),
+        ("dto_amortized", 3),
+    ]

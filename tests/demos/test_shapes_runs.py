@@ -5,7 +5,6 @@ from hf_dtokd.demos.shapes import (
     DetectionDemoArguments,
     finished_run,
     model_weights,
-    plotted_runs,
     record_run,
     run_settings,
     weights_fingerprint,
@@ -59,12 +58,3 @@ def test_the_fingerprint_reads_the_saved_weights(tmp_path):
     assert model_weights(random_backbone, str(tmp_path / "teacher")) == {
         "teacher_weights": "7692c3ad3540bb80"
     }
-
-
-def test_the_plot_draws_the_first_seed_of_every_balanced_row():
-    methods = {"no_kd": "fixed", "fixed_0.9": "fixed", "dto_shared": "dto", "dto_amortized": "dto_amortized"}
-    results = [{"run": run, "method": m, "seed": seed} for seed in (3, 4, 5) for run, m in methods.items()]
-    assert [(r["run"], r["seed"]) for r in plotted_runs(results, 3)] == [
-        ("dto_shared", 3),
-        ("dto_amortized", 3),
-    ]

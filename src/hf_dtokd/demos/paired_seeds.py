@@ -184,3 +184,10 @@ def train_jobs(
         for future in as_completed(futures):
             done[futures[future]] = save(future.result())
     return [done[job] for job in jobs]
+
+
+def plotted_runs(results: list[dict[str, Any]], first_seed: int) -> list[dict[str, Any]]:
+    """The runs the trade-off plot draws: the first seed of every balanced row (one colour per row; the table
+    pools the seeds). One line per run of every seed would bury the panels under their legends, and fixed
+    weights have no trade-off to draw."""
+    return [r for r in results if r["method"] != "fixed" and r["seed"] == first_seed]

@@ -49,6 +49,7 @@ from hf_dtokd.demos.paired_seeds import (
     load_run,
     per_step_summary,
     percent,
+    plotted_runs,
     runs_by_seed,
     save_run,
     signed_points,
@@ -380,7 +381,7 @@ def run_demo(demo: SegmentationDemoArguments) -> dict[str, Any]:
     results = train_students(demo, splits, teacher["folder"])
     rows = summarise(results, teacher["miou"])
     table = format_table(teacher, rows, demo)
-    dto = [r for r in results if r["method"] != "fixed"]
+    dto = plotted_runs(results, demo.seed)
     histories = {f"{r['run']} (seed {r['seed']})": r["log_history"] for r in dto}
     traces = {f"{r['run']} (seed {r['seed']})": r["step_trace"] for r in dto}
     plot = plot_tradeoff(histories, output_dir / "tradeoff.png", traces=traces) if histories else "no plot"

@@ -66,6 +66,7 @@ from hf_dtokd.demos.paired_seeds import (
     load_run,
     per_step_summary,
     percent,
+    plotted_runs,
     runs_by_seed,
     save_run,
     signed_points,
@@ -704,13 +705,6 @@ def run_demo(demo: DetectionDemoArguments) -> dict[str, Any]:
         else "no plot (no DTO-KD run)"
     )
     return write_summary(output_dir, asdict(demo), teacher, results, table, plot, start, {"rows": rows})
-
-
-def plotted_runs(results: list[dict[str, Any]], first_seed: int) -> list[dict[str, Any]]:
-    """The runs the trade-off plot draws: the first seed of every balanced row (one colour per row; the table
-    pools the seeds). One line per run of every seed would bury the panels under their legends, and fixed
-    weights have no trade-off to draw."""
-    return [r for r in results if r["method"] != "fixed" and r["seed"] == first_seed]
 
 
 def main(argv: list[str] | None = None) -> None:
