@@ -1,12 +1,16 @@
 """The detection demo's run names: what each run reads, so that a recorded run is reused only when it should be."""
 
+import pytest
+
 from hf_dtokd.demos.shapes import (
     RUN_SETTINGS,
     DetectionDemoArguments,
     finished_run,
+    format_table,
     model_weights,
     record_run,
     run_settings,
+    summarise,
     weights_fingerprint,
 )
 
@@ -58,3 +62,55 @@ def test_the_fingerprint_reads_the_saved_weights(tmp_path):
     assert model_weights(random_backbone, str(tmp_path / "teacher")) == {
         "teacher_weights": "7692c3ad3540bb80"
     }
+
+
+def test_row_seeds_give_named_runs_their_own_seed_count():
+    demo = DetectionDemoArguments(
+        runs=["no_kd", "fixed", "fixed_0.1"], seed=2, seeds=4, row_seeds=["fixed_0.1=2"]
+    )
+    assert demo.seeds_of_run() == {"no_kd": range(2, 6), "fixed": range(2, 6), "fixed_0.1": range(2, 4)}
+    assert "row_seeds" not in run_settings(demo, "fixed")  # which seeds run does not change a run's result
+
+
+@pytest.mark.parametrize(
+    ("row_seeds", "message"),
+    [
+        (["fixed_0.1"], "RUN=N"),
+        (["fixed_0.1=0"], "RUN=N"),
+        (["fixed_0.1=two"], "RUN=N"),
+        (["dto=3"], "not in runs"),
+        (["fixed=3", "fixed=4"], "twice"),
+    ],
+)
+def test_row_seeds_are_validated(row_seeds, message):
+    with pytest.raises(ValueError, match=message):
+        DetectionDemoArguments(runs=["no_kd", "fixed", "fixed_0.1"], row_seeds=row_seeds)
+
+
+def _result(run: str, seed: int, value: float) -> dict:
+    return {
+        "run": run,
+        "seed": seed,
+        "method": "fixed",
+        "map": value,
+        "map_50": value,
+        "map_75": value,
+        "wall_seconds": 1.0,
+        "mean_pi_distill": None,
+        "step_trace": {},
+    }
+
+
+def test_a_row_with_fewer_seeds_is_paired_over_the_seeds_it_shares():
+    maps = {"no_kd": [0.30, 0.34, 0.31, 0.35], "fixed": [0.36, 0.37, 0.38, 0.42], "fixed_0.1": [0.33, 0.38]}
+    results = [_result(run, seed, v) for run, values in maps.items() for seed, v in enumerate(values)]
+    rows = {r["run"]: r for r in summarise(results, teacher_map=0.5)}
+    # fixed_0.1 against no KD on seeds 0-1 only: differences 0.03 and 0.04, mean 0.035, SE |0.04-0.03| / 2
+    assert rows["fixed_0.1"]["diff_to_no_kd"] == pytest.approx(0.035)
+    assert rows["fixed_0.1"]["diff_to_no_kd_se"] == pytest.approx(0.005)
+    teacher = {"map": 0.5, "map_50": 0.6, "map_75": 0.5, "wall_seconds": 1.0}
+    table = format_table(teacher, list(rows.values()), DetectionDemoArguments())
+    assert "over each row's seeds (n)" in table
+    assert "35.5 +- 3.5 (n = 2)" in table and "(n = 4)" in table
+    uniform = format_table(teacher, [rows["no_kd"], rows["fixed"]], DetectionDemoArguments())
+    assert "over 4 seeds" in uniform and "(n = " not in uniform

@@ -219,6 +219,14 @@ class DetectionDemoArguments:
         metadata={"help": "The first seed (seeds seed, seed + 1, ...): initialisation and data order."},
     )
     seeds: int = field(default=3, metadata={"help": "Seeds per student run (paired across runs); >= 1."})
+    row_seeds: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Another seed count for named runs, as RUN=N (e.g. fixed_0.1=5): that run trains seeds seed, "
+            "..., seed + N - 1, and its paired differences are taken over the seeds it shares with no KD and "
+            "fixed alpha. For rows whose paired SE is already small, so that the seeds go where the noise is."
+        },
+    )
     workers: int = field(
         default=2,
         metadata={
@@ -255,6 +263,23 @@ class DetectionDemoArguments:
     )
     max_objects: int = field(default=2, metadata={"help": "At most this many shapes per generated image."})
 
+    def seeds_of_run(self) -> dict[str, range]:
+        """The seeds each run trains: ``seeds`` of them from ``seed``, or the count ``row_seeds`` names for it."""
+        counts = {}
+        for entry in self.row_seeds:
+            run, sep, count = entry.partition("=")
+            if not sep or not count.strip().isdigit() or int(count) < 1:
+                raise ValueError(f"row_seeds entries are RUN=N with N >= 1 (e.g. fixed_0.1=5), got {entry!r}")
+            if run not in self.runs:
+                raise ValueError(
+                    f"row_seeds names {run!r}, which is not in runs ({', '.join(self.runs)}); add it to --runs or "
+                    "drop the entry"
+                )
+            if run in counts:
+                raise ValueError(f"row_seeds names {run!r} twice ({self.row_seeds}); keep one entry per run")
+            counts[run] = int(count)
+        return {run: range(self.seed, self.seed + counts.get(run, self.seeds)) for run in self.runs}
+
     def __post_init__(self) -> None:
         unknown = [r for r in self.runs if r not in RUNS]
         if unknown:
@@ -264,6 +289,7 @@ class DetectionDemoArguments:
                 f"max_steps, teacher_steps, seeds and workers must be >= 1, got {self.max_steps}, "
                 f"{self.teacher_steps}, {self.seeds} and {self.workers}"
             )
+        self.seeds_of_run()  # validates row_seeds
         if self.image_size < 32 or self.image_size % 32:
             raise ValueError(
                 f"image_size must be a multiple of 32 (RT-DETR's feature strides 8 / 16 / 32), got {self.image_size}"
@@ -511,13 +537,15 @@ def summarise(results: list[dict[str, Any]], teacher_map: float) -> list[dict[st
 
 def format_table(teacher: dict[str, Any], rows: list[dict[str, Any]], demo: DetectionDemoArguments) -> str:
     pp, pct = signed_points, percent
-    seeds = len(rows[0]["seeds"]) if rows else 0
+    counts = {len(r["seeds"]) for r in rows}
+    # one seed count: in the header; several (``row_seeds``): each row's with its mean
+    over = f"{counts.pop()} seeds" if len(counts) == 1 else "each row's seeds (n)"
     teacher_time = f"{teacher['wall_seconds']:.0f}"
     if teacher.get("cached"):  # the time of the run that trained it, when it was recorded
         trained = teacher.get("train_seconds")
         teacher_time = "cached" if trained is None else f"{trained:.0f} (cached)"
     lines = [
-        f"| model | {demo.evaluate_on} mAP, mean +- std over {seeds} seeds | each seed | share of teacher | vs no-KD "
+        f"| model | {demo.evaluate_on} mAP, mean +- std over {over} | each seed | share of teacher | vs no-KD "
         "(paired) | vs fixed (paired) | mAP50 / mAP75 | wall time (s) | mean pi_distill | steps at a vertex | steps "
         "in conflict (all / last quarter) | median applied weight distill / task | median step-to-step change "
         "of the distill weight |",
@@ -531,6 +559,8 @@ def format_table(teacher: dict[str, Any], rows: list[dict[str, Any]], demo: Dete
 
     for r in rows:
         spread = "" if r["map_std"] is None else f" +- {100 * r['map_std']:.1f}"
+        if over.endswith("(n)"):
+            spread += f" (n = {len(r['seeds'])})"
         each = ", ".join(f"{100 * v:.1f}" for v in r["map"])
         conflict = (
             "-"
@@ -587,7 +617,10 @@ def train_students(
     """Every (seed, run) pair, reused from its file (when trained against these ``weights``: see
     ``model_weights``) or trained (``paired_seeds.train_jobs``)."""
     return train_jobs(
-        [(run, seed) for seed in range(demo.seed, demo.seed + demo.seeds) for run in demo.runs],
+        sorted(
+            ((run, seed) for run, seeds in demo.seeds_of_run().items() for seed in seeds),
+            key=lambda job: (job[1], demo.runs.index(job[0])),  # seed by seed, each in the order of --runs
+        ),
         load=lambda run, seed: finished_run(demo, run, seed, weights),
         save=lambda result: record_run(demo, result, weights),
         workers=demo.workers,
@@ -603,6 +636,7 @@ NOT_RUN_SETTINGS = (
     "runs",
     "seed",
     "seeds",
+    "row_seeds",
     "workers",
     "retrain_teacher",
     "runs_dir",
