@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 
@@ -91,7 +92,7 @@ def test_the_script_trains_evaluates_and_writes_a_card(tmp_path, monkeypatch, as
     assert saved["architectures"] == ["DetrForObjectDetection"]  # the student alone, also with a projector
 
 
-def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
+def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys, caplog):
     defaults = DetectionDemoArguments()
     assert defaults.runs == ["no_kd", "fixed", "dto_shared"] and defaults.evaluate_on == "test"
     assert defaults.student_backbone == "pretrained"
@@ -128,8 +129,12 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
         seeds=2,
         workers=2,  # two spawned processes, as the default
     )
-    summary = run_demo(demo)
+    with caplog.at_level(logging.WARNING, logger="hf_dtokd.demos.shapes"):
+        summary = run_demo(demo)
     out = capsys.readouterr().out
+    # a teacher trained for two steps is weak, and the demo says so (a cached one is not reported again)
+    assert summary["teacher"]["map"] < 0.45 and "the teacher trained here scored" in caplog.text
+    caplog.clear()
     # each run names the weights it was trained against (the teacher's fingerprint is the summary's) and its CPU
     assert summary["teacher"]["weights"] == weights_fingerprint(tmp_path / "teacher")
     assert all(r["cpu"] == cpu_name() for r in summary["students"])
@@ -178,6 +183,7 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
         dataclasses.replace(demo, runs=["no_kd", "dto_shared", "dto_token_kd"], seeds=1, workers=1)
     )
     assert again["teacher"]["cached"] and again["teacher"]["map"] == summary["teacher"]["map"]
+    assert "the teacher trained here scored" not in caplog.text
     assert again["teacher"]["train_seconds"] == pytest.approx(summary["teacher"]["train_seconds"])
     out = capsys.readouterr().out
     assert f"| {summary['teacher']['train_seconds']:.0f} (cached) |" in out
@@ -193,6 +199,7 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
         demo,
         runs=["no_kd", "fixed"],
         seeds=1,
+        row_seeds=["no_kd=2"],  # a second seed of no KD alone
         workers=1,
         token_projector="none",
         evaluate_on="validation",
@@ -204,13 +211,16 @@ def test_the_detection_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys)
     assert len(test_ids) == 8 and not test_ids & validation_ids
     first = run_demo(tested)
     assert not any("token_kd_loss" in row for r in first["students"] for row in r["log_history"])
+    assert [(r["run"], r["seed"]) for r in first["students"]] == [("no_kd", 0), ("fixed", 0), ("no_kd", 1)]
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [
         "fixed_seed0.json.gz",
         "no_kd_seed0.json.gz",
+        "no_kd_seed1.json.gz",
     ]
     capsys.readouterr()
     assert run_demo(tested)["students"] == first["students"]
-    assert "2 of 2 runs already finished" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 of 3 runs already finished" in out and "over each row's seeds (n)" in out
     with pytest.raises(ValueError, match="--test_size"):
         DetectionDemoArguments(test_size=0)  # the default scores the test images
     # other settings: nothing reused; a teacher on more images than the students is trained again
