@@ -28,7 +28,7 @@ detection docs.
    validation pilots did not keep). The teacher is loaded from its folder by path (the same code path as a Hub
    id). Three seeds by default, two runs at a time in their own processes; ``--runs`` adds the other rows
    (fixed alpha 0.1 / 0.9, the Gram over all parameters, the one-loss rule, raw instead of log gradients, the
-   amortized form).
+   amortized form; ``--row_seeds RUN=N`` gives a row its own seed count, paired over the seeds it shares).
 5. It prints a table (mAP over the seeds and per seed, its share of the teacher's, paired differences to
    no-KD and to fixed alpha, wall time, pi, and from the per-step traces: the share of optimizer steps at a
    vertex of the simplex, the share whose two gradients conflict, the median weights applied and how much
