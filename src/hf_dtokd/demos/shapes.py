@@ -553,8 +553,8 @@ def summarise(results: list[dict[str, Any]], teacher_map: float) -> list[dict[st
 def format_table(teacher: dict[str, Any], rows: list[dict[str, Any]], demo: DetectionDemoArguments) -> str:
     pp, pct = signed_points, percent
     counts = {len(r["seeds"]) for r in rows}
-    # one seed count: in the header; several (``row_seeds``): each row's with its mean
-    over = f"{counts.pop()} seeds" if len(counts) == 1 else "each row's seeds (n)"
+    several = len(counts) > 1  # (``row_seeds``) each row's count with its mean; else one count in the header
+    over = "each row's seeds (n)" if several else f"{max(counts, default=0)} seeds"
     teacher_time = f"{teacher['wall_seconds']:.0f}"
     if teacher.get("cached"):  # the time of the run that trained it, when it was recorded
         trained = teacher.get("train_seconds")
@@ -574,7 +574,7 @@ def format_table(teacher: dict[str, Any], rows: list[dict[str, Any]], demo: Dete
 
     for r in rows:
         spread = "" if r["map_std"] is None else f" +- {100 * r['map_std']:.1f}"
-        if over.endswith("(n)"):
+        if several:
             spread += f" (n = {len(r['seeds'])})"
         each = ", ".join(f"{100 * v:.1f}" for v in r["map"])
         conflict = (
@@ -631,11 +631,10 @@ def train_students(
 ) -> list[dict[str, Any]]:
     """Every (seed, run) pair, reused from its file (when trained against these ``weights``: see
     ``model_weights``) or trained (``paired_seeds.train_jobs``)."""
+    seeds = demo.seeds_of_run()
     return train_jobs(
-        sorted(
-            ((run, seed) for run, seeds in demo.seeds_of_run().items() for seed in seeds),
-            key=lambda job: (job[1], demo.runs.index(job[0])),  # seed by seed, each in the order of --runs
-        ),
+        # seed by seed, each in the order of --runs
+        [(run, seed) for seed in sorted(set().union(*seeds.values())) for run in seeds if seed in seeds[run]],
         load=lambda run, seed: finished_run(demo, run, seed, weights),
         save=lambda result: record_run(demo, result, weights),
         workers=demo.workers,
