@@ -85,7 +85,10 @@ PAPER_ROWS = (
 ALL_ROWS = tuple(dict.fromkeys(ROWS + SIGNAL_ROWS + PAPER_ROWS))
 #: DOT with another momentum gap (opt-in with --rows, e.g. ``dot_adamw_delta0`` or ``feature_vkd_dot_delta0.02``):
 #: the sweep that explains the AdamW form's rows
-DOT_DELTA_ROW = re.compile(r"^(dot|dot_adamw)_delta([0-9]*\.?[0-9]+)$")
+DOT_DELTA_ROW = re.compile(r"^(dot|dot_adamw)(?:_beta([0-9]*\.?[0-9]+))?_delta([0-9]*\.?[0-9]+)$")
+#: DOT's AdamW form with the branches' squares in its second moment (``dot_adamw_branches``, optionally with
+#: another gap: ``dot_adamw_branches_delta0``)
+DOT_BRANCHES_ROW = re.compile(r"^dot_adamw_branches(?:_delta([0-9]*\.?[0-9]+))?$")
 #: DOT's SGD form at another learning rate (``dot_lr0.1``; paper regime): the validation pilot that picks it
 DOT_LR_ROW = re.compile(r"^dot_lr([0-9]*\.?[0-9]+)$")
 
@@ -200,6 +203,14 @@ class CompareArguments:
             "help": f"Where the json, md and png go (default: {RESULTS} or {RESULTS / 'paper_regime'})."
         },
     )
+    pilots: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Results files (json) of the validation pilots that chose this run's settings (budget, learning "
+            "rates), recorded in the report with each row's validation top-1 and last-quarter gain; default: every "
+            "json in <results_dir>/selection. Read only when scoring the test folds."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.rand_augment in ("none", ""):
@@ -216,7 +227,8 @@ class CompareArguments:
         unknown = [
             r
             for r in self.rows
-            if r not in ALL_ROWS and not any(p.match(split_row(r)[1]) for p in (DOT_DELTA_ROW, DOT_LR_ROW))
+            if r not in ALL_ROWS
+            and not any(p.match(split_row(r)[1]) for p in (DOT_DELTA_ROW, DOT_BRANCHES_ROW, DOT_LR_ROW))
         ]
         if unknown:
             raise ValueError(f"unknown rows {unknown}; valid values: {', '.join(ALL_ROWS)}")
@@ -392,9 +404,16 @@ def parse_method(method_row: str) -> tuple[str, float, dict[str, Any]]:
     lr = DOT_LR_ROW.match(method_row)
     if lr:
         return "dot", 0.5, {"learning_rate": float(lr.group(1))}
+    branches = DOT_BRANCHES_ROW.match(method_row)
+    if branches:
+        gap = {} if branches.group(1) is None else {"dot_delta": float(branches.group(1))}
+        return "dot_adamw", 0.5, {"dot_second_moment": "branches", **gap}
     dot = DOT_DELTA_ROW.match(method_row)
     if dot:
-        return dot.group(1), 0.5, {"dot_delta": float(dot.group(2))}
+        # ``_betaB``: another base momentum (beta1 of the AdamW form), e.g. one momentum at the distillation
+        # branch's 0.975 (``dot_adamw_beta0.975_delta0``: AdamW with beta1 0.975 on the fixed-alpha loss)
+        extra = {} if dot.group(2) is None else {"dot_momentum": float(dot.group(2))}
+        return dot.group(1), 0.5, {**extra, "dot_delta": float(dot.group(3))}
     return method_row, 0.5, {}
 
 
@@ -755,6 +774,7 @@ def paper_summary(
                 "losses": sum(d < 0 for d in diffs),
                 "first_step_reaching_baseline": reach,
                 "baseline_final_validation_top1": target,
+                "last_quarter_gain": last_quarter_gain(curve),
                 "conflict_rate": statistics.fmean(conflict) if None not in conflict else None,
                 "conflict_rate_last_quarter": statistics.fmean(late_conflict)
                 if None not in late_conflict
@@ -786,7 +806,9 @@ def run_step_figures(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
+def paper_markdown(
+    args: CompareArguments, summary: dict[str, Any], pilots: list[dict[str, Any]] | None = None
+) -> str:
     def pct(x: float) -> str:
         return f"{100 * x:.1f}"
 
@@ -852,6 +874,37 @@ def paper_markdown(args: CompareArguments, summary: dict[str, Any]) -> str:
         "`dot_lrX`: at lr X). Conflict figures exist for the rows that compute both gradients (DTO-KD, DOT); "
         "weights are the raw-loss weights applied each step.",
     ]
+    by_row = {r["row"]: r for r in summary["table"]}
+    gains = {
+        row: gain
+        for row in dict.fromkeys(summary["best_fixed"].values())
+        if (gain := by_row[row].get("last_quarter_gain")) is not None
+    }
+    if gains:
+        converged = all(gain < 0.005 for gain in gains.values())
+        lines += [
+            "",
+            "Convergence: the best fixed alpha's mean validation curve gains "
+            + ", ".join(f"`{row}` {100 * gain:+.2f} pp" for row, gain in gains.items())
+            + " over the last quarter of training: "
+            + (
+                "a plateau (under 0.5 pp)."
+                if converged
+                else "NOT converged (0.5 pp or more): the rows are compared before the plateau; raise --max_steps."
+            ),
+        ]
+    for pilot in pilots or []:
+        rows = ", ".join(
+            f"{row} {100 * top1:.1f}"
+            + ("" if (gain := pilot["last_quarter_gain"].get(row)) is None else f" ({100 * gain:+.2f} pp)")
+            for row, top1 in pilot["validation_top1"].items()
+        )
+        arguments = pilot["arguments"]
+        lines += [
+            "",
+            f"Validation pilot `{pilot['pilot']}` ({arguments['max_steps']} steps, lr {arguments['learning_rate']}, "
+            f"width {arguments['student_width']}): validation top-1 % (last-quarter gain) {rows}.",
+        ]
     defaults = CompareArguments(regime=args.regime, student_family=args.student_family)
     flags = [f"--regime {args.regime} --student_family {args.student_family}"] + [
         f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
@@ -908,6 +961,38 @@ def paper_plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
 
 def mean_or_none(values: list[float | None]) -> float | None:
     return statistics.fmean(values) if values and None not in values else None
+
+
+def last_quarter_gain(curve: list[tuple[int, float]]) -> float | None:
+    """How much a (validation) curve gains over the last quarter of training: its final accuracy minus its
+    accuracy at the last evaluation at or before three quarters of the final step. The converged benchmark asks
+    the best fixed alpha's gain to be below 0.5 pp (a plateau) before rows are compared."""
+    if len(curve) < 2:
+        return None
+    final_step, final = curve[-1]
+    earlier = [acc for step, acc in curve if step <= 0.75 * final_step]
+    return final - earlier[-1] if earlier else None
+
+
+def pilot_record(path: Path) -> dict[str, Any]:
+    """A validation pilot as the report keeps it: its arguments, and per row its validation top-1 and the gain of
+    its mean validation curve over the last quarter (the plateau check that chose the budget)."""
+    pilot = json.loads(path.read_text())
+    if pilot.get("arguments", {}).get("evaluate_on") != "validation":
+        raise ValueError(
+            f"pilot {path} was not scored on the validation split (evaluate_on = "
+            f"{pilot.get('arguments', {}).get('evaluate_on')!r}); settings are chosen on validation only: pass the "
+            "results file of a run made with --evaluate_on validation"
+        )
+    return {
+        "pilot": str(path),
+        "arguments": pilot["arguments"],
+        "validation_top1": {r["row"]: r["top1_mean"] for r in pilot["table"]},
+        "last_quarter_gain": {
+            r["row"]: last_quarter_gain([tuple(point) for point in r["curve"]]) if r.get("curve") else None
+            for r in pilot["table"]
+        },
+    }
 
 
 def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
@@ -1062,6 +1147,19 @@ def record_run(args: CompareArguments, settings: dict[str, Any], run: dict[str, 
     partial.replace(path)
 
 
+def pilot_files(args: CompareArguments) -> list[Path]:
+    if args.pilots is not None:
+        missing = [path for path in args.pilots if not Path(path).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"--pilots names results files that do not exist: {missing}; pass the compare_methods.json a "
+                "validation pilot wrote (its --results_dir)"
+            )
+        return [Path(path) for path in args.pilots]
+    selection = Path(args.results_dir) / "selection"
+    return sorted(selection.glob("*.json")) if selection.is_dir() else []
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import HfArgumentParser
 
@@ -1071,6 +1169,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
+    if args.regime == "paper" and args.evaluate_on == "test":
+        # a misnamed or test-scored pilot is refused before hours of training, not after
+        for path in pilot_files(args):
+            pilot_record(path)
     folds = args.only_folds if args.only_folds is not None else list(range(args.folds))
     teachers = [train_teacher(args, fold) for fold in folds]
     # finished runs are recorded as they end (runs.jsonl, or one file each in --runs_dir), keyed by the settings
@@ -1085,6 +1187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results_name",
         "runs_dir",
         "teachers_dir",
+        "pilots",
     )
     settings = {k: v for k, v in asdict(args).items() if k not in ignored}
     fingerprints = {fold: weights_fingerprint(teacher_dir(args, fold)) for fold in folds}
@@ -1121,7 +1224,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = paper_summary(args, runs, teachers) if paper else summarise(args, runs, teachers)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    table = paper_markdown(args, summary) if paper else markdown(args, summary)
+    pilots = (
+        [pilot_record(path) for path in pilot_files(args)] if paper and args.evaluate_on == "test" else []
+    )
+    table = paper_markdown(args, summary, pilots) if paper else markdown(args, summary)
     name = args.results_name
     if paper:
         paper_plot(summary, runs, results_dir / f"{name}.png")
@@ -1148,17 +1254,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **summary,
         "runs": runs,
     }
-    selection = results_dir / "selection"
-    if paper and args.evaluate_on == "test" and selection.is_dir():
+    if paper and args.evaluate_on == "test":
         # the validation pilots that fixed this run's settings (no test fold read), as their own reports say
-        report["settings_chosen_on_validation"] = [
-            {
-                "pilot": path.stem,
-                "arguments": (pilot := json.loads(path.read_text()))["arguments"],
-                "validation_top1": {r["row"]: r["top1_mean"] for r in pilot["table"]},
-            }
-            for path in sorted(selection.glob("*.json"))
-        ]
+        report["settings_chosen_on_validation"] = pilots
     (results_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
     (results_dir / f"{name}.md").write_text(table + "\n")
     print(table)

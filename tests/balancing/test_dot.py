@@ -81,13 +81,23 @@ def test_two_sgd_steps_equal_the_reference_rule():
         assert torch.allclose(got, expected, atol=1e-6)
 
 
-def test_two_adamw_steps_equal_the_hand_written_extension():
+@pytest.mark.parametrize("second_moment", ["sum", "branches"])
+def test_two_adamw_steps_equal_the_hand_written_extension(second_moment):
     alpha, beta1, delta, beta2, eps, wd = 0.5, 0.9, 0.05, 0.999, 1e-8, 0.1
     torch.manual_seed(2)
     batches = [torch.randn(4, 3), torch.randn(4, 3)]
     model, reference = TwoHeads(), TwoHeads()
+    dot = DOT(
+        alpha=alpha,
+        momentum=beta1,
+        delta=delta,
+        form="adamw",
+        beta2=beta2,
+        adam_eps=eps,
+        second_moment=second_moment,
+    )
     run_steps(
-        DOT(alpha=alpha, momentum=beta1, delta=delta, form="adamw", beta2=beta2, adam_eps=eps),
+        dot,
         model,
         batches,
         [wd] * 4,
@@ -106,7 +116,8 @@ def test_two_adamw_steps_equal_the_hand_written_extension():
                 gt, gd = (1 - alpha) * g_t[j], (alpha * g_d[j] if both else torch.zeros_like(p))
                 m_t[j] = b_t * m_t[j] + (1 - b_t) * gt
                 m_d[j] = b_d * m_d[j] + (1 - b_d) * gd
-                v[j] = beta2 * v[j] + (1 - beta2) * (gt + gd) ** 2
+                squares = (gt + gd) ** 2 if second_moment == "sum" else gt**2 + gd**2
+                v[j] = beta2 * v[j] + (1 - beta2) * squares
                 first = m_t[j] / (1 - b_t**k) + m_d[j] / (1 - b_d**k)
                 p -= LR * (first / ((v[j] / (1 - beta2**k)).sqrt() + eps) + wd * p)
     for got, expected in zip(model.parameters(), reference.parameters()):
@@ -158,6 +169,12 @@ def test_bad_hyper_parameters_and_a_checkpoint_of_the_other_form():
         DOT(form="lion")
     with pytest.raises(ValueError, match="form 'sgd'.*form 'adamw'"):
         DOT(form="adamw").load_state_dict(DOT().state_dict())
+    with pytest.raises(ValueError, match="unknown dot_second_moment 'mean'"):
+        DOT(form="adamw", second_moment="mean")
+    with pytest.raises(ValueError, match="belongs to the AdamW form"):
+        DOT(form="sgd", second_moment="branches")
+    with pytest.raises(ValueError, match="second moment is of 'sum', the run's of 'branches'"):
+        DOT(form="adamw", second_moment="branches").load_state_dict(DOT(form="adamw").state_dict())
 
 
 class TrunkHeadProjector(torch.nn.Module):

@@ -28,6 +28,10 @@ def test_the_config_hyper_parameters_reach_the_balancer(tmp_path):
     assert isinstance(famo, FAMO) and (group["lr"], group["weight_decay"]) == (0.1, 0.2)
     dot = build_balancer(config(method="dot_adamw", dot_momentum=0.8, dot_delta=0.05))
     assert isinstance(dot, DOT) and (dot.momentum, dot.delta, dot.form) == (0.8, 0.05, "adamw")
+    branches = build_balancer(config(method="dot_adamw", dot_second_moment="branches"))
+    assert (
+        branches.second_moment == "branches" and build_balancer(config(method="dot")).second_moment == "sum"
+    )
     assert build_balancer(config(method="dto")).log_gradients and isinstance(
         build_balancer(config(method="dto")), DTOExact
     )
@@ -51,6 +55,11 @@ def test_a_methods_own_fields_are_refused_with_another_method_naming_the_readers
         DTOKDConfig(output_dir=str(tmp_path), method="fixed", tradeoff_learning_rate=0.1)
     with pytest.raises(ValueError, match=r"dot_delta=0.1 applies to dot, dot_adamw"):
         DTOKDConfig(output_dir=str(tmp_path), method="upgrad", dot_delta=0.1)
+    # the second moment is the AdamW form's alone
+    with pytest.raises(
+        ValueError, match=r"dot_second_moment='branches' applies to dot_adamw, not to method='dot'"
+    ):
+        DTOKDConfig(output_dir=str(tmp_path), method="dot", dot_second_moment="branches")
     # the method's own constructor checks the values, once
     with pytest.raises(ValueError, match="tradeoff_learning_rate"):
         DTOKDConfig(output_dir=str(tmp_path), method="uncertainty", tradeoff_learning_rate=0.0)

@@ -160,14 +160,45 @@ def test_paper_regime_smoke_run_reports_per_step_conflict_weights_and_the_best_f
         "deit_soft_fixed_0.5",
         "deit_soft_dto_shared",
     ]
+    # a validation pilot (as a pilot run writes it) recorded with the report: its curve gains 0.9 -> 0.95 over
+    # the last quarter (the evaluation at step 300 is the last at or before 3/4 of 400)
+    pilot = tmp_path / "pilot.json"
+    curve = [[100, 0.5], [300, 0.9], [400, 0.95]]
+    pilot.write_text(
+        json.dumps(
+            {
+                "arguments": {
+                    "evaluate_on": "validation",
+                    "max_steps": 400,
+                    "learning_rate": 0.003,
+                    "student_width": 64,
+                },
+                "table": [{"row": "fixed_0.5", "top1_mean": 0.95, "curve": curve}],
+            }
+        )
+    )
     argv = [
         "--regime", "paper", "--student_family", "vit", "--rows", *rows, "--folds", "2", "--seeds", "1",
         "--max_steps", "4", "--eval_steps", "2", "--teacher_steps", "2", "--workers", "1",
-        "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
+        "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"), "--pilots", str(pilot),
     ]  # fmt: skip
     report = compare_methods.main(argv)
     results = tmp_path / "results"
     table = (results / "compare_methods.md").read_text()
+    (recorded,) = report["settings_chosen_on_validation"]
+    assert recorded["validation_top1"] == {"fixed_0.5": 0.95}
+    assert recorded["last_quarter_gain"]["fixed_0.5"] == pytest.approx(0.05)
+    assert "Validation pilot" in table and "fixed_0.5 95.0 (+5.00 pp)" in table
+    # the table says whether its own best fixed alpha plateaued (4 steps: the curve at step 4 against its last evaluation at or before 3)
+    best = report["best_fixed"]["logits"]
+    gain = {r["row"]: r for r in report["table"]}[best]["last_quarter_gain"]
+    curve_best = {r["row"]: r for r in report["table"]}[best]["curve"]
+    assert gain == pytest.approx(curve_best[-1][1] - [acc for step, acc in curve_best if step <= 3][-1])
+    # one figure per signal's best fixed alpha (logits, VkD features, DeiT's token)
+    assert "over the last quarter of training" in table and f"`{best}` {100 * gain:+.2f} pp" in table
+    gains = {r["row"]: r["last_quarter_gain"] for r in report["table"]}
+    plateau = all(gains[row] < 0.005 for row in report["best_fixed"].values())
+    assert ("a plateau" in table) == plateau and ("NOT converged" in table) == (not plateau)
     assert "Command: `python benchmarks/compare_methods.py --regime paper --student_family vit" in table
     by_row = {r["row"]: r for r in report["table"]}
     best_logit = max(("fixed_0.5", "fixed_1.0"), key=lambda row: by_row[row]["top1_mean"])
@@ -212,8 +243,54 @@ def test_dot_rows_take_another_momentum_gap_and_other_names_are_refused():
     assert compare_methods.split_row("feature_vkd_dot_delta0.02") == ("feature_vkd", "dot_delta0.02")
     assert compare_methods.parse_method("dot_delta0.02") == ("dot", 0.5, {"dot_delta": 0.02})
     assert compare_methods.parse_method("dot_lr0.1") == ("dot", 0.5, {"learning_rate": 0.1})
+    # one momentum at the distillation branch's beta1 (0.9 + 0.075): AdamW with beta1 0.975 on the fixed loss
+    assert compare_methods.parse_method("dot_adamw_beta0.975_delta0") == (
+        "dot_adamw",
+        0.5,
+        {"dot_momentum": 0.975, "dot_delta": 0.0},
+    )
     assert compare_methods.parse_method("dto_shared") == ("dto", 0.5, {"gram_parameters": "shared"})
     arguments = dict(regime="paper", student_family="vit")
     compare_methods.CompareArguments(rows=["fixed_0.5", "dot_adamw_delta0.02"], **arguments)
+    assert compare_methods.parse_method("dot_adamw_branches") == (
+        "dot_adamw",
+        0.5,
+        {"dot_second_moment": "branches"},
+    )
+    assert compare_methods.parse_method("dot_adamw_branches_delta0") == (
+        "dot_adamw",
+        0.5,
+        {"dot_second_moment": "branches", "dot_delta": 0.0},
+    )
+    compare_methods.CompareArguments(rows=["fixed_0.5", "dot_adamw_beta0.825_delta0"], **arguments)
+    compare_methods.CompareArguments(rows=["fixed_0.5", "dot_adamw_branches"], **arguments)
+    with pytest.raises(ValueError, match="unknown rows \\['dot_branches'\\]"):
+        compare_methods.CompareArguments(rows=["fixed_0.5", "dot_branches"], **arguments)
     with pytest.raises(ValueError, match="unknown rows \\['dto_delta0'\\]"):
         compare_methods.CompareArguments(rows=["fixed_0.5", "dto_delta0"], **arguments)
+
+
+def test_last_quarter_gain_reads_the_curve_at_three_quarters_of_the_final_step():
+    assert compare_methods.last_quarter_gain(
+        [(0, 0.5), (250, 0.6), (500, 0.7), (750, 0.8), (1000, 0.85)]
+    ) == (pytest.approx(0.05))
+    # no evaluation at 750: the last one before it (700) is the reference
+    assert compare_methods.last_quarter_gain(
+        [(100, 0.1), (700, 0.5), (800, 0.6), (1000, 0.62)]
+    ) == pytest.approx(0.12)
+    assert compare_methods.last_quarter_gain([(1000, 0.9)]) is None
+    assert compare_methods.last_quarter_gain([(900, 0.8), (1000, 0.9)]) is None  # nothing at or before 750
+
+
+def test_pilots_must_exist_and_be_scored_on_validation(tmp_path):
+    test_scored = tmp_path / "test_scored.json"
+    test_scored.write_text(json.dumps({"arguments": {"evaluate_on": "test"}, "table": []}))
+    with pytest.raises(ValueError, match="not scored on the validation split"):
+        compare_methods.pilot_record(test_scored)
+    argv = ["--regime", "paper", "--student_family", "vit", "--output_dir", str(tmp_path / "out")]
+    # refused before any teacher is trained
+    with pytest.raises(FileNotFoundError, match="--pilots names results files that do not exist"):
+        compare_methods.main([*argv, "--pilots", str(tmp_path / "missing.json")])
+    with pytest.raises(ValueError, match="not scored on the validation split"):
+        compare_methods.main([*argv, "--pilots", str(test_scored)])
+    assert not (tmp_path / "out").exists()

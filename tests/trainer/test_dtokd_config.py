@@ -29,6 +29,7 @@ def test_defaults(tmp_path):
         ({"cagrad_c": -0.5}, "cagrad_c"),
         ({"dot_momentum": 1.0}, "dot_momentum"),
         ({"dot_delta": 0.2}, "dot_delta"),
+        ({"method": "dot_adamw", "dot_second_moment": "mean"}, "valid values: sum, branches"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"temperature": -1.0}, "temperature must be > 0"),
         ({"alpha": 1.2}, r"alpha must lie in \[0, 1\]"),

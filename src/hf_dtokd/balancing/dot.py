@@ -20,6 +20,10 @@ one shared second moment, AdamW's decoupled weight decay::
     v   <- beta2 v + (1 - beta2) (g_t + g_d)^2
     p   <- p - lr ((m_t / (1 - b_t^k) + m_d / (1 - b_d^k)) / (sqrt(v / (1 - beta2^k)) + eps) + wd p)
 
+``second_moment="branches"`` (an experiment on the experiment) keeps the branches' squares apart in the
+second moment, ``v <- beta2 v + (1 - beta2) (g_t^2 + g_d^2)``, so that where the two gradients cancel the
+denominator does not shrink while the two first moments, on different memories, need not cancel.
+
 How it lives in the Trainer: the per-loss gradients of the window (averaged over processes, so the
 buffers are identical on every rank) enter the rule at the window's end; the resulting update
 direction is written to ``.grad`` and the trainer's optimizer is plain SGD without momentum or weight
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
     from hf_dtokd.gradients.parameters import WindowGradients
 
 DOT_FORMS: tuple[str, ...] = ("sgd", "adamw")
+#: the AdamW form's second moment: of the summed gradient (AdamW's own) or of each branch's gradient
+DOT_SECOND_MOMENTS: tuple[str, ...] = ("sum", "branches")
 
 
 class DOT(Balancer):
@@ -69,6 +75,7 @@ class DOT(Balancer):
             form=cls.config_form,
             beta2=config.adam_beta2,
             adam_eps=config.adam_epsilon,
+            **({"second_moment": config.dot_second_moment} if cls.config_form == "adamw" else {}),
             **options,
         )
 
@@ -80,6 +87,7 @@ class DOT(Balancer):
         form: str = "sgd",
         beta2: float = 0.999,
         adam_eps: float = 1e-8,
+        second_moment: str = "sum",
     ) -> None:
         super().__init__(2)
         if not 0.0 <= alpha <= 1.0:
@@ -92,6 +100,16 @@ class DOT(Balancer):
             )
         if form not in DOT_FORMS:
             raise ValueError(f"unknown DOT form {form!r}; valid values: {', '.join(DOT_FORMS)}")
+        if second_moment not in DOT_SECOND_MOMENTS:
+            raise ValueError(
+                f"unknown dot_second_moment {second_moment!r}; valid values: {', '.join(DOT_SECOND_MOMENTS)}"
+            )
+        if second_moment != "sum" and form != "adamw":
+            raise ValueError(
+                f"dot_second_moment={second_moment!r} belongs to the AdamW form (method='dot_adamw'); DOT's SGD "
+                "form has no second moment"
+            )
+        self.second_moment = second_moment
         self.pi = torch.tensor([alpha, 1.0 - alpha])
         self.momentum, self.delta, self.form = momentum, delta, form
         self.beta2, self.adam_eps = beta2, adam_eps
@@ -195,7 +213,8 @@ class DOT(Balancer):
         k = self.steps
         v_t.mul_(beta_t).add_((1.0 - beta_t) * g_t)
         v_d.mul_(beta_d).add_((1.0 - beta_d) * g_d)
-        second.mul_(self.beta2).add_((1.0 - self.beta2) * (g_t + g_d).pow(2))
+        squares = (g_t + g_d).pow(2) if self.second_moment == "sum" else g_t.pow(2) + g_d.pow(2)
+        second.mul_(self.beta2).add_((1.0 - self.beta2) * squares)
         first = v_t / (1.0 - beta_t**k) + v_d / (1.0 - beta_d**k)
         return first / ((second / (1.0 - self.beta2**k)).sqrt() + self.adam_eps) + wd * flat_p
 
@@ -203,6 +222,7 @@ class DOT(Balancer):
         state = super().state_dict()
         state["steps"] = self.steps
         state["form"] = self.form
+        state["second_moment"] = self.second_moment
         state["buffers"] = None if self.buffers is None else self.buffers.detach().cpu().clone()
         return state
 
@@ -211,6 +231,11 @@ class DOT(Balancer):
             raise ValueError(
                 f"this checkpoint holds DOT state of form {state.get('form')!r} but the run uses form {self.form!r}; "
                 "resume with the method that wrote it"
+            )
+        if state.get("second_moment", "sum") != self.second_moment:
+            raise ValueError(
+                f"this checkpoint's DOT second moment is of {state.get('second_moment', 'sum')!r}, the run's of "
+                f"{self.second_moment!r}: resume with the dot_second_moment that wrote it"
             )
         super().load_state_dict(state)
         if self.buffers is None:
@@ -233,3 +258,4 @@ class DOTAdamW(DOT):
     """``method="dot_adamw"``: DOT in its AdamW form (two first moments, one second moment), an experiment."""
 
     config_form = "adamw"
+    config_fields = (*DOT.config_fields, "dot_second_moment")

@@ -10,6 +10,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from hf_dtokd.balancing import (
+    DOT_SECOND_MOMENTS,
     GRAMIAN_METHODS,
     LOOK_AHEAD_METHODS,
     METHOD_REGISTRY,
@@ -140,6 +141,15 @@ class DTOKDConfig(TrainingArguments):
         metadata={
             "help": "DOT's momentum gap Delta: task momentum mu - Delta, distillation momentum mu + Delta "
             "(0.075; the paper uses 0.09 on ImageNet)."
+        },
+    )
+    dot_second_moment: str = field(
+        default="sum",
+        metadata={
+            "help": "method='dot_adamw' only, an experiment: the second moment of the summed gradient ('sum', "
+            "AdamW's) or of each branch's gradient ('branches': g_t^2 + g_d^2, so gradients that cancel do not "
+            "shrink the denominator).",
+            "choices": list(DOT_SECOND_MOMENTS),
         },
     )
     gradient_placement: str = field(
@@ -315,6 +325,10 @@ class DTOKDConfig(TrainingArguments):
                 f"unknown rescale rule {self.rescale!r}; valid values: {', '.join(RESCALE_RULES)}"
             )
         self._check_method_options()
+        if self.dot_second_moment not in DOT_SECOND_MOMENTS:
+            raise ValueError(
+                f"unknown dot_second_moment {self.dot_second_moment!r}; valid values: {', '.join(DOT_SECOND_MOMENTS)}"
+            )
         if self.gradient_placement not in GRADIENT_PLACEMENTS:
             raise ValueError(
                 f"unknown gradient_placement {self.gradient_placement!r}; valid values: {', '.join(GRADIENT_PLACEMENTS)}"
