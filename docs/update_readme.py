@@ -31,6 +31,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
   DeepSpeed on 2 CPU processes end from one process;
 * ``dot-sweep`` (compare-methods page): ``benchmarks/results/paper_regime/dot_sweep/compare_methods.md``, DOT's
   momentum gap swept in the paper regime, and ``dot-update-size``: the size of the update DOT wrote each step;
+* ``dot-beta`` and ``dot-beta-update-size`` (compare-methods page): ``benchmarks/results/paper_regime/dot_beta/``,
+  which part of the gap does it: one momentum at each branch's beta1, and the branches' second moment;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
 
 Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]
@@ -293,6 +295,12 @@ def main() -> None:
         pages.fill("dot-sweep", dot_sweep.read_text())
         pages.fill(
             "dot-update-size", dot_update_table(json.loads(dot_sweep.with_suffix(".json").read_text()))
+        )
+    dot_beta = benchmarks / "paper_regime" / "dot_beta" / "compare_methods.md"
+    if dot_beta.is_file():
+        pages.fill("dot-beta", dot_beta.read_text())
+        pages.fill(
+            "dot-beta-update-size", dot_update_table(json.loads(dot_beta.with_suffix(".json").read_text()))
         )
     sharded = benchmarks / "sharded_equivalence.md"
     if sharded.is_file():
