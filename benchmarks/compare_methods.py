@@ -203,6 +203,14 @@ class CompareArguments:
             "help": f"Where the json, md and png go (default: {RESULTS} or {RESULTS / 'paper_regime'})."
         },
     )
+    finished_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Train nothing: write the table from the runs already recorded, over the fold / seed pairs that "
+            "every row has finished (a benchmark in progress; the table says how many pairs of how many). Give it "
+            "its own --results_name so that the full table is not overwritten."
+        },
+    )
     pilots: list[str] | None = field(
         default=None,
         metadata={
@@ -1188,16 +1196,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs_dir",
         "teachers_dir",
         "pilots",
+        "finished_only",
     )
     settings = {k: v for k, v in asdict(args).items() if k not in ignored}
     fingerprints = {fold: weights_fingerprint(teacher_dir(args, fold)) for fold in folds}
     done = finished_runs(args, settings, fingerprints)
+    every_pair = [(fold, seed) for seed in range(args.seeds) for fold in folds]
+    pairs = [pair for pair in every_pair if all((row, *pair) in done for row in args.rows)]
+    if args.finished_only and not pairs:
+        raise ValueError(
+            f"--finished_only: no fold / seed pair has all {len(args.rows)} rows recorded yet "
+            f"({len(done)} runs recorded); run the benchmark without it first"
+        )
+    if not args.finished_only:
+        pairs = every_pair
     tasks = [
-        (args, row, fold, seed)
-        for seed in range(args.seeds)
-        for fold in folds
-        for row in args.rows
-        if (row, fold, seed) not in done
+        (args, row, fold, seed) for fold, seed in pairs for row in args.rows if (row, fold, seed) not in done
     ]
     threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
 
@@ -1219,7 +1233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         for task in tasks:
             keep(_run_task(task))
-    runs = [done[(row, fold, seed)] for seed in range(args.seeds) for fold in folds for row in args.rows]
+    runs = [done[(row, fold, seed)] for fold, seed in pairs for row in args.rows]
     paper = args.regime == "paper"
     summary = paper_summary(args, runs, teachers) if paper else summarise(args, runs, teachers)
     results_dir = Path(args.results_dir)
@@ -1228,6 +1242,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [pilot_record(path) for path in pilot_files(args)] if paper and args.evaluate_on == "test" else []
     )
     table = paper_markdown(args, summary, pilots) if paper else markdown(args, summary)
+    if len(pairs) < len(every_pair):
+        table = (
+            f"**In progress: {len(pairs)} of {len(every_pair)} fold / seed pairs finished by every row** "
+            f"(folds / seeds {', '.join(f'{f}/{s_}' for f, s_ in pairs)}); the figures below are over these.\n\n"
+            + table
+        )
     name = args.results_name
     if paper:
         paper_plot(summary, runs, results_dir / f"{name}.png")
@@ -1251,6 +1271,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "workers": args.workers,
         },
         "total_seconds": time.perf_counter() - start,
+        "pairs_finished": len(pairs),
+        "pairs_planned": len(every_pair),
         **summary,
         "runs": runs,
     }

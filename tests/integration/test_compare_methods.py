@@ -294,3 +294,24 @@ def test_pilots_must_exist_and_be_scored_on_validation(tmp_path):
     with pytest.raises(ValueError, match="not scored on the validation split"):
         compare_methods.main([*argv, "--pilots", str(test_scored)])
     assert not (tmp_path / "out").exists()
+
+
+def test_finished_only_reports_the_pairs_every_row_finished_and_trains_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    argv = [
+        "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "no_kd", "--folds", "2",
+        "--seeds", "1", "--max_steps", "4", "--eval_steps", "2", "--teacher_steps", "2", "--workers", "1",
+        "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"), "--runs_dir", str(runs),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="no fold / seed pair has all 2 rows recorded yet"):
+        compare_methods.main([*argv, "--finished_only"])
+    compare_methods.main([*argv, "--only_folds", "0"])  # fold 0 only: one of the two pairs
+    recorded = sorted(path.name for path in runs.iterdir())
+    report = compare_methods.main([*argv, "--finished_only", "--results_name", "partial"])
+    assert sorted(path.name for path in runs.iterdir()) == recorded and len(recorded) == 2  # nothing trained
+    assert (report["pairs_finished"], report["pairs_planned"]) == (1, 2)
+    assert {(r["row"], r["fold"]) for r in report["runs"]} == {("fixed_0.5", 0), ("no_kd", 0)}
+    table = (tmp_path / "results" / "partial.md").read_text()
+    assert table.startswith(
+        "**In progress: 1 of 2 fold / seed pairs finished by every row** (folds / seeds 0/0)"
+    )
