@@ -31,6 +31,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
   DeepSpeed on 2 CPU processes end from one process;
 * ``dot-sweep`` (compare-methods page): ``benchmarks/results/paper_regime/dot_sweep/compare_methods.md``, DOT's
   momentum gap swept in the paper regime, and ``dot-update-size``: the size of the update DOT wrote each step;
+* ``compare-converged`` (compare-methods page): ``benchmarks/results/paper_regime/converged/compare_methods.md``,
+  the converged paper-regime table, or ``partial.md`` (``--finished_only``) while it is in progress;
 * ``dot-beta`` and ``dot-beta-update-size`` (compare-methods page): ``benchmarks/results/paper_regime/dot_beta/``,
   which part of the gap does it: one momentum at each branch's beta1, and the branches' second moment;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
@@ -296,6 +298,13 @@ def main() -> None:
         pages.fill(
             "dot-update-size", dot_update_table(json.loads(dot_sweep.with_suffix(".json").read_text()))
         )
+    # the converged comparison: its full table once every run exists, until then the interim one (its first line
+    # says how many fold / seed pairs it covers)
+    converged = benchmarks / "paper_regime" / "converged"
+    for name in ("compare_methods.md", "partial.md"):
+        if (converged / name).is_file():
+            pages.fill("compare-converged", (converged / name).read_text())
+            break
     dot_beta = benchmarks / "paper_regime" / "dot_beta" / "compare_methods.md"
     if dot_beta.is_file():
         pages.fill("dot-beta", dot_beta.read_text())
