@@ -75,7 +75,7 @@ class DOT(Balancer):
             form=cls.config_form,
             beta2=config.adam_beta2,
             adam_eps=config.adam_epsilon,
-            **({"second_moment": config.dot_second_moment} if cls.config_form == "adamw" else {}),
+            second_moment=config.dot_second_moment,
             **options,
         )
 

@@ -325,10 +325,6 @@ class DTOKDConfig(TrainingArguments):
                 f"unknown rescale rule {self.rescale!r}; valid values: {', '.join(RESCALE_RULES)}"
             )
         self._check_method_options()
-        if self.dot_second_moment not in DOT_SECOND_MOMENTS:
-            raise ValueError(
-                f"unknown dot_second_moment {self.dot_second_moment!r}; valid values: {', '.join(DOT_SECOND_MOMENTS)}"
-            )
         if self.gradient_placement not in GRADIENT_PLACEMENTS:
             raise ValueError(
                 f"unknown gradient_placement {self.gradient_placement!r}; valid values: {', '.join(GRADIENT_PLACEMENTS)}"
