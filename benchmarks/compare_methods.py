@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from transformers import TrainerCallback
 
+from hf_dtokd.demos.paired_seeds import parse_row_seeds
+
 RESULTS = Path(__file__).parent / "results"
 BASELINE = "fixed_0.5"
 ROWS = (
@@ -141,6 +143,14 @@ class CompareArguments:
     )
     folds: int = field(default=5, metadata={"help": "Stratified folds of the 1,797 digits (>= 2)."})
     seeds: int = field(default=3, metadata={"help": "Seeds per fold (subset, init, data order)."})
+    row_seeds: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "paper regime: more seeds per fold for named rows, as ROW=N with N >= --seeds (e.g. dot=7), where "
+            "a row's paired SE needs more pairs than the others. Such a row's figures are over every pair it shares "
+            "with its best fixed alpha (chosen on the pairs every row has): give that fixed row as many."
+        },
+    )
     only_folds: list[int] | None = field(
         default=None, metadata={"help": "Run these folds only (the validation pilots); default: all."}
     )
@@ -254,6 +264,20 @@ class CompareArguments:
             raise ValueError("the DeiT-token rows need a ViT student: pass --student_family vit")
         if self.max_steps < 1 or self.eval_steps < 1 or self.teacher_steps < 1:
             raise ValueError("max_steps, eval_steps and teacher_steps must be >= 1")
+        counts = self.seeds_of_row()  # validates row_seeds
+        if self.row_seeds and self.regime != "paper":
+            raise ValueError("row_seeds is for the paper regime (--regime paper)")
+        fewer = {row: n for row, n in counts.items() if n < self.seeds}
+        if fewer:
+            raise ValueError(
+                f"row_seeds gives {fewer} fewer seeds than --seeds {self.seeds} (every row runs --seeds seeds per "
+                "fold; row_seeds adds more): raise them or drop the entries"
+            )
+
+    def seeds_of_row(self) -> dict[str, int]:
+        """Seeds per fold of each row: ``seeds``, or the count ``row_seeds`` names for it."""
+        counts = parse_row_seeds(self.row_seeds, self.rows, flag="rows")
+        return {row: counts.get(row, self.seeds) for row in self.rows}
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -734,8 +758,8 @@ def paper_summary(
     and task gradients conflict (cosine < 0; all steps and the last quarter) and the median raw-loss weights
     applied."""
     by_row = {row: {(r["fold"], r["seed"]): r for r in runs if r["row"] == row} for row in args.rows}
-    pairs = sorted(set.intersection(*[set(v) for v in by_row.values()]))
-    mean_top1 = {row: statistics.fmean(by_row[row][p]["top1"] for p in pairs) for row in args.rows}
+    common = sorted(set.intersection(*[set(v) for v in by_row.values()]))
+    mean_top1 = {row: statistics.fmean(by_row[row][p]["top1"] for p in common) for row in args.rows}
     best_fixed: dict[str, str] = {}
     for row in args.rows:
         signal, method = split_row(row)
@@ -743,10 +767,29 @@ def paper_summary(
             current = best_fixed.get(signal)
             if current is None or mean_top1[row] > mean_top1[current]:
                 best_fixed[signal] = row
+    seeds = args.seeds_of_row()
+    unpaired = {
+        row: (baseline, n)
+        for row, n in seeds.items()
+        if n > seeds[baseline := best_fixed.get(split_row(row)[0]) or best_fixed.get("logits")]
+    }
+    if unpaired:
+        raise ValueError(
+            "--row_seeds: "
+            + "; ".join(
+                f"{row} runs {n} seeds per fold, its best fixed alpha {baseline} {seeds[baseline]}"
+                for row, (baseline, n) in unpaired.items()
+            )
+            + ", so the extra runs would pair with nothing: give "
+            + " ".join(sorted({f"{baseline}={n}" for baseline, n in unpaired.values()}))
+            + " (it also runs them)"
+        )
     table = []
     for row in args.rows:
         signal = split_row(row)[0]
         baseline = best_fixed.get(signal) or best_fixed.get("logits")
+        # the pairs every row has, and the extra seeds' pairs this row shares with its baseline
+        pairs = sorted(set(by_row[row]) & set(by_row[baseline]))
         top1 = [by_row[row][p]["top1"] for p in pairs]
         diffs = [by_row[row][p]["top1"] - by_row[baseline][p]["top1"] for p in pairs]
         curve = mean_curve([by_row[row][p]["curve"] for p in pairs])
@@ -800,7 +843,12 @@ def paper_summary(
                 "curve": curve,
             }
         )
-    return {"best_fixed": best_fixed, "teacher_top1_per_fold": teachers, "table": table}
+    return {
+        "best_fixed": best_fixed,
+        "common_pairs": len(common),
+        "teacher_top1_per_fold": teachers,
+        "table": table,
+    }
 
 
 def run_step_figures(run: dict[str, Any]) -> dict[str, Any]:
@@ -824,8 +872,11 @@ def paper_markdown(
         return "-" if x is None else f"{100 * x:.1f} %"
 
     scored = "test" if args.evaluate_on == "test" else "validation"
+    common = summary["common_pairs"]
+    more = any(r["pairs"] != common for r in summary["table"])
     lines = [
-        f"| row | {scored} top-1 % (mean +- std, {summary['table'][0]['pairs']} paired runs) | diff to best fixed "
+        f"| row | {scored} top-1 % (mean +- std, {common} paired runs{'; more where marked' if more else ''}) "
+        "| diff to best fixed "
         "(pp, +- SE; wins / losses) | first step at best fixed's final | steps in conflict (all / last quarter) "
         "| median applied weight distill / task (all; last quarter) | mean pi_distill | steps at a vertex | s / step |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -851,8 +902,9 @@ def paper_markdown(
             f"{r['median_weight_distill_last_quarter']:.3f} / {r['median_weight_task_last_quarter']:.3f}"
         )
         pi = "-" if r["mean_pi_distill"] is None else f"{r['mean_pi_distill']:.3f}"
+        pairs = "" if r["pairs"] == common else f" ({r['pairs']} pairs)"
         lines.append(
-            f"| {r['row']} | {pct(r['top1_mean'])} +- {pct(r['top1_std'])} | {diff} | {reach} | {conflict} | "
+            f"| {r['row']} | {pct(r['top1_mean'])} +- {pct(r['top1_std'])}{pairs} | {diff} | {reach} | {conflict} | "
             f"{weights} | {pi} | {share(r.get('vertex_share'))} | {r['seconds_per_step']:.3f} |"
         )
     teachers = ", ".join(pct(t) for t in summary["teacher_top1_per_fold"])
@@ -867,9 +919,15 @@ def paper_markdown(
         if args.mixup_prob > 0
         else f", no Mixup / CutMix, label smoothing {args.label_smoothing}"
     )
+    extra = (
+        f" ({', '.join(f'`{row}` {n}' for row, n in args.seeds_of_row().items() if n > args.seeds)} seeds: their "
+        "figures over every pair they share with their best fixed alpha, chosen on the pairs every row has)"
+        if args.row_seeds
+        else ""
+    )
     lines += [
         "",
-        f"Digits, {folds_read} x {args.seeds} seeds; every training image labelled "
+        f"Digits, {folds_read} x {args.seeds} seeds{extra}; every training image labelled "
         f"({100 * (1 - args.validation_fraction):.0f} % of each fold's pool; the rest is the validation split that "
         f"fixed the settings and gives the curves); student {student_description(args)}, {args.max_steps} steps, "
         f"batch {args.batch_size}, AdamW {args.learning_rate} (wd 0.05, cosine); {augmentation} (timm); teacher "
@@ -1197,6 +1255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "teachers_dir",
         "pilots",
         "finished_only",
+        "row_seeds",
     )
     settings = {k: v for k, v in asdict(args).items() if k not in ignored}
     fingerprints = {fold: weights_fingerprint(teacher_dir(args, fold)) for fold in folds}
@@ -1210,9 +1269,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     if not args.finished_only:
         pairs = every_pair
+    # the pairs of the seeds beyond --seeds, for the rows --row_seeds gives more (their best fixed alpha among them)
+    extra_pairs = {
+        row: [(fold, seed) for seed in range(args.seeds, n) for fold in folds]
+        for row, n in args.seeds_of_row().items()
+        if n > args.seeds
+    }
     tasks = [
         (args, row, fold, seed) for fold, seed in pairs for row in args.rows if (row, fold, seed) not in done
     ]
+    if not args.finished_only:
+        tasks += [
+            (args, row, fold, seed)
+            for row, row_pairs in extra_pairs.items()
+            for fold, seed in row_pairs
+            if (row, fold, seed) not in done
+        ]
     threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
 
     def keep(run: dict[str, Any]) -> None:
@@ -1233,7 +1305,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         for task in tasks:
             keep(_run_task(task))
-    runs = [done[(row, fold, seed)] for fold, seed in pairs for row in args.rows]
+    runs = [done[(row, fold, seed)] for fold, seed in pairs for row in args.rows] + [
+        done[(row, fold, seed)]
+        for row, row_pairs in extra_pairs.items()
+        for fold, seed in row_pairs
+        if (row, fold, seed) in done
+    ]
     paper = args.regime == "paper"
     summary = paper_summary(args, runs, teachers) if paper else summarise(args, runs, teachers)
     results_dir = Path(args.results_dir)
@@ -1247,6 +1324,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"**In progress: {len(pairs)} of {len(every_pair)} fold / seed pairs finished by every row** "
             f"(folds / seeds {', '.join(f'{f}/{s_}' for f, s_ in pairs)}); the figures below are over these.\n\n"
             + table
+        )
+    if paper:
+        hours = sum(r["seconds_per_step"] * args.max_steps for r in runs) / 3600
+        table += (
+            f"\n\nRun time: {len(runs)} runs, {hours:.1f} h summed (training and evaluation; {args.workers} side by "
+            f"side: about {hours / args.workers:.1f} h of wall time)."
         )
     name = args.results_name
     if paper:
@@ -1271,6 +1354,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "workers": args.workers,
         },
         "total_seconds": time.perf_counter() - start,
+        # the runs' own wall time (training and evaluation), summed: what the benchmark took across sessions,
+        # with args.workers runs side by side (total_seconds is this invocation's only)
+        "run_seconds_total": sum(r["seconds_per_step"] * args.max_steps for r in runs),
         "pairs_finished": len(pairs),
         "pairs_planned": len(every_pair),
         **summary,
@@ -1283,7 +1369,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (results_dir / f"{name}.md").write_text(table + "\n")
     print(table)
     print(
-        f"\n{len(runs)} runs in {report['total_seconds']:.0f} s on {report['machine']['platform']}; wrote "
+        f"\n{len(runs)} runs ({report['run_seconds_total'] / 3600:.1f} h of run time, {args.workers} side by side) "
+        f"in {report['total_seconds']:.0f} s on {report['machine']['platform']}; wrote "
         f"{results_dir / name}.json, .md and .png"
     )
     return report

@@ -315,3 +315,61 @@ def test_finished_only_reports_the_pairs_every_row_finished_and_trains_nothing(t
     assert table.startswith(
         "**In progress: 1 of 2 fold / seed pairs finished by every row** (folds / seeds 0/0)"
     )
+
+
+def test_row_seeds_give_rows_more_pairs_with_their_best_fixed_alpha_only(tmp_path):
+    runs = tmp_path / "runs"
+    argv = [
+        "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "no_kd", "dto", "--folds", "2",
+        "--only_folds", "0", "--seeds", "1", "--max_steps", "4", "--eval_steps", "2", "--teacher_steps", "2",
+        "--workers", "1", "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
+        "--runs_dir", str(runs),
+    ]  # fmt: skip
+    # no_kd's second seed would pair with nothing: its best fixed alpha runs one seed (the run is kept)
+    with pytest.raises(
+        ValueError, match="no_kd runs 2 seeds per fold, its best fixed alpha fixed_0.5 1, .* give fixed_0.5=2"
+    ):
+        compare_methods.main([*argv, "--row_seeds", "no_kd=2"])
+    assert sorted(path.name for path in runs.iterdir()) == [
+        "dto__fold0__seed0.json.gz",
+        "fixed_0.5__fold0__seed0.json.gz",
+        "no_kd__fold0__seed0.json.gz",
+        "no_kd__fold0__seed1.json.gz",
+    ]
+    report = compare_methods.main([*argv, "--row_seeds", "no_kd=2", "fixed_0.5=2"])
+    assert len(list(runs.iterdir())) == 5  # fixed_0.5 seed 1 only: the rest was recorded
+    recorded = {
+        (r["row"], r["seed"]): r
+        for r in (json.loads(gzip.decompress(p.read_bytes())) for p in runs.iterdir())
+    }
+    by_row = {r["row"]: r for r in report["table"]}
+    assert report["common_pairs"] == 1
+    assert (by_row["no_kd"]["pairs"], by_row["fixed_0.5"]["pairs"], by_row["dto"]["pairs"]) == (2, 2, 1)
+    diffs = [recorded[("no_kd", seed)]["top1"] - recorded[("fixed_0.5", seed)]["top1"] for seed in (0, 1)]
+    assert by_row["no_kd"]["diff_to_baseline"] == pytest.approx(sum(diffs) / 2)
+    assert by_row["no_kd"]["diff_se"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2)  # std of two / sqrt(2)
+    assert by_row["dto"]["diff_to_baseline"] == pytest.approx(
+        recorded[("dto", 0)]["top1"] - recorded[("fixed_0.5", 0)]["top1"]
+    )
+    assert report["run_seconds_total"] == pytest.approx(
+        sum(r["seconds_per_step"] * 4 for r in recorded.values())
+    )
+    table = (tmp_path / "results" / "compare_methods.md").read_text()
+    assert "1 paired runs; more where marked" in table and "(2 pairs)" in table
+    assert "x 1 seeds (`fixed_0.5` 2, `no_kd` 2 seeds" in table and "Run time: 5 runs" in table
+
+
+def test_row_seeds_are_checked():
+    arguments = dict(regime="paper", student_family="vit", rows=["fixed_0.5", "dot"], seeds=3)
+    assert compare_methods.CompareArguments(row_seeds=["dot=7"], **arguments).seeds_of_row() == {
+        "fixed_0.5": 3,
+        "dot": 7,
+    }
+    with pytest.raises(ValueError, match="which is not in rows .* add it to --rows"):
+        compare_methods.CompareArguments(row_seeds=["dto=7"], **arguments)
+    with pytest.raises(ValueError, match="RUN=N"):
+        compare_methods.CompareArguments(row_seeds=["dot"], **arguments)
+    with pytest.raises(ValueError, match="fewer seeds than --seeds 3"):
+        compare_methods.CompareArguments(row_seeds=["dot=2"], **arguments)
+    with pytest.raises(ValueError, match="for the paper regime"):
+        compare_methods.CompareArguments(row_seeds=["fixed_0.5=4"], rows=["fixed_0.5", "no_kd"])

@@ -19,6 +19,25 @@ from typing import Any
 Job = tuple[str, int]  # (run, seed)
 
 
+def parse_row_seeds(entries: Sequence[str], rows: Sequence[str], flag: str = "runs") -> dict[str, int]:
+    """``--row_seeds`` entries ``ROW=N`` (a named row's own seed count) as ``{row: N}``: each N >= 1, each row
+    among ``rows`` (the ``--<flag>`` the demo runs) and named once."""
+    counts: dict[str, int] = {}
+    for entry in entries:
+        row, sep, count = entry.partition("=")
+        if not sep or not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"row_seeds entries are RUN=N with N >= 1 (e.g. fixed_0.1=5), got {entry!r}")
+        if row not in rows:
+            raise ValueError(
+                f"row_seeds names {row!r}, which is not in {flag} ({', '.join(rows)}); add it to --{flag} or drop "
+                "the entry"
+            )
+        if row in counts:
+            raise ValueError(f"row_seeds names {row!r} twice ({list(entries)}); keep one entry per run")
+        counts[row] = int(count)
+    return counts
+
+
 def runs_by_seed(results: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
     """``{run: {seed: result}}`` in the order the runs first appear."""
     by_run: dict[str, dict[int, dict[str, Any]]] = {}

@@ -64,6 +64,7 @@ from hf_dtokd.demos.paired_seeds import (
     add_paired_differences,
     cpu_name,
     load_run,
+    parse_row_seeds,
     per_step_summary,
     percent,
     plotted_runs,
@@ -267,19 +268,7 @@ class DetectionDemoArguments:
 
     def seeds_of_run(self) -> dict[str, range]:
         """The seeds each run trains: ``seeds`` of them from ``seed``, or the count ``row_seeds`` names for it."""
-        counts = {}
-        for entry in self.row_seeds:
-            run, sep, count = entry.partition("=")
-            if not sep or not count.strip().isdigit() or int(count) < 1:
-                raise ValueError(f"row_seeds entries are RUN=N with N >= 1 (e.g. fixed_0.1=5), got {entry!r}")
-            if run not in self.runs:
-                raise ValueError(
-                    f"row_seeds names {run!r}, which is not in runs ({', '.join(self.runs)}); add it to --runs or "
-                    "drop the entry"
-                )
-            if run in counts:
-                raise ValueError(f"row_seeds names {run!r} twice ({self.row_seeds}); keep one entry per run")
-            counts[run] = int(count)
+        counts = parse_row_seeds(self.row_seeds, self.runs)
         return {run: range(self.seed, self.seed + counts.get(run, self.seeds)) for run in self.runs}
 
     def __post_init__(self) -> None:
