@@ -794,7 +794,10 @@ def paper_summary(
         diffs = [by_row[row][p]["top1"] - by_row[baseline][p]["top1"] for p in pairs]
         curve = mean_curve([by_row[row][p]["curve"] for p in pairs])
         target = mean_curve([by_row[baseline][p]["curve"] for p in pairs])[-1][1]
-        reach = next((step for step, acc in curve if acc >= target - 1e-12), None)
+        reach = first_step_at(curve, target)
+        per_pair_reach = reach_per_pair(
+            [by_row[row][p]["curve"] for p in pairs], [by_row[baseline][p]["curve"] for p in pairs]
+        )
         steps = [by_row[row][p]["per_step"] for p in pairs]
 
         def share(values: list[float | None]) -> float | None:
@@ -825,6 +828,7 @@ def paper_summary(
                 "losses": sum(d < 0 for d in diffs),
                 "first_step_reaching_baseline": reach,
                 "baseline_final_validation_top1": target,
+                "reach_per_pair": per_pair_reach,
                 "last_quarter_gain": last_quarter_gain(curve),
                 "conflict_rate": statistics.fmean(conflict) if None not in conflict else None,
                 "conflict_rate_last_quarter": statistics.fmean(late_conflict)
@@ -877,7 +881,8 @@ def paper_markdown(
     lines = [
         f"| row | {scored} top-1 % (mean +- std, {common} paired runs{'; more where marked' if more else ''}) "
         "| diff to best fixed "
-        "(pp, +- SE; wins / losses) | first step at best fixed's final | steps in conflict (all / last quarter) "
+        "(pp, +- SE; wins / losses) | first step at best fixed's final (mean curve; pairs earlier / same / later / "
+        "never, median step ratio) | steps in conflict (all / last quarter) "
         "| median applied weight distill / task (all; last quarter) | mean pi_distill | steps at a vertex | s / step |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -892,6 +897,13 @@ def paper_markdown(
             if r["first_step_reaching_baseline"] is None
             else str(r["first_step_reaching_baseline"])
         )
+        if r["row"] != r["baseline"]:
+            counts = r["reach_per_pair"]
+            ratio = counts["median_step_ratio"]
+            reach += (
+                f" ({counts['earlier']} / {counts['same']} / {counts['later']} / {counts['never']}; "
+                f"{'never' if ratio is None else f'{ratio:.2f}'})"
+            )
         conflict = (
             "-"
             if r["conflict_rate"] is None
@@ -1023,6 +1035,38 @@ def paper_plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def first_step_at(curve: list[tuple[int, float]], target: float) -> int | None:
+    """The first evaluation step at which ``curve`` reaches ``target`` (None: never)."""
+    return next((step for step, acc in curve if acc >= target - 1e-12), None)
+
+
+def reach_per_pair(
+    row_curves: list[list[tuple[int, float]]], baseline_curves: list[list[tuple[int, float]]]
+) -> dict[str, Any]:
+    """Steps to accuracy pair by pair (the paper's "same accuracy in 80 % of the epochs"): in each pair, the
+    first evaluation at which the row's validation curve reaches the best fixed alpha's own final accuracy of that
+    pair, against the first at which the best fixed alpha's curve does. Counts the pairs where the row gets there
+    earlier, at the same evaluation, later or never, and the median over pairs of the ratio of the two steps
+    (a pair the row never reaches counts as infinite; None when that is the median). The mean curve's first step
+    says when the average gets there, not how often a run does."""
+    counts: dict[str, Any] = {"earlier": 0, "same": 0, "later": 0, "never": 0}
+    ratios = []
+    for row_curve, baseline_curve in zip(row_curves, baseline_curves, strict=True):
+        target = baseline_curve[-1][1]
+        row_step, baseline_step = first_step_at(row_curve, target), first_step_at(baseline_curve, target)
+        if row_step is None:
+            counts["never"] += 1
+            ratios.append(math.inf)
+            continue
+        counts[
+            "earlier" if row_step < baseline_step else "same" if row_step == baseline_step else "later"
+        ] += 1
+        ratios.append(row_step / baseline_step)
+    median = statistics.median(ratios) if ratios else math.inf
+    counts["median_step_ratio"] = None if math.isinf(median) else median
+    return counts
 
 
 def mean_or_none(values: list[float | None]) -> float | None:

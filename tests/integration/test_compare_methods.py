@@ -373,3 +373,33 @@ def test_row_seeds_are_checked():
         compare_methods.CompareArguments(row_seeds=["dot=2"], **arguments)
     with pytest.raises(ValueError, match="for the paper regime"):
         compare_methods.CompareArguments(row_seeds=["fixed_0.5=4"], rows=["fixed_0.5", "no_kd"])
+
+
+def test_reach_per_pair_compares_each_pair_with_its_own_best_fixed_final():
+    baseline = [
+        [(250, 0.8), (500, 0.9), (750, 0.95)],  # final 0.95, first reached at 750
+        [(250, 0.9), (500, 0.97), (750, 0.96)],  # final 0.96, first reached at 500
+        [(250, 0.9), (500, 0.9), (750, 0.9)],  # final 0.9, first reached at 250
+        [(250, 0.5), (500, 0.6), (750, 0.7)],  # final 0.7, first reached at 750
+    ]
+    row = [
+        [(250, 0.95), (500, 0.9), (750, 0.9)],  # 250 < 750: earlier, ratio 1/3
+        [(250, 0.9), (500, 0.96), (750, 0.99)],  # 500: same, ratio 1
+        [(250, 0.8), (500, 0.85), (750, 0.9)],  # 750 > 250: later, ratio 3
+        [(250, 0.5), (500, 0.6), (750, 0.69)],  # never
+    ]
+    counts = compare_methods.reach_per_pair(row, baseline)
+    assert {k: counts[k] for k in ("earlier", "same", "later", "never")} == {
+        "earlier": 1,
+        "same": 1,
+        "later": 1,
+        "never": 1,
+    }
+    assert counts["median_step_ratio"] == pytest.approx((1 + 3) / 2)  # ratios 1/3, 1, 3, inf
+    # a row that never reaches the target in most pairs has no finite median
+    assert (
+        compare_methods.reach_per_pair(row[3:] * 2 + row[:1], baseline[3:] * 2 + baseline[:1])[
+            "median_step_ratio"
+        ]
+        is None
+    )
