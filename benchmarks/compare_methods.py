@@ -221,6 +221,13 @@ class CompareArguments:
             "its own --results_name so that the full table is not overwritten."
         },
     )
+    stop_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "When this file exists, the runs in flight finish and are recorded, nothing new starts and no "
+            "table is written (a session's end: the same command goes on from the recorded runs)."
+        },
+    )
     pilots: list[str] | None = field(
         default=None,
         metadata={
@@ -987,7 +994,8 @@ def paper_markdown(
     flags = [f"--regime {args.regime} --student_family {args.student_family}"] + [
         f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
         for name, value in asdict(args).items()
-        if name not in ("output_dir", "results_dir", "workers", "rows", "regime", "student_family")
+        if name
+        not in ("output_dir", "results_dir", "workers", "rows", "regime", "student_family", "stop_file")
         and value != getattr(defaults, name)
     ]
     lines += ["", f"Command: `python benchmarks/compare_methods.py {' '.join(flags)}`."]
@@ -1300,6 +1308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pilots",
         "finished_only",
         "row_seeds",
+        "stop_file",
     )
     settings = {k: v for k, v in asdict(args).items() if k not in ignored}
     fingerprints = {fold: weights_fingerprint(teacher_dir(args, fold)) for fold in folds}
@@ -1331,6 +1340,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ]
     threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
 
+    def stopping() -> bool:
+        return args.stop_file is not None and Path(args.stop_file).exists()
+
     def keep(run: dict[str, Any]) -> None:
         run["teacher_weights"] = fingerprints[run["fold"]]
         done[(run["row"], run["fold"], run["seed"])] = run
@@ -1344,11 +1356,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
         ) as pool:
             # recorded as each finishes (not in task order), so that a stopped benchmark loses only the runs in flight
-            for future in as_completed([pool.submit(_run_task, task) for task in tasks]):
+            futures = [pool.submit(_run_task, task) for task in tasks]
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
                 keep(future.result())
+                if stopping():
+                    for pending in futures:
+                        pending.cancel()  # those not started; the runs in flight finish and are kept
     else:
         for task in tasks:
+            if stopping():
+                break
             keep(_run_task(task))
+    missing = [task[1:] for task in tasks if task[1:] not in done]
+    if missing:
+        print(
+            f"Stopped (--stop_file {args.stop_file} exists): {len(tasks) - len(missing)} of {len(tasks)} runs of this "
+            f"call recorded, {len(missing)} not started; the same command (without the stop file) goes on from there"
+        )
+        return {"stopped": True, "runs_recorded": len(tasks) - len(missing), "runs_missing": len(missing)}
     runs = [done[(row, fold, seed)] for fold, seed in pairs for row in args.rows] + [
         done[(row, fold, seed)]
         for row, row_pairs in extra_pairs.items()

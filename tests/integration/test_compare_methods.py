@@ -403,3 +403,35 @@ def test_reach_per_pair_compares_each_pair_with_its_own_best_fixed_final():
         ]
         is None
     )
+
+
+def test_a_stop_file_lets_the_run_in_flight_finish_and_starts_nothing_new(tmp_path, monkeypatch):
+    runs, stop = tmp_path / "runs", tmp_path / "stop"
+    argv = [
+        "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "no_kd", "--folds", "2",
+        "--only_folds", "0", "--seeds", "1", "--max_steps", "4", "--eval_steps", "2", "--teacher_steps", "2",
+        "--workers", "1", "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
+        "--runs_dir", str(runs), "--stop_file", str(stop),
+    ]  # fmt: skip
+    train = compare_methods._run_task
+
+    def train_then_stop(task):
+        result = train(task)
+        stop.touch()  # the session ends while the first run trains
+        return result
+
+    monkeypatch.setattr(compare_methods, "_run_task", train_then_stop)
+    report = compare_methods.main(argv)
+    assert report == {"stopped": True, "runs_recorded": 1, "runs_missing": 1}
+    assert [path.name for path in runs.iterdir()] == ["fixed_0.5__fold0__seed0.json.gz"]
+    assert not (tmp_path / "results").exists()  # no table from a stopped benchmark
+    stop.unlink()
+    report = compare_methods.main(argv)  # goes on: trains no_kd only
+    assert sorted(path.name for path in runs.iterdir()) == [
+        "fixed_0.5__fold0__seed0.json.gz",
+        "no_kd__fold0__seed0.json.gz",
+    ]
+    assert (
+        report["pairs_finished"] == 1
+        and "--stop_file" not in (tmp_path / "results" / "compare_methods.md").read_text()
+    )
