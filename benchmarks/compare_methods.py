@@ -224,8 +224,9 @@ class CompareArguments:
     stop_file: str | None = field(
         default=None,
         metadata={
-            "help": "When this file exists, the runs in flight finish and are recorded, nothing new starts and no "
-            "table is written (a session's end: the same command goes on from the recorded runs)."
+            "help": "When this file exists, the runs in flight finish and are recorded, no other run starts (with "
+            "workers, the one run the pool has already queued may) and no table is written (a session's end: the "
+            "same command goes on from the recorded runs)."
         },
     )
     pilots: list[str] | None = field(
@@ -1363,7 +1364,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 keep(future.result())
                 if stopping():
                     for pending in futures:
-                        pending.cancel()  # those not started; the runs in flight finish and are kept
+                        # the runs not started; those in flight (and the one the pool queued) finish and are kept
+                        pending.cancel()
     else:
         for task in tasks:
             if stopping():

@@ -24,7 +24,6 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``compare-signals`` (signals page): ``benchmarks/results/signal_rows/compare_methods.md``;
 * ``compare-paper`` (README and compare-methods page): ``benchmarks/results/paper_regime/compare_methods.md``,
   the paper-regime benchmark, its plot copied into ``docs/results/``;
-* ``compare-paper-compact`` (README): the same benchmark's headline columns, from its JSON;
 * ``compare-paper-selection`` (compare-methods page): one row per validation pilot that fixed the paper
   regime's settings, from ``benchmarks/results/paper_regime/selection/*.json``;
 * ``sharded-equivalence`` (multi-GPU page): ``benchmarks/results/sharded_equivalence.md``, how far FSDP2 and
@@ -33,6 +32,7 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
   momentum gap swept in the paper regime, and ``dot-update-size``: the size of the update DOT wrote each step;
 * ``compare-converged`` (compare-methods page): ``benchmarks/results/paper_regime/converged/compare_methods.md``,
   the converged paper-regime table, or ``partial.md`` (``--finished_only``) while it is in progress;
+* ``compare-converged-compact`` (README): its headline columns, from the same run's JSON;
 * ``dot-beta`` and ``dot-beta-update-size`` (compare-methods page): ``benchmarks/results/paper_regime/dot_beta/``,
   which part of the gap does it: one momentum at each branch's beta1, and the branches' second moment;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
@@ -107,13 +107,23 @@ def config_table() -> str:
 
 
 def paper_compact_table(report: dict) -> str:
-    """README's short form of the paper-regime table: top-1, paired difference, per-step conflict, weights."""
-    rows = [
-        f"| row | test top-1 % ({report['table'][0]['pairs']} pairs) | vs best fixed alpha (pp +- SE) | "
-        "steps in conflict | median weight on distill |",
+    """README's short form of the paper-regime table: top-1, paired difference, per-step conflict, weights (a
+    row with more pairs than the rest, ``--row_seeds``, says how many; a benchmark in progress says so first)."""
+    common = report.get("common_pairs", report["table"][0]["pairs"])
+    rows = []
+    if report.get("pairs_finished", 0) < report.get("pairs_planned", 0):
+        rows += [
+            f"**In progress: {report['pairs_finished']} of {report['pairs_planned']} fold / seed pairs finished by "
+            "every row.**",
+            "",
+        ]
+    rows += [
+        f"| row | test top-1 % ({common} pairs) | vs best fixed alpha (pp +- SE) | steps in conflict | "
+        "median weight on distill |",
         "|---|---|---|---|---|",
     ]
     for r in report["table"]:
+        pairs = "" if r["pairs"] == common else f" ({r['pairs']} pairs)"
         diff = (
             "best fixed"
             if r["row"] == r["baseline"]
@@ -121,7 +131,7 @@ def paper_compact_table(report: dict) -> str:
         )
         conflict = "-" if r["conflict_rate"] is None else f"{100 * r['conflict_rate']:.1f} %"
         rows.append(
-            f"| {r['row']} | {100 * r['top1_mean']:.1f} +- {100 * r['top1_std']:.1f} | {diff} | {conflict} | "
+            f"| {r['row']} | {100 * r['top1_mean']:.1f} +- {100 * r['top1_std']:.1f}{pairs} | {diff} | {conflict} | "
             f"{r['median_weight_distill']:.3f} |"
         )
     return "\n".join(rows)
@@ -285,9 +295,6 @@ def main() -> None:
     paper = benchmarks / "paper_regime" / "compare_methods.md"
     if paper.is_file():
         pages.fill("compare-paper", paper.read_text())
-        pages.fill(
-            "compare-paper-compact", paper_compact_table(json.loads(paper.with_suffix(".json").read_text()))
-        )
         shutil.copy(paper.with_suffix(".png"), ROOT / "docs" / "results" / "compare_methods_paper.png")
     selection = benchmarks / "paper_regime" / "selection"
     if selection.is_dir():
@@ -301,9 +308,13 @@ def main() -> None:
     # the converged comparison: its full table once every run exists, until then the interim one (its first line
     # says how many fold / seed pairs it covers)
     converged = benchmarks / "paper_regime" / "converged"
-    for name in ("compare_methods.md", "partial.md"):
-        if (converged / name).is_file():
-            pages.fill("compare-converged", (converged / name).read_text())
+    for name in ("compare_methods", "partial"):
+        if (converged / f"{name}.md").is_file():
+            pages.fill("compare-converged", (converged / f"{name}.md").read_text())
+            pages.fill(
+                "compare-converged-compact",
+                paper_compact_table(json.loads((converged / f"{name}.json").read_text())),
+            )
             break
     dot_beta = benchmarks / "paper_regime" / "dot_beta" / "compare_methods.md"
     if dot_beta.is_file():
