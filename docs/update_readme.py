@@ -22,7 +22,7 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``compare-vit`` (compare-methods page): the earlier regime's table and plot,
   ``benchmarks/results/vit_labelled_only/``;
 * ``compare-signals`` (signals page): ``benchmarks/results/signal_rows/compare_methods.md``;
-* ``compare-paper`` (README and compare-methods page): ``benchmarks/results/paper_regime/compare_methods.md``,
+* ``compare-paper`` (benchmarks and compare-methods pages): ``benchmarks/results/paper_regime/compare_methods.md``,
   the paper-regime benchmark, its plot copied into ``docs/results/``;
 * ``compare-paper-selection`` (compare-methods page): one row per validation pilot that fixed the paper
   regime's settings, from ``benchmarks/results/paper_regime/selection/*.json``;
@@ -32,7 +32,7 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
   momentum gap swept in the paper regime, and ``dot-update-size``: the size of the update DOT wrote each step;
 * ``compare-converged`` (compare-methods page): ``benchmarks/results/paper_regime/converged/compare_methods.md``,
   the converged paper-regime table, or ``partial.md`` (``--finished_only``) while it is in progress;
-* ``compare-converged-compact`` (README): its headline columns, from the same run's JSON;
+* ``compare-converged-compact`` (README and benchmarks page): its headline columns, from the same run's JSON;
 * ``dot-beta`` and ``dot-beta-update-size`` (compare-methods page): ``benchmarks/results/paper_regime/dot_beta/``,
   which part of the gap does it: one momentum at each branch's beta1, and the branches' second moment;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
