@@ -224,9 +224,10 @@ class CompareArguments:
     stop_file: str | None = field(
         default=None,
         metadata={
-            "help": "When this file exists, the runs in flight finish and are recorded, no other run starts (with "
-            "workers, the one run the pool has already queued may) and no table is written (a session's end: the "
-            "same command goes on from the recorded runs)."
+            "help": "When this file exists, the runs in flight finish and are recorded, the runs not yet handed to "
+            "the worker pool are dropped (with workers > 1 the pool has already queued up to workers + 1 more, "
+            "which still run: touch it a few runs ahead) and no table is written (a session's end: the same "
+            "command goes on from the recorded runs)."
         },
     )
     pilots: list[str] | None = field(
@@ -1364,7 +1365,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 keep(future.result())
                 if stopping():
                     for pending in futures:
-                        # the runs not started; those in flight (and the one the pool queued) finish and are kept
+                        # the runs not handed to the pool; those in flight and those it queued finish and are kept
                         pending.cancel()
     else:
         for task in tasks:
