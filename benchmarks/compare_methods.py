@@ -225,7 +225,7 @@ class CompareArguments:
         default=None,
         metadata={
             "help": "When this file exists, the runs in flight finish and are recorded, the runs not yet handed to "
-            "the worker pool are dropped (with workers > 1 the pool has already queued up to workers + 1 more, "
+            "the worker pool are dropped (with workers > 1 the pool has already queued a few more, 4 with 2 workers, "
             "which still run: touch it a few runs ahead) and no table is written (a session's end: the same "
             "command goes on from the recorded runs)."
         },
