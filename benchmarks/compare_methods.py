@@ -731,7 +731,7 @@ def summarise(args: CompareArguments, runs: list[dict[str, Any]], teachers: list
         top1 = [by_row[row][p]["top1"] for p in pairs]
         diffs = [by_row[row][p]["top1"] - by_row[BASELINE][p]["top1"] for p in pairs]
         curve = mean_curve([by_row[row][p]["curve"] for p in pairs])
-        reach = next((step for step, acc in curve if acc >= target - 1e-12), None)
+        reach = first_step_at(curve, target)
         pis = [v for p in pairs for _, v in by_row[row][p]["pi"]]
         conflict = [by_row[row][p]["share_logged_steps_conflicting"] for p in pairs]
         table.append(
@@ -776,12 +776,13 @@ def paper_summary(
             current = best_fixed.get(signal)
             if current is None or mean_top1[row] > mean_top1[current]:
                 best_fixed[signal] = row
+
+    def baseline_of(row: str) -> str:
+        # the best fixed alpha of the row's signal (logit KD's for no KD)
+        return best_fixed.get(split_row(row)[0]) or best_fixed["logits"]
+
     seeds = args.seeds_of_row()
-    unpaired = {
-        row: (baseline, n)
-        for row, n in seeds.items()
-        if n > seeds[baseline := best_fixed.get(split_row(row)[0]) or best_fixed.get("logits")]
-    }
+    unpaired = {row: (baseline, n) for row, n in seeds.items() if n > seeds[baseline := baseline_of(row)]}
     if unpaired:
         raise ValueError(
             "--row_seeds: "
@@ -795,8 +796,7 @@ def paper_summary(
         )
     table = []
     for row in args.rows:
-        signal = split_row(row)[0]
-        baseline = best_fixed.get(signal) or best_fixed.get("logits")
+        signal, baseline = split_row(row)[0], baseline_of(row)
         # the pairs every row has, and the extra seeds' pairs this row shares with its baseline
         pairs = sorted(set(by_row[row]) & set(by_row[baseline]))
         top1 = [by_row[row][p]["top1"] for p in pairs]
