@@ -261,10 +261,20 @@ class CompareArguments:
             raise ValueError(f"unknown rows {unknown}; valid values: {', '.join(ALL_ROWS)}")
         if self.regime == "transfer" and BASELINE not in self.rows:
             raise ValueError(f"rows must include the baseline {BASELINE!r}")
-        if self.regime == "paper" and not any(split_row(r)[1].startswith("fixed_") for r in self.rows):
-            raise ValueError(
-                "rows must include a fixed-alpha row (the paired differences are to the best one)"
-            )
+        if self.regime == "paper":
+            # each row pairs with the best fixed alpha of its own signal, else with logit KD's (paper_summary):
+            # refused here, before hours of training, rather than failing when the table is written
+            fixed_signals = {split_row(r)[0] for r in self.rows if split_row(r)[1].startswith("fixed_")}
+            unpaired = [r for r in self.rows if not {split_row(r)[0], "logits"} & fixed_signals]
+            if unpaired:
+                raise ValueError(
+                    f"rows {unpaired} have no fixed-alpha row to pair with (the paired differences are to the best "
+                    "fixed alpha of the row's signal, else of logit KD): add one, e.g. "
+                    + " or ".join(
+                        sorted({f"{split_row(r)[0]}_fixed_0.5".removeprefix("logits_") for r in unpaired})
+                    )
+                    + (" or fixed_0.5" if any(split_row(r)[0] != "logits" for r in unpaired) else "")
+                )
         if self.only_folds is not None and not all(0 <= f < self.folds for f in self.only_folds):
             raise ValueError(f"only_folds must be fold indices in [0, {self.folds}), got {self.only_folds}")
         if self.folds < 2 or self.seeds < 1 or self.labelled_per_class < 1:

@@ -232,8 +232,19 @@ def test_paper_regime_smoke_run_reports_per_step_conflict_weights_and_the_best_f
 def test_paper_regime_arguments_are_checked():
     with pytest.raises(ValueError, match="ViT student"):
         compare_methods.CompareArguments(regime="paper")
-    with pytest.raises(ValueError, match="fixed-alpha row"):
+    with pytest.raises(ValueError, match=r"rows \['dto'\] have no fixed-alpha row.*fixed_0.5"):
         compare_methods.CompareArguments(regime="paper", student_family="vit", rows=["dto"])
+    # no_kd pairs with logit KD's best fixed alpha: feature rows' own fixed alphas do not serve it
+    with pytest.raises(ValueError, match=r"rows \['no_kd'\] have no fixed-alpha row"):
+        compare_methods.CompareArguments(
+            regime="paper", student_family="vit", rows=["no_kd", "feature_vkd_fixed_0.5", "feature_vkd_dto"]
+        )
+    with pytest.raises(ValueError, match="feature_vkd_fixed_0.5 or fixed_0.5"):
+        compare_methods.CompareArguments(regime="paper", student_family="vit", rows=["feature_vkd_dto"])
+    # a feature row may pair with logit KD's fixed alpha when its signal has none
+    compare_methods.CompareArguments(
+        regime="paper", student_family="vit", rows=["fixed_0.5", "feature_vkd_dto"]
+    )
     args = compare_methods.CompareArguments(regime="paper", student_family="vit")
     assert args.rows == list(compare_methods.PAPER_ROWS) and args.results_dir.endswith("paper_regime")
 

@@ -1,0 +1,54 @@
+"""The README's generated short table of the converged paper-regime benchmark (docs/update_readme.py)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs"))
+
+import update_readme  # noqa: E402
+
+
+def _row(row: str, baseline: str, pairs: int, diff: float, se: float, conflict: float | None) -> dict:
+    return {
+        "row": row,
+        "baseline": baseline,
+        "pairs": pairs,
+        "top1_mean": 0.987,
+        "top1_std": 0.005,
+        "diff_to_baseline": diff,
+        "diff_se": se,
+        "conflict_rate": conflict,
+        "median_weight_distill": 0.206,
+    }
+
+
+def test_compact_table_marks_progress_baselines_and_rows_with_more_pairs():
+    report = {
+        "common_pairs": 15,
+        "pairs_finished": 15,
+        "pairs_planned": 15,
+        "table": [
+            _row("fixed_0.5", "fixed_0.5", 25, 0.0, 0.0, None),
+            _row("dto", "fixed_0.5", 15, -0.0004, 0.0012, 0.604),
+            _row("dot_adamw", "fixed_0.5", 25, -0.0127, 0.0046, 0.38),
+        ],
+    }
+    lines = update_readme.paper_compact_table(report).splitlines()
+    assert lines[0].startswith("| row | test top-1 % (15 pairs) |")
+    assert lines[2] == "| fixed_0.5 | 98.7 +- 0.5 (25 pairs) | best fixed | - | 0.206 |"
+    # a row on the common pairs carries no mark; a sign is kept even when the mean rounds to zero
+    assert lines[3] == "| dto | 98.7 +- 0.5 | -0.04 +- 0.12 | 60.4 % | 0.206 |"
+    assert lines[4] == "| dot_adamw | 98.7 +- 0.5 (25 pairs) | -1.27 +- 0.46 | 38.0 % | 0.206 |"
+    assert len(lines) == 5
+
+
+def test_compact_table_of_a_benchmark_in_progress_says_so_first():
+    report = {
+        "common_pairs": 9,
+        "pairs_finished": 9,
+        "pairs_planned": 15,
+        "table": [_row("fixed_0.5", "fixed_0.5", 9, 0.0, 0.0, None)],
+    }
+    text = update_readme.paper_compact_table(report)
+    assert text.startswith("**In progress: 9 of 15 fold / seed pairs finished by every row.**\n\n| row |")
+    assert "(9 pairs)" in text.splitlines()[2]
