@@ -28,7 +28,7 @@ import platform
 import re
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -224,10 +224,8 @@ class CompareArguments:
     stop_file: str | None = field(
         default=None,
         metadata={
-            "help": "When this file exists, the runs in flight finish and are recorded, the runs not yet handed to "
-            "the worker pool are dropped (with workers > 1 the pool has already queued a few more, 4 with 2 workers, "
-            "which still run: touch it a few runs ahead) and no table is written (a session's end: the same "
-            "command goes on from the recorded runs)."
+            "help": "When this file exists, the runs in flight (one per worker) finish and are recorded, no other run "
+            "starts and no table is written (a session's end: the same command goes on from the recorded runs)."
         },
     )
     pilots: list[str] | None = field(
@@ -1051,7 +1049,8 @@ def paper_plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
     weight_ax.set_yscale("log")
     for ax in (acc_ax, cos_ax, weight_ax):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
+        if ax.get_legend_handles_labels()[0]:  # the cosine panel is empty when no row computes both gradients
+            ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1367,16 +1366,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with ProcessPoolExecutor(
             args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
         ) as pool:
-            # recorded as each finishes (not in task order), so that a stopped benchmark loses only the runs in flight
-            futures = [pool.submit(_run_task, task) for task in tasks]
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
-                keep(future.result())
-                if stopping():
-                    for pending in futures:
-                        # the runs not handed to the pool; those in flight and those it queued finish and are kept
-                        pending.cancel()
+            # one run per free worker (the pool would otherwise queue more than it runs, and a queued run cannot be
+            # withdrawn once a worker has taken it), each recorded as it finishes: a stop loses nothing and waits
+            # only for the runs in flight
+            queue = iter(tasks)
+            in_flight: set[Future[dict[str, Any]]] = set()
+
+            def hand_over() -> None:
+                task = None if stopping() else next(queue, None)
+                if task is not None:
+                    in_flight.add(pool.submit(_run_task, task))
+
+            for _ in range(args.workers):
+                hand_over()
+            while in_flight:
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    in_flight.discard(future)
+                    keep(future.result())
+                    hand_over()
     else:
         for task in tasks:
             if stopping():

@@ -446,3 +446,27 @@ def test_a_stop_file_lets_the_run_in_flight_finish_and_starts_nothing_new(tmp_pa
         report["pairs_finished"] == 1
         and "--stop_file" not in (tmp_path / "results" / "compare_methods.md").read_text()
     )
+
+
+def test_a_stop_file_with_two_workers_waits_for_the_runs_in_flight_only(tmp_path, monkeypatch):
+    runs, stop = tmp_path / "runs", tmp_path / "stop"
+    argv = [
+        "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "no_kd", "--folds", "2",
+        "--only_folds", "0", "--seeds", "3", "--max_steps", "2", "--eval_steps", "2", "--teacher_steps", "2",
+        "--workers", "2", "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
+        "--runs_dir", str(runs), "--stop_file", str(stop),
+    ]  # fmt: skip
+    record = compare_methods.record_run
+
+    def record_then_stop(*args):
+        record(*args)
+        stop.touch()  # the session ends when the first run is recorded, while the second one trains
+
+    monkeypatch.setattr(compare_methods, "record_run", record_then_stop)
+    report = compare_methods.main(argv)
+    # the two runs handed to the two workers finish and are kept; none of the other four starts
+    assert report == {"stopped": True, "runs_recorded": 2, "runs_missing": 4}
+    assert sorted(path.name for path in runs.iterdir()) == [
+        "fixed_0.5__fold0__seed0.json.gz",
+        "no_kd__fold0__seed0.json.gz",
+    ]
