@@ -1020,13 +1020,22 @@ def paper_plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (acc_ax, cos_ax, weight_ax) = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig, (acc_ax, zoom_ax, cos_ax, weight_ax) = plt.subplots(1, 4, figsize=(22, 4.8))
     palette = plt.get_cmap("tab20")
     colours = {r["row"]: palette(i % 20) for i, r in enumerate(summary["table"])}
+    late_values = []
     for r in summary["table"]:
         steps, values = zip(*r["curve"]) if r["curve"] else ((), ())
         style = "-" if r["signal"] == "logits" else ":"
-        acc_ax.plot(steps, [100 * v for v in values], style, label=r["row"], color=colours[r["row"]])
+        for ax in (acc_ax, zoom_ax):
+            ax.plot(steps, [100 * v for v in values], style, label=r["row"], color=colours[r["row"]])
+        late_values += [100 * v for s_, v in r["curve"] if steps and s_ >= steps[-1] / 2]
+    if late_values:
+        # the second half, where converged rows differ by tenths of a point (a row far below is cut at 5 pp)
+        top = max(late_values)
+        zoom_ax.set_xlim(max(s_ for r in summary["table"] for s_, _ in r["curve"]) / 2, None)
+        zoom_ax.set_ylim(max(min(late_values), top - 5) - 0.2, top + 0.2)
+    zoom_ax.set(xlabel="step", ylabel="validation top-1 %", title="accuracy, second half (zoom)")
     first = {r["row"]: r for r in runs if r["fold"] == 0 and r["seed"] == 0}
     for row, run in first.items():
         figures = run["per_step"]
@@ -1047,6 +1056,7 @@ def paper_plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
         xlabel="step", ylabel="raw-loss weight on L_distill", title="per-step applied weight (fold 0, seed 0)"
     )
     weight_ax.set_yscale("log")
+    zoom_ax.grid(alpha=0.3)
     for ax in (acc_ax, cos_ax, weight_ax):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # the cosine panel is empty when no row computes both gradients

@@ -31,7 +31,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``dot-sweep`` (compare-methods page): ``benchmarks/results/paper_regime/dot_sweep/compare_methods.md``, DOT's
   momentum gap swept in the paper regime, and ``dot-update-size``: the size of the update DOT wrote each step;
 * ``compare-converged`` (compare-methods page): ``benchmarks/results/paper_regime/converged/compare_methods.md``,
-  the converged paper-regime table, or ``partial.md`` (``--finished_only``) while it is in progress;
+  the converged paper-regime table, or ``partial.md`` (``--finished_only``) while it is in progress, its plot
+  copied into ``docs/results/compare_methods_converged.png``;
 * ``compare-converged-compact`` (README and benchmarks page): its headline columns, from the same run's JSON;
 * ``dot-beta`` and ``dot-beta-update-size`` (compare-methods page): ``benchmarks/results/paper_regime/dot_beta/``,
   which part of the gap does it: one momentum at each branch's beta1, and the branches' second moment;
@@ -314,6 +315,9 @@ def main() -> None:
             pages.fill(
                 "compare-converged-compact",
                 paper_compact_table(json.loads((converged / f"{name}.json").read_text())),
+            )
+            shutil.copy(
+                converged / f"{name}.png", ROOT / "docs" / "results" / "compare_methods_converged.png"
             )
             break
     dot_beta = benchmarks / "paper_regime" / "dot_beta" / "compare_methods.md"
