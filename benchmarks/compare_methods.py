@@ -1055,7 +1055,10 @@ def paper_plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
     weight_ax.set(
         xlabel="step", ylabel="raw-loss weight on L_distill", title="per-step applied weight (fold 0, seed 0)"
     )
-    weight_ax.set_yscale("log")
+    if any(
+        max(line.get_ydata(), default=0) > 0 for line in weight_ax.lines
+    ):  # no dynamic row: nothing to scale
+        weight_ax.set_yscale("log")
     zoom_ax.grid(alpha=0.3)
     for ax in (acc_ax, cos_ax, weight_ax):
         ax.grid(alpha=0.3)
