@@ -1356,12 +1356,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (args, row, fold, seed) for fold, seed in pairs for row in args.rows if (row, fold, seed) not in done
     ]
     if not args.finished_only:
-        tasks += [
-            (args, row, fold, seed)
-            for row, row_pairs in extra_pairs.items()
-            for fold, seed in row_pairs
-            if (row, fold, seed) not in done
-        ]
+        # seed by seed, fold by fold (as the common pairs), so that a benchmark stopped part-way has whole pairs
+        tasks += sorted(
+            (
+                (args, row, fold, seed)
+                for row, row_pairs in extra_pairs.items()
+                for fold, seed in row_pairs
+                if (row, fold, seed) not in done
+            ),
+            key=lambda task: (task[3], task[2], args.rows.index(task[1])),
+        )
     threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
 
     def stopping() -> bool:

@@ -470,3 +470,32 @@ def test_a_stop_file_with_two_workers_waits_for_the_runs_in_flight_only(tmp_path
         "fixed_0.5__fold0__seed0.json.gz",
         "no_kd__fold0__seed0.json.gz",
     ]
+
+
+def test_extra_seeds_run_seed_by_seed_so_a_stopped_benchmark_has_whole_pairs(tmp_path, monkeypatch):
+    argv = [
+        "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "no_kd", "dot", "--folds", "2",
+        "--seeds", "1", "--row_seeds", "dot=3", "fixed_0.5=3", "--max_steps", "2", "--eval_steps", "2",
+        "--teacher_steps", "2", "--workers", "1", "--output_dir", str(tmp_path / "out"),
+        "--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    order = []
+
+    class Planned(Exception):
+        pass
+
+    def fake_run(task):
+        order.append(task[1:])
+        return {"row": task[1], "fold": task[2], "seed": task[3]}
+
+    def stop_before_the_table(*args):
+        raise Planned
+
+    monkeypatch.setattr(compare_methods, "_run_task", fake_run)
+    monkeypatch.setattr(compare_methods, "record_run", lambda *args: None)
+    monkeypatch.setattr(compare_methods, "paper_summary", stop_before_the_table)
+    with pytest.raises(Planned):
+        compare_methods.main(argv)
+    common = [(row, fold, 0) for fold in (0, 1) for row in ("fixed_0.5", "no_kd", "dot")]
+    extra = [(row, fold, seed) for seed in (1, 2) for fold in (0, 1) for row in ("fixed_0.5", "dot")]
+    assert order == common + extra
