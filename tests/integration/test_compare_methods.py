@@ -416,14 +416,20 @@ def test_reach_per_pair_compares_each_pair_with_its_own_best_fixed_final():
     )
 
 
+def _stop_file_argv(tmp_path, seeds: int, max_steps: int, workers: int) -> list[str]:
+    """fixed_0.5 and no_kd on fold 0 of 2, runs in ``tmp_path / "runs"``, stop file ``tmp_path / "stop"``."""
+    return [
+        "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "no_kd", "--folds", "2",
+        "--only_folds", "0", "--seeds", str(seeds), "--max_steps", str(max_steps), "--eval_steps", "2",
+        "--teacher_steps", "2", "--workers", str(workers), "--output_dir", str(tmp_path / "out"),
+        "--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs"),
+        "--stop_file", str(tmp_path / "stop"),
+    ]  # fmt: skip
+
+
 def test_a_stop_file_lets_the_run_in_flight_finish_and_starts_nothing_new(tmp_path, monkeypatch):
     runs, stop = tmp_path / "runs", tmp_path / "stop"
-    argv = [
-        "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "no_kd", "--folds", "2",
-        "--only_folds", "0", "--seeds", "1", "--max_steps", "4", "--eval_steps", "2", "--teacher_steps", "2",
-        "--workers", "1", "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
-        "--runs_dir", str(runs), "--stop_file", str(stop),
-    ]  # fmt: skip
+    argv = _stop_file_argv(tmp_path, seeds=1, max_steps=4, workers=1)
     train = compare_methods._run_task
 
     def train_then_stop(task):
@@ -450,12 +456,7 @@ def test_a_stop_file_lets_the_run_in_flight_finish_and_starts_nothing_new(tmp_pa
 
 def test_a_stop_file_with_two_workers_waits_for_the_runs_in_flight_only(tmp_path, monkeypatch):
     runs, stop = tmp_path / "runs", tmp_path / "stop"
-    argv = [
-        "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "no_kd", "--folds", "2",
-        "--only_folds", "0", "--seeds", "3", "--max_steps", "2", "--eval_steps", "2", "--teacher_steps", "2",
-        "--workers", "2", "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
-        "--runs_dir", str(runs), "--stop_file", str(stop),
-    ]  # fmt: skip
+    argv = _stop_file_argv(tmp_path, seeds=3, max_steps=2, workers=2)
     record = compare_methods.record_run
 
     def record_then_stop(*args):
