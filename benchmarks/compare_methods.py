@@ -91,6 +91,8 @@ DOT_DELTA_ROW = re.compile(r"^(dot|dot_adamw)(?:_beta([0-9]*\.?[0-9]+))?_delta([
 #: DOT's AdamW form with the branches' squares in its second moment (``dot_adamw_branches``, optionally with
 #: another gap: ``dot_adamw_branches_delta0``)
 DOT_BRANCHES_ROW = re.compile(r"^dot_adamw_branches(?:_delta([0-9]*\.?[0-9]+))?$")
+#: DOT's AdamW form with AdamW's bias correction on both first moments (``dot_adamw_shared_bias``)
+DOT_SHARED_BIAS_ROW = re.compile(r"^dot_adamw_shared_bias(?:_delta([0-9]*\.?[0-9]+))?$")
 #: DOT's SGD form at another learning rate (``dot_lr0.1``; paper regime): the validation pilot that picks it
 DOT_LR_ROW = re.compile(r"^dot_lr([0-9]*\.?[0-9]+)$")
 
@@ -253,7 +255,10 @@ class CompareArguments:
             r
             for r in self.rows
             if r not in ALL_ROWS
-            and not any(p.match(split_row(r)[1]) for p in (DOT_DELTA_ROW, DOT_BRANCHES_ROW, DOT_LR_ROW))
+            and not any(
+                p.match(split_row(r)[1])
+                for p in (DOT_DELTA_ROW, DOT_BRANCHES_ROW, DOT_SHARED_BIAS_ROW, DOT_LR_ROW)
+            )
         ]
         if unknown:
             raise ValueError(f"unknown rows {unknown}; valid values: {', '.join(ALL_ROWS)}")
@@ -457,6 +462,10 @@ def parse_method(method_row: str) -> tuple[str, float, dict[str, Any]]:
     if branches:
         gap = {} if branches.group(1) is None else {"dot_delta": float(branches.group(1))}
         return "dot_adamw", 0.5, {"dot_second_moment": "branches", **gap}
+    shared_bias = DOT_SHARED_BIAS_ROW.match(method_row)
+    if shared_bias:
+        gap = {} if shared_bias.group(1) is None else {"dot_delta": float(shared_bias.group(1))}
+        return "dot_adamw", 0.5, {"dot_bias_correction": "shared", **gap}
     dot = DOT_DELTA_ROW.match(method_row)
     if dot:
         # ``_betaB``: another base momentum (beta1 of the AdamW form), e.g. one momentum at the distillation

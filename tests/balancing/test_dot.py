@@ -81,8 +81,10 @@ def test_two_sgd_steps_equal_the_reference_rule():
         assert torch.allclose(got, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("second_moment", ["sum", "branches"])
-def test_two_adamw_steps_equal_the_hand_written_extension(second_moment):
+@pytest.mark.parametrize(
+    ("second_moment", "bias_correction"), [("sum", "branches"), ("branches", "branches"), ("sum", "shared")]
+)
+def test_two_adamw_steps_equal_the_hand_written_extension(second_moment, bias_correction):
     alpha, beta1, delta, beta2, eps, wd = 0.5, 0.9, 0.05, 0.999, 1e-8, 0.1
     torch.manual_seed(2)
     batches = [torch.randn(4, 3), torch.randn(4, 3)]
@@ -95,6 +97,7 @@ def test_two_adamw_steps_equal_the_hand_written_extension(second_moment):
         beta2=beta2,
         adam_eps=eps,
         second_moment=second_moment,
+        bias_correction=bias_correction,
     )
     run_steps(
         dot,
@@ -118,7 +121,10 @@ def test_two_adamw_steps_equal_the_hand_written_extension(second_moment):
                 m_d[j] = b_d * m_d[j] + (1 - b_d) * gd
                 squares = (gt + gd) ** 2 if second_moment == "sum" else gt**2 + gd**2
                 v[j] = beta2 * v[j] + (1 - beta2) * squares
-                first = m_t[j] / (1 - b_t**k) + m_d[j] / (1 - b_d**k)
+                if bias_correction == "shared":  # AdamW's 1 - beta1^k for both first moments
+                    first = (m_t[j] + m_d[j]) / (1 - beta1**k)
+                else:
+                    first = m_t[j] / (1 - b_t**k) + m_d[j] / (1 - b_d**k)
                 p -= LR * (first / ((v[j] / (1 - beta2**k)).sqrt() + eps) + wd * p)
     for got, expected in zip(model.parameters(), reference.parameters()):
         assert torch.allclose(got, expected, atol=1e-6)
@@ -175,6 +181,12 @@ def test_bad_hyper_parameters_and_a_checkpoint_of_the_other_form():
         DOT(form="sgd", second_moment="branches")
     with pytest.raises(ValueError, match="second moment is of 'sum', the run's of 'branches'"):
         DOT(form="adamw", second_moment="branches").load_state_dict(DOT(form="adamw").state_dict())
+    with pytest.raises(ValueError, match="unknown dot_bias_correction 'none'"):
+        DOT(form="adamw", bias_correction="none")
+    with pytest.raises(ValueError, match="dot_bias_correction='shared' belongs to the AdamW form"):
+        DOT(form="sgd", bias_correction="shared")
+    with pytest.raises(ValueError, match="bias correction is 'branches', the run's 'shared'"):
+        DOT(form="adamw", bias_correction="shared").load_state_dict(DOT(form="adamw").state_dict())
 
 
 class TrunkHeadProjector(torch.nn.Module):
@@ -233,9 +245,11 @@ def test_twenty_steps_with_one_loss_parameters_equal_the_authors_rule():
     assert all(float(distill_rows[j].abs().max()) == 0.0 for j in (2, 3))
 
 
-@pytest.mark.parametrize("max_grad_norm", [0.0, 1.0])
+@pytest.mark.parametrize(
+    ("max_grad_norm", "bias_correction"), [(0.0, "branches"), (1.0, "branches"), (1.0, "shared")]
+)
 def test_dot_adamw_without_the_momentum_gap_is_the_trainers_adamw_on_the_fixed_alpha_loss(
-    tmp_path, max_grad_norm
+    tmp_path, max_grad_norm, bias_correction
 ):
     """dot_delta=0 gives both branches beta1: the sum of the two first moments is AdamW's first moment of
     alpha g_d + (1 - alpha) g_t, so 15 steps must land where torch.optim.AdamW (the Trainer's adamw_torch)
@@ -260,7 +274,12 @@ def test_dot_adamw_without_the_momentum_gap_is_the_trainers_adamw_on_the_fixed_a
     runs = {}
     for name, overrides in {
         "adamw": {"method": "fixed", "optim": "adamw_torch"},
-        "dot_adamw": {"method": "dot_adamw", "dot_delta": 0.0, "dot_momentum": 0.9},
+        "dot_adamw": {
+            "method": "dot_adamw",
+            "dot_delta": 0.0,
+            "dot_momentum": 0.9,
+            "dot_bias_correction": bias_correction,
+        },
     }.items():
         args = tiny_args(tmp_path / name, **common, **overrides)
         trainer = DTOKDTrainer(model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=data)

@@ -275,6 +275,12 @@ def test_dot_rows_take_another_momentum_gap_and_other_names_are_refused():
     )
     compare_methods.CompareArguments(rows=["fixed_0.5", "dot_adamw_beta0.825_delta0"], **arguments)
     compare_methods.CompareArguments(rows=["fixed_0.5", "dot_adamw_branches"], **arguments)
+    assert compare_methods.parse_method("dot_adamw_shared_bias") == (
+        "dot_adamw",
+        0.5,
+        {"dot_bias_correction": "shared"},
+    )
+    compare_methods.CompareArguments(rows=["fixed_0.5", "feature_vkd_dot_adamw_shared_bias"], **arguments)
     with pytest.raises(ValueError, match="unknown rows \\['dot_branches'\\]"):
         compare_methods.CompareArguments(rows=["fixed_0.5", "dot_branches"], **arguments)
     with pytest.raises(ValueError, match="unknown rows \\['dto_delta0'\\]"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from hf_dtokd.balancing.aligned_mtl import AlignedMTL
 from hf_dtokd.balancing.base import OBJECTIVES, RESCALE_RULES, Balancer, raw_loss_weights, shifted_losses
 from hf_dtokd.balancing.cagrad import CAGrad
-from hf_dtokd.balancing.dot import DOT, DOT_FORMS, DOT_SECOND_MOMENTS, DOTAdamW
+from hf_dtokd.balancing.dot import DOT, DOT_BIAS_CORRECTIONS, DOT_FORMS, DOT_SECOND_MOMENTS, DOTAdamW
 from hf_dtokd.balancing.dto import DTOExact, dto_closed_form, log_gram, min_norm_weights
 from hf_dtokd.balancing.dualproj import DualProj
 from hf_dtokd.balancing.famo import FAMO
@@ -37,6 +37,7 @@ from hf_dtokd.balancing.upgrad import UPGrad
 __all__ = [
     "DOT",
     "DOT_FORMS",
+    "DOT_BIAS_CORRECTIONS",
     "DOT_SECOND_MOMENTS",
     "DOTAdamW",
     "LOOK_AHEAD_METHODS",

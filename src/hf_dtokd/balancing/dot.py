@@ -23,6 +23,10 @@ one shared second moment, AdamW's decoupled weight decay::
 ``second_moment="branches"`` (an experiment on the experiment) keeps the branches' squares apart in the
 second moment, ``v <- beta2 v + (1 - beta2) (g_t^2 + g_d^2)``, so that where the two gradients cancel the
 denominator does not shrink while the two first moments, on different memories, need not cancel.
+``bias_correction="shared"`` (another) divides both first moments by AdamW's ``1 - beta1^k`` instead of
+``1 - b_t^k`` and ``1 - b_d^k``: early on, the short task memory is then counted more than once and the long
+distillation memory less (step 1: ``(1 - b_t) / (1 - beta1) = 1.75`` times ``g_t`` and ``0.25`` times ``g_d`` at
+the defaults), which fades to the branches' correction within about ``1 / (1 - b_d)`` steps.
 
 How it lives in the Trainer: the per-loss gradients of the window (averaged over processes, so the
 buffers are identical on every rank) enter the rule at the window's end; the resulting update
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
 DOT_FORMS: tuple[str, ...] = ("sgd", "adamw")
 #: the AdamW form's second moment: of the summed gradient (AdamW's own) or of each branch's gradient
 DOT_SECOND_MOMENTS: tuple[str, ...] = ("sum", "branches")
+#: the AdamW form's bias correction of the two first moments: each by its own beta or both by beta1 (AdamW's)
+DOT_BIAS_CORRECTIONS: tuple[str, ...] = ("branches", "shared")
 
 
 class DOT(Balancer):
@@ -76,6 +82,7 @@ class DOT(Balancer):
             beta2=config.adam_beta2,
             adam_eps=config.adam_epsilon,
             second_moment=config.dot_second_moment,
+            bias_correction=config.dot_bias_correction,
             **options,
         )
 
@@ -88,6 +95,7 @@ class DOT(Balancer):
         beta2: float = 0.999,
         adam_eps: float = 1e-8,
         second_moment: str = "sum",
+        bias_correction: str = "branches",
     ) -> None:
         super().__init__(2)
         if not 0.0 <= alpha <= 1.0:
@@ -109,7 +117,16 @@ class DOT(Balancer):
                 f"dot_second_moment={second_moment!r} belongs to the AdamW form (method='dot_adamw'); DOT's SGD "
                 "form has no second moment"
             )
-        self.second_moment = second_moment
+        if bias_correction not in DOT_BIAS_CORRECTIONS:
+            raise ValueError(
+                f"unknown dot_bias_correction {bias_correction!r}; valid values: {', '.join(DOT_BIAS_CORRECTIONS)}"
+            )
+        if bias_correction != "branches" and form != "adamw":
+            raise ValueError(
+                f"dot_bias_correction={bias_correction!r} belongs to the AdamW form (method='dot_adamw'); DOT's SGD "
+                "form has no bias correction"
+            )
+        self.second_moment, self.bias_correction = second_moment, bias_correction
         self.pi = torch.tensor([alpha, 1.0 - alpha])
         self.momentum, self.delta, self.form = momentum, delta, form
         self.beta2, self.adam_eps = beta2, adam_eps
@@ -215,7 +232,10 @@ class DOT(Balancer):
         v_d.mul_(beta_d).add_((1.0 - beta_d) * g_d)
         squares = (g_t + g_d).pow(2) if self.second_moment == "sum" else g_t.pow(2) + g_d.pow(2)
         second.mul_(self.beta2).add_((1.0 - self.beta2) * squares)
-        first = v_t / (1.0 - beta_t**k) + v_d / (1.0 - beta_d**k)
+        if self.bias_correction == "shared":
+            first = (v_t + v_d) / (1.0 - mu**k)
+        else:
+            first = v_t / (1.0 - beta_t**k) + v_d / (1.0 - beta_d**k)
         return first / ((second / (1.0 - self.beta2**k)).sqrt() + self.adam_eps) + wd * flat_p
 
     def state_dict(self) -> dict[str, Any]:
@@ -223,6 +243,7 @@ class DOT(Balancer):
         state["steps"] = self.steps
         state["form"] = self.form
         state["second_moment"] = self.second_moment
+        state["bias_correction"] = self.bias_correction
         state["buffers"] = None if self.buffers is None else self.buffers.detach().cpu().clone()
         return state
 
@@ -236,6 +257,11 @@ class DOT(Balancer):
             raise ValueError(
                 f"this checkpoint's DOT second moment is of {state.get('second_moment', 'sum')!r}, the run's of "
                 f"{self.second_moment!r}: resume with the dot_second_moment that wrote it"
+            )
+        if state.get("bias_correction", "branches") != self.bias_correction:
+            raise ValueError(
+                f"this checkpoint's DOT bias correction is {state.get('bias_correction', 'branches')!r}, the run's "
+                f"{self.bias_correction!r}: resume with the dot_bias_correction that wrote it"
             )
         super().load_state_dict(state)
         if self.buffers is None:
@@ -258,4 +284,4 @@ class DOTAdamW(DOT):
     """``method="dot_adamw"``: DOT in its AdamW form (two first moments, one second moment), an experiment."""
 
     config_form = "adamw"
-    config_fields = (*DOT.config_fields, "dot_second_moment")
+    config_fields = (*DOT.config_fields, "dot_second_moment", "dot_bias_correction")

@@ -10,6 +10,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from hf_dtokd.balancing import (
+    DOT_BIAS_CORRECTIONS,
     DOT_SECOND_MOMENTS,
     GRAMIAN_METHODS,
     LOOK_AHEAD_METHODS,
@@ -150,6 +151,15 @@ class DTOKDConfig(TrainingArguments):
             "AdamW's) or of each branch's gradient ('branches': g_t^2 + g_d^2, so gradients that cancel do not "
             "shrink the denominator).",
             "choices": list(DOT_SECOND_MOMENTS),
+        },
+    )
+    dot_bias_correction: str = field(
+        default="branches",
+        metadata={
+            "help": "method='dot_adamw' only, an experiment: divide each first moment by its own beta's bias "
+            "correction ('branches': 1 - (beta1 -/+ Delta)^k) or both by AdamW's 1 - beta1^k ('shared', which "
+            "counts the short task memory more than the long distillation memory in the first steps).",
+            "choices": list(DOT_BIAS_CORRECTIONS),
         },
     )
     gradient_placement: str = field(
