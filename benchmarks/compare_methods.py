@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from transformers import TrainerCallback
 
+from hf_dtokd.balancing import METHOD_REGISTRY
 from hf_dtokd.demos.paired_seeds import parse_row_seeds
 
 RESULTS = Path(__file__).parent / "results"
@@ -475,6 +476,18 @@ def parse_method(method_row: str) -> tuple[str, float, dict[str, Any]]:
     return method_row, 0.5, {}
 
 
+def experiment_of(row: str) -> str:
+    """Why a row's method is an experiment rather than a method to compare against (its balancer's
+    ``experiment``), or ``""``: such rows get their own table, outside the comparison."""
+    method = METHOD_REGISTRY.get(parse_method(split_row(row)[1])[0])
+    return method.experiment if method is not None else ""
+
+
+#: the largest paired standard error (top-1, as a fraction) a compared row may have for the table to resolve
+#: differences of the size the paper reports (0.8-1.4 pp)
+RESOLUTION_SE = 0.005
+
+
 def per_step_figures(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Per optimizer step (logging_steps=1): cosine of the distillation and task gradients, the raw-loss
     weights applied, pi, and the losses."""
@@ -844,6 +857,7 @@ def paper_summary(
             {
                 "row": row,
                 "signal": signal,
+                "experiment": bool(experiment_of(row)),
                 "pairs": len(pairs),
                 "baseline": baseline,
                 "top1_mean": statistics.fmean(top1),
@@ -904,7 +918,7 @@ def paper_markdown(
     scored = "test" if args.evaluate_on == "test" else "validation"
     common = summary["common_pairs"]
     more = any(r["pairs"] != common for r in summary["table"])
-    lines = [
+    header = [
         f"| row | {scored} top-1 % (mean +- std, {common} paired runs{'; more where marked' if more else ''}) "
         "| diff to best fixed "
         "(pp, +- SE; wins / losses) | first step at best fixed's final (mean curve; pairs earlier / same / later / "
@@ -912,7 +926,8 @@ def paper_markdown(
         "| median applied weight distill / task (all; last quarter) | mean pi_distill | steps at a vertex | s / step |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in summary["table"]:
+
+    def row_line(r: dict[str, Any]) -> str:
         diff = (
             "best fixed"
             if r["row"] == r["baseline"]
@@ -941,10 +956,23 @@ def paper_markdown(
         )
         pi = "-" if r["mean_pi_distill"] is None else f"{r['mean_pi_distill']:.3f}"
         pairs = "" if r["pairs"] == common else f" ({r['pairs']} pairs)"
-        lines.append(
+        return (
             f"| {r['row']} | {pct(r['top1_mean'])} +- {pct(r['top1_std'])}{pairs} | {diff} | {reach} | {conflict} | "
             f"{weights} | {pi} | {share(r.get('vertex_share'))} | {r['seconds_per_step']:.3f} |"
         )
+
+    compared = [r for r in summary["table"] if not r.get("experiment")]
+    experiments = [r for r in summary["table"] if r.get("experiment")]
+    lines = header + [row_line(r) for r in compared]
+    if experiments:
+        lines += [
+            "",
+            "Experiments, not methods to compare against (the library warns when one is chosen; their figures are "
+            "kept here, outside the comparison):",
+            "",
+            *header,
+            *[row_line(r) for r in experiments],
+        ]
     teachers = ", ".join(pct(t) for t in summary["teacher_top1_per_fold"])
     folds_read = (
         f"fold {', '.join(map(str, args.only_folds))} of {args.folds} stratified folds"
@@ -995,6 +1023,19 @@ def paper_markdown(
                 "a plateau (under 0.5 pp)."
                 if converged
                 else "NOT converged (0.5 pp or more): the rows are compared before the plateau; raise --max_steps."
+            ),
+        ]
+    paired = [r for r in compared if r["row"] != r["baseline"] and r["pairs"] > 1]
+    if paired:
+        widest = max(paired, key=lambda r: r["diff_se"])
+        lines += [
+            "",
+            f"Resolution: the largest paired standard error of a compared row is {100 * widest['diff_se']:.2f} pp "
+            f"(`{widest['row']}`): "
+            + (
+                f"every compared row's is at most {100 * RESOLUTION_SE:.1f} pp."
+                if widest["diff_se"] <= RESOLUTION_SE
+                else f"above {100 * RESOLUTION_SE:.1f} pp: add seeds (--seeds, --row_seeds) or folds."
             ),
         ]
     for pilot in pilots or []:

@@ -109,7 +109,8 @@ def config_table() -> str:
 
 def paper_compact_table(report: dict) -> str:
     """README's short form of the paper-regime table: top-1, paired difference, per-step conflict, weights (a
-    row with more pairs than the rest, ``--row_seeds``, says how many; a benchmark in progress says so first)."""
+    row with more pairs than the rest, ``--row_seeds``, says how many; a benchmark in progress says so first;
+    the rows of an experimental method, in a table of their own after the comparison)."""
     common = report.get("common_pairs", report["table"][0]["pairs"])
     rows = []
     if report.get("pairs_finished", 0) < report.get("pairs_planned", 0):
@@ -118,12 +119,13 @@ def paper_compact_table(report: dict) -> str:
             "every row.**",
             "",
         ]
-    rows += [
+    header = [
         f"| row | test top-1 % ({common} pairs) | vs best fixed alpha (pp +- SE) | steps in conflict | "
         "median weight on distill |",
         "|---|---|---|---|---|",
     ]
-    for r in report["table"]:
+
+    def line(r: dict) -> str:
         pairs = "" if r["pairs"] == common else f" ({r['pairs']} pairs)"
         diff = (
             "best fixed"
@@ -131,10 +133,15 @@ def paper_compact_table(report: dict) -> str:
             else f"{100 * r['diff_to_baseline']:+.2f} +- {100 * r['diff_se']:.2f}"
         )
         conflict = "-" if r["conflict_rate"] is None else f"{100 * r['conflict_rate']:.1f} %"
-        rows.append(
+        return (
             f"| {r['row']} | {100 * r['top1_mean']:.1f} +- {100 * r['top1_std']:.1f}{pairs} | {diff} | {conflict} | "
             f"{r['median_weight_distill']:.3f} |"
         )
+
+    experiments = [r for r in report["table"] if r.get("experiment")]
+    rows += header + [line(r) for r in report["table"] if not r.get("experiment")]
+    if experiments:
+        rows += ["", "Experiments, not methods to compare against:", "", *header, *map(line, experiments)]
     return "\n".join(rows)
 
 

@@ -93,6 +93,24 @@ def test_card_section_for_other_methods_names_their_hyper_parameters(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "trade-off method: `dot`" in card and "`alpha=0.9`" in card and "`dot_delta=0.075`" in card
     assert "teacher: `ResNetForImageClassification`" in card
+    assert "Warning" not in card  # a method to compare against: no experiment warning
+
+
+def test_an_experimental_method_warns_at_config_time_and_on_the_card(tmp_path):
+    with pytest.warns(
+        UserWarning, match="method='dot_adamw' is an experiment, not a method to compare against"
+    ):
+        args = tiny_args(tmp_path, method="dot_adamw", max_steps=2)
+    trainer = DTOKDTrainer(
+        model=tiny_vit(), teacher_model=tiny_resnet(), args=args, train_dataset=random_images(16)
+    )
+    trainer.train()
+    trainer.create_model_card(finetuned_from="tiny/vit-base")
+    card = (tmp_path / "README.md").read_text()
+    assert (
+        "> **Warning:** method='dot_adamw' is an experiment" in card
+        and "trade-off method: `dot_adamw`" in card
+    )
 
 
 def test_the_plot_is_written_at_each_save_and_at_the_end(tmp_path):

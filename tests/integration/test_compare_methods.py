@@ -159,6 +159,7 @@ def test_paper_regime_smoke_run_reports_per_step_conflict_weights_and_the_best_f
         "feature_vkd_dto_shared",
         "deit_soft_fixed_0.5",
         "deit_soft_dto_shared",
+        "dot_adamw",
     ]
     # a validation pilot (as a pilot run writes it) recorded with the report: its curve gains 0.9 -> 0.95 over
     # the last quarter (the evaluation at step 300 is the last at or before 3/4 of 400)
@@ -227,6 +228,18 @@ def test_paper_regime_smoke_run_reports_per_step_conflict_weights_and_the_best_f
     assert shared and all(r["gram_parameters"] == "shared" for r in shared)
     assert all("per_step" not in r and "median_weight_distill" in r for r in saved["runs"])
     assert len(saved["teacher_top1_per_fold"]) == 2
+    # an experimental method's row has its own table after the comparison, and the resolution line reads the
+    # compared rows only
+    assert by_row["dot_adamw"]["experiment"] and not by_row["dto"]["experiment"]
+    comparison, experiments = table.split("Experiments, not methods to compare against")
+    assert "| dot_adamw |" in experiments and "| dot_adamw |" not in comparison
+    assert "| dto |" in comparison and "| dto |" not in experiments
+    compared = [r for r in report["table"] if not r["experiment"] and r["row"] != r["baseline"]]
+    widest = max(compared, key=lambda r: r["diff_se"])
+    assert (
+        f"Resolution: the largest paired standard error of a compared row is {100 * widest['diff_se']:.2f} pp (`{widest['row']}`)"
+        in table
+    )
 
 
 def test_paper_regime_arguments_are_checked():

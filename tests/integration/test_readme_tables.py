@@ -8,9 +8,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs"))
 import update_readme  # noqa: E402
 
 
-def _row(row: str, baseline: str, pairs: int, diff: float, se: float, conflict: float | None) -> dict:
+def _row(
+    row: str,
+    baseline: str,
+    pairs: int,
+    diff: float,
+    se: float,
+    conflict: float | None,
+    experiment: bool = False,
+) -> dict:
     return {
         "row": row,
+        "experiment": experiment,
         "baseline": baseline,
         "pairs": pairs,
         "top1_mean": 0.987,
@@ -30,7 +39,7 @@ def test_compact_table_marks_progress_baselines_and_rows_with_more_pairs():
         "table": [
             _row("fixed_0.5", "fixed_0.5", 25, 0.0, 0.0, None),
             _row("dto", "fixed_0.5", 15, -0.0004, 0.0012, 0.604),
-            _row("dot_adamw", "fixed_0.5", 25, -0.0127, 0.0046, 0.38),
+            _row("dot", "fixed_0.5", 25, -0.0127, 0.0046, 0.38),
         ],
     }
     lines = update_readme.paper_compact_table(report).splitlines()
@@ -38,8 +47,24 @@ def test_compact_table_marks_progress_baselines_and_rows_with_more_pairs():
     assert lines[2] == "| fixed_0.5 | 98.7 +- 0.5 (25 pairs) | best fixed | - | 0.206 |"
     # a row on the common pairs carries no mark; a sign is kept even when the mean rounds to zero
     assert lines[3] == "| dto | 98.7 +- 0.5 | -0.04 +- 0.12 | 60.4 % | 0.206 |"
-    assert lines[4] == "| dot_adamw | 98.7 +- 0.5 (25 pairs) | -1.27 +- 0.46 | 38.0 % | 0.206 |"
+    assert lines[4] == "| dot | 98.7 +- 0.5 (25 pairs) | -1.27 +- 0.46 | 38.0 % | 0.206 |"
     assert len(lines) == 5
+
+
+def test_compact_table_puts_an_experiment_in_its_own_table_after_the_comparison():
+    report = {
+        "common_pairs": 15,
+        "table": [
+            _row("fixed_0.5", "fixed_0.5", 15, 0.0, 0.0, None),
+            _row("dot_adamw", "fixed_0.5", 15, -0.0726, 0.0549, 0.384, experiment=True),
+            _row("dto", "fixed_0.5", 15, -0.0007, 0.001, 0.609),
+        ],
+    }
+    lines = update_readme.paper_compact_table(report).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:4]] == ["| fixed_0.5", "| dto"]
+    assert lines[4:7] == ["", "Experiments, not methods to compare against:", ""]
+    assert lines[7] == lines[0] and lines[9] == "| dot_adamw | 98.7 +- 0.5 | -7.26 +- 5.49 | 38.4 % | 0.206 |"
+    assert len(lines) == 10
 
 
 def test_compact_table_of_a_benchmark_in_progress_says_so_first():

@@ -30,6 +30,7 @@ def test_defaults(tmp_path):
         ({"dot_momentum": 1.0}, "dot_momentum"),
         ({"dot_delta": 0.2}, "dot_delta"),
         ({"method": "dot_adamw", "dot_second_moment": "mean"}, "valid values: sum, branches"),
+        ({"method": "dot_adamw", "dot_bias_correction": "none"}, "valid values: branches, shared"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"temperature": -1.0}, "temperature must be > 0"),
         ({"alpha": 1.2}, r"alpha must lie in \[0, 1\]"),
@@ -52,6 +53,12 @@ def test_defaults(tmp_path):
 def test_bad_values_are_refused_at_config_time(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         DTOKDConfig(output_dir=str(tmp_path), **overrides)
+
+
+@pytest.mark.parametrize("method", ["fixed", "dto", "dto_amortized", "dot", "mgda"])
+def test_methods_to_compare_against_do_not_warn(tmp_path, method, recwarn):
+    DTOKDConfig(output_dir=str(tmp_path), method=method)
+    assert not [w for w in recwarn if "experiment" in str(w.message)]
 
 
 def test_every_field_is_a_flag_with_help(tmp_path):

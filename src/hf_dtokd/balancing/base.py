@@ -94,6 +94,10 @@ class Balancer(ABC):
     #: a method that does not read them.
     config_fields: tuple[str, ...] = ("temperature",)
 
+    #: Empty for a method to compare against; for an experiment, why it is not one (the measurement). The
+    #: config warns when it is chosen and the model card says so.
+    experiment: str = ""
+
     #: The current point of the simplex, one entry per objective.
     pi: torch.Tensor
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,6 +336,8 @@ class DTOKDConfig(TrainingArguments):
                 f"unknown rescale rule {self.rescale!r}; valid values: {', '.join(RESCALE_RULES)}"
             )
         self._check_method_options()
+        if method_class(self.method).experiment:
+            warnings.warn(method_class(self.method).experiment, UserWarning, stacklevel=3)
         if self.gradient_placement not in GRADIENT_PLACEMENTS:
             raise ValueError(
                 f"unknown gradient_placement {self.gradient_placement!r}; valid values: {', '.join(GRADIENT_PLACEMENTS)}"

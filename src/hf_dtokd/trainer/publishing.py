@@ -108,7 +108,10 @@ class Publishing(Trainer):
             trainer=type(self).__name__,
             objectives=self.task.objective_descriptions(),
             signal_fields=self.task.signal_fields,
-            warnings=run_health_warnings(int(self._nonfinite_losses.item()), sorted(bad)),
+            warnings=[
+                *run_health_warnings(int(self._nonfinite_losses.item()), sorted(bad)),
+                *([self.balancer.experiment] if self.balancer.experiment else []),
+            ],
         )
         card = os.path.join(self.args.output_dir, "README.md")
         with open(card, encoding="utf-8") as handle:
