@@ -289,5 +289,6 @@ class DOTAdamW(DOT):
         "method='dot_adamw' is an experiment, not a method to compare against: with DOT's momentum gap the AdamW "
         "form stalls on a ViT (in our paper-regime benchmark on digits it loses about 40 points to fixed alpha at "
         "600 steps with either second moment or bias correction, and after 4,000 steps 4 runs in 25 end 11-83 "
-        "points below it, one at chance). Compare against method='fixed', 'dto', 'dto_amortized' or 'dot' (DOT's reference SGD form)"
+        "points below it, one at chance). Compare against method='fixed', 'dto', 'dto_amortized' or 'dot' (DOT's "
+        "reference SGD form)"
     )

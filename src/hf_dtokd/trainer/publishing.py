@@ -97,6 +97,8 @@ class Publishing(Trainer):
             *nonfinite_parameters(self.accelerator.unwrap_model(self.model)),
             *self._nonfinite_weight_names,
         }
+        # a method measured unsound (the balancer's ``experiment``) says so on the card, as at config time
+        experiment = getattr(self.balancer, "experiment", "")
         section = distillation_section(
             self.args,
             self.method_name,
@@ -110,7 +112,7 @@ class Publishing(Trainer):
             signal_fields=self.task.signal_fields,
             warnings=[
                 *run_health_warnings(int(self._nonfinite_losses.item()), sorted(bad)),
-                *([self.balancer.experiment] if self.balancer.experiment else []),
+                *([experiment] if experiment else []),
             ],
         )
         card = os.path.join(self.args.output_dir, "README.md")
