@@ -39,7 +39,9 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
 
 Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]
-[--segmentation-demo-dir outputs/segmentation]``.
+[--segmentation-demo-dir outputs/segmentation] [--allow-fewer-runs]``. A demo folder holding fewer student runs than
+the committed results (a smoke test, one seed of a many-seed table) is reported and left out unless
+``--allow-fewer-runs``.
 """
 
 from __future__ import annotations
@@ -168,15 +170,27 @@ def selection_table(folder: Path) -> str:
     return "\n".join(rows)
 
 
-def quote_demo(pages: Pages, folder: Path, prefix: str, block: str) -> None:
-    """Copy a demo's results (table, JSON, plot) into docs/results/<prefix>_* and its table into ``block``."""
+def quote_demo(pages: Pages, folder: Path, prefix: str, block: str, allow_fewer_runs: bool = False) -> None:
+    """Copy a demo's results (table, JSON, plot) into docs/results/<prefix>_* and its table into ``block``.
+
+    A folder with fewer student runs than the committed results (a smoke test, one seed of a many-seed table) is
+    not quoted unless ``allow_fewer_runs``: it would replace the committed table without a word."""
     if not (folder / "results.md").is_file():
         return
     results = ROOT / "docs" / "results"
+    report = json.loads((folder / "results.json").read_text())
+    committed = results / f"{prefix}_results.json"
+    if committed.is_file() and not allow_fewer_runs:
+        kept = len(json.loads(committed.read_text()).get("students", []))
+        if len(report.get("students", [])) < kept:
+            print(
+                f"not quoting {folder}: {len(report.get('students', []))} student runs against the {kept} of the "
+                f"committed {committed.relative_to(ROOT)} (pass --allow-fewer-runs to replace it)"
+            )
+            return
     results.mkdir(parents=True, exist_ok=True)
     for name in ("results.md", "tradeoff.png"):
         shutil.copy(folder / name, results / f"{prefix}_{name}")
-    report = json.loads((folder / "results.json").read_text())
     if prefix in PER_STEP_IN_RUN_FILES:
         for student in report.get("students", []):
             student.pop("log_history", None)
@@ -261,6 +275,11 @@ def main() -> None:
     parser.add_argument("--detection-demo-dir", default=str(ROOT / "outputs" / "shapes"))
     parser.add_argument("--signals-demo-dir", default=str(ROOT / "outputs" / "digits_signals"))
     parser.add_argument("--segmentation-demo-dir", default=str(ROOT / "outputs" / "segmentation"))
+    parser.add_argument(
+        "--allow-fewer-runs",
+        action="store_true",
+        help="quote a demo folder even when it holds fewer student runs than the committed results",
+    )
     args = parser.parse_args()
     pages = Pages()
     for folder, prefix, block in (
@@ -269,7 +288,7 @@ def main() -> None:
         (args.detection_demo_dir, "shapes_demo", "detection-demo"),
         (args.segmentation_demo_dir, "segmentation_demo", "segmentation-demo"),
     ):
-        quote_demo(pages, Path(folder), prefix, block)
+        quote_demo(pages, Path(folder), prefix, block, args.allow_fewer_runs)
     first_teacher = ROOT / "docs" / "results" / "shapes_first_teacher_results.md"
     if first_teacher.is_file():
         pages.fill("detection-first-teacher", first_teacher.read_text())

@@ -1,5 +1,6 @@
 """The README's generated short table of the converged paper-regime benchmark (docs/update_readme.py)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -77,3 +78,47 @@ def test_compact_table_of_a_benchmark_in_progress_says_so_first():
     text = update_readme.paper_compact_table(report)
     assert text.startswith("**In progress: 9 of 15 fold / seed pairs finished by every row.**\n\n| row |")
     assert "(9 pairs)" in text.splitlines()[2]
+
+
+def _demo_folder(path: Path, students: int) -> Path:
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"students": [{"seed": s} for s in range(students)]}))
+    (path / "results.md").write_text(f"| table of {students} runs |")
+    (path / "tradeoff.png").write_bytes(b"png")
+    return path
+
+
+class _Blocks:
+    """Records the blocks quote_demo fills instead of editing the real pages."""
+
+    def __init__(self) -> None:
+        self.filled: dict[str, str] = {}
+
+    def fill(self, name: str, body: str) -> None:
+        self.filled[name] = body
+
+
+def test_a_demo_folder_with_fewer_runs_than_the_committed_results_is_not_quoted(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(update_readme, "ROOT", tmp_path)
+    results = tmp_path / "docs" / "results"
+    results.mkdir(parents=True)
+    committed = json.dumps({"students": [{"seed": s} for s in range(12)]})
+    (results / "shapes_demo_results.json").write_text(committed)
+    smoke = _demo_folder(tmp_path / "outputs" / "shapes", 4)
+
+    blocks = _Blocks()
+    update_readme.quote_demo(blocks, smoke, "shapes_demo", "detection-demo")
+    assert blocks.filled == {} and (results / "shapes_demo_results.json").read_text() == committed
+    assert "4 student runs against the 12 of the committed docs/results/shapes_demo_results.json" in (
+        capsys.readouterr().out
+    )
+
+    update_readme.quote_demo(blocks, smoke, "shapes_demo", "detection-demo", allow_fewer_runs=True)
+    assert blocks.filled == {"detection-demo": "| table of 4 runs |"}
+    assert len(json.loads((results / "shapes_demo_results.json").read_text())["students"]) == 4
+
+    full = _demo_folder(tmp_path / "outputs" / "full", 12)  # more runs than committed (now 4): no flag needed
+    update_readme.quote_demo(blocks, full, "shapes_demo", "detection-demo")
+    assert blocks.filled["detection-demo"] == "| table of 12 runs |"
