@@ -173,6 +173,13 @@ class CompareArguments:
     )
     sgd_learning_rate: float = field(default=0.05, metadata={"help": "Learning rate of DOT's SGD form."})
     temperature: float = field(default=4.0, metadata={"help": "Distillation temperature of every KD run."})
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Paper regime: evaluate and score a moving average of the student's weights (DTOKDConfig's "
+            "ema_decay, with timm's warm-up; 0 = off): the curve and the test top-1 are the average's."
+        },
+    )
     eval_steps: int = field(default=50, metadata={"help": "Evaluate the student every this many steps."})
     teacher_steps: int = field(default=300, metadata={"help": "Optimizer steps of each fold's teacher."})
     student_family: str = field(
@@ -252,6 +259,12 @@ class CompareArguments:
             self.results_dir = str(RESULTS / "paper_regime" if paper else RESULTS)
         if self.regime == "paper" and self.student_family != "vit":
             raise ValueError("the paper regime has a ViT student: pass --student_family vit")
+        if self.ema_decay and self.regime != "paper":
+            raise ValueError("ema_decay is read by the paper regime only (--regime paper); leave it at 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                f"ema_decay must lie in [0, 1) (0 = no moving average; e.g. 0.999), got {self.ema_decay}"
+            )
         unknown = [
             r
             for r in self.rows
@@ -566,6 +579,8 @@ def run_paper(args: CompareArguments, row: str, fold: int, seed: int) -> dict[st
         alpha=alpha,
         temperature=args.temperature,
         teacher_model_name_or_path=str(teacher_dir(args, fold)),
+        ema_decay=args.ema_decay,
+        ema_warmup=args.ema_decay > 0,
         **extra,
     )
     kwargs = dict(
@@ -996,7 +1011,13 @@ def paper_markdown(
         f"Digits, {folds_read} x {args.seeds} seeds{extra}; every training image labelled "
         f"({100 * (1 - args.validation_fraction):.0f} % of each fold's pool; the rest is the validation split that "
         f"fixed the settings and gives the curves); student {student_description(args)}, {args.max_steps} steps, "
-        f"batch {args.batch_size}, AdamW {args.learning_rate} (wd 0.05, cosine); {augmentation} (timm); teacher "
+        f"batch {args.batch_size}, AdamW {args.learning_rate} (wd 0.05, cosine)"
+        + (
+            f", evaluated and scored on the moving average of its weights (decay {args.ema_decay}, timm's warm-up)"
+            if args.ema_decay
+            else ""
+        )
+        + f"; {augmentation} (timm); teacher "
         f"ResNet 32-64-128 (24 px) per fold, test top-1 {teachers}. T = {args.temperature}. `feature_vkd_*`: logit "
         "KD + VkD feature KD summed into one distillation objective (FeatureKDTrainer's default), "
         f"gram_parameters = {args.gram_parameters!r} for its DTO-KD row unless the row names it (`*_dto_shared`: the "
@@ -1385,6 +1406,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stop_file",
     )
     settings = {k: v for k, v in asdict(args).items() if k not in ignored}
+    if not settings["ema_decay"]:
+        # runs recorded before --ema_decay existed were made without an average: they match a run without one
+        del settings["ema_decay"]
     fingerprints = {fold: weights_fingerprint(teacher_dir(args, fold)) for fold in folds}
     done = finished_runs(args, settings, fingerprints)
     every_pair = [(fold, seed) for seed in range(args.seeds) for fold in folds]

@@ -260,6 +260,36 @@ def test_paper_regime_arguments_are_checked():
     )
     args = compare_methods.CompareArguments(regime="paper", student_family="vit")
     assert args.rows == list(compare_methods.PAPER_ROWS) and args.results_dir.endswith("paper_regime")
+    with pytest.raises(ValueError, match="ema_decay is read by the paper regime only"):
+        compare_methods.CompareArguments(ema_decay=0.999)
+    with pytest.raises(ValueError, match=r"ema_decay must lie in \[0, 1\)"):
+        compare_methods.CompareArguments(regime="paper", student_family="vit", ema_decay=1.0)
+
+
+def test_runs_with_a_moving_average_are_kept_apart_from_runs_without(tmp_path):
+    """--ema_decay enters a run's settings (a runs_dir of runs without the average refuses it), while runs made
+    without it keep the settings they were recorded with (no ema_decay key): they are reused, not retrained."""
+    runs = tmp_path / "runs"
+    argv = [
+        "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "--folds", "2", "--only_folds", "0",
+        "--seeds", "1", "--max_steps", "4", "--eval_steps", "2", "--teacher_steps", "2", "--workers", "1",
+        "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"), "--runs_dir", str(runs),
+    ]  # fmt: skip
+    compare_methods.main(argv)
+    (recorded,) = runs.iterdir()
+    run = json.loads(gzip.decompress(recorded.read_bytes()))
+    assert "ema_decay" not in run["settings"]
+    stamp = recorded.stat().st_mtime_ns
+    compare_methods.main(argv)  # reused: nothing trained, the file untouched
+    assert recorded.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="other settings"):
+        compare_methods.main([*argv, "--ema_decay", "0.9"])
+    averaged = tmp_path / "runs_ema"
+    report = compare_methods.main([*argv[:-1], str(averaged), "--ema_decay", "0.9"])
+    (run_ema,) = [json.loads(gzip.decompress(p.read_bytes())) for p in averaged.iterdir()]
+    assert run_ema["settings"]["ema_decay"] == 0.9 and report["arguments"]["ema_decay"] == 0.9
+    table = (tmp_path / "results" / "compare_methods.md").read_text()
+    assert "--ema_decay 0.9" in table and "moving average of its weights (decay 0.9" in table
 
 
 def test_dot_rows_take_another_momentum_gap_and_other_names_are_refused():
