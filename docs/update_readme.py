@@ -36,6 +36,8 @@ Blocks are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` and fill
 * ``compare-converged-compact`` (README and benchmarks page): its headline columns, from the same run's JSON;
 * ``dot-beta`` and ``dot-beta-update-size`` (compare-methods page): ``benchmarks/results/paper_regime/dot_beta/``,
   which part of the gap does it: one momentum at each branch's beta1, and the branches' second moment;
+* ``ema-spread`` (compare-methods page): ``benchmarks/results/paper_regime/converged_ema/spread.md``
+  (``benchmarks/ema_spread.py``), the converged regime's spread with and without a moving average of the weights;
 * ``config`` (configuration page): the DTOKDConfig fields with their defaults and help text.
 
 Run: ``python docs/update_readme.py [--demo-dir outputs/digits] [--detection-demo-dir outputs/shapes]
@@ -352,6 +354,9 @@ def main() -> None:
         pages.fill(
             "dot-beta-update-size", dot_update_table(json.loads(dot_beta.with_suffix(".json").read_text()))
         )
+    ema = benchmarks / "paper_regime" / "converged_ema" / "spread.md"
+    if ema.is_file():
+        pages.fill("ema-spread", ema.read_text())
     sharded = benchmarks / "sharded_equivalence.md"
     if sharded.is_file():
         pages.fill("sharded-equivalence", sharded.read_text())
