@@ -489,11 +489,11 @@ def parse_method(method_row: str) -> tuple[str, float, dict[str, Any]]:
     return method_row, 0.5, {}
 
 
-def experiment_of(row: str) -> str:
-    """Why a row's method is an experiment rather than a method to compare against (its balancer's
-    ``experiment``), or ``""``: such rows get their own table, outside the comparison."""
+def is_experiment(row: str) -> bool:
+    """Whether a row's method is an experiment rather than a method to compare against (its balancer declares
+    why in ``experiment``): such rows get their own table, outside the comparison."""
     method = METHOD_REGISTRY.get(parse_method(split_row(row)[1])[0])
-    return method.experiment if method is not None else ""
+    return method is not None and bool(method.experiment)
 
 
 #: the largest paired standard error (top-1, as a fraction) a compared row may have for the table to resolve
@@ -872,7 +872,7 @@ def paper_summary(
             {
                 "row": row,
                 "signal": signal,
-                "experiment": bool(experiment_of(row)),
+                "experiment": is_experiment(row),
                 "pairs": len(pairs),
                 "baseline": baseline,
                 "top1_mean": statistics.fmean(top1),

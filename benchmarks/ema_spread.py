@@ -117,7 +117,7 @@ def spread_report(
     return {"pairs": [list(p) for p in pairs], "rows": table, "differences": differences}
 
 
-def markdown(report: dict[str, Any], ema_decay: float | None) -> str:
+def markdown(report: dict[str, Any], ema_decay: float) -> str:
     def pp(x: float) -> str:
         return f"{100 * x:.2f}"
 
@@ -146,11 +146,10 @@ def markdown(report: dict[str, Any], ema_decay: float | None) -> str:
             f"| {d['row']} - {d['baseline']} | {100 * plain:+.2f} +- {pp(plain_se)}; {pp(d['plain_std'])} | "
             f"{100 * ema:+.2f} +- {pp(ema_se)}; {pp(d['ema_std'])} |"
         )
-    decay = "" if ema_decay is None else f" (decay {ema_decay}, timm's warm-up)"
     lines += [
         "",
         f"The same {n} fold / seed pairs and teachers, trained twice: plain weights, and their moving "
-        f"average{decay} evaluated and scored instead. Test top-1 on each fold's test split.",
+        f"average (decay {ema_decay}, timm's warm-up) evaluated and scored instead. Test top-1 on each fold's test split.",
     ]
     return "\n".join(lines)
 
@@ -164,15 +163,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(
             f"{args.ema_runs} holds runs without a moving average (--ema_decay); give the averaged runs"
         )
+    if len(decays) != 1:
+        raise ValueError(
+            f"{args.ema_runs} holds runs of several decays {sorted(decays)}; give one decay's runs"
+        )
     if any(run["settings"].get("ema_decay") for run in plain.values()):
         raise ValueError(f"{args.plain_runs} holds runs with a moving average; give the runs without one")
     report = spread_report(plain, averaged, args.rows)
     report["arguments"] = vars(args)
-    report["ema_decay"] = decays.pop() if len(decays) == 1 else sorted(decays)
+    (report["ema_decay"],) = decays
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    table = markdown(report, report["ema_decay"] if isinstance(report["ema_decay"], float) else None)
+    table = markdown(report, report["ema_decay"])
     output.with_suffix(".md").write_text(table + "\n")
     print(table)
     return report

@@ -266,9 +266,20 @@ def test_paper_regime_arguments_are_checked():
         compare_methods.CompareArguments(regime="paper", student_family="vit", ema_decay=1.0)
 
 
-def test_runs_with_a_moving_average_are_kept_apart_from_runs_without(tmp_path):
+def test_runs_with_a_moving_average_are_kept_apart_from_runs_without(tmp_path, monkeypatch):
     """--ema_decay enters a run's settings (a runs_dir of runs without the average refuses it), while runs made
-    without it keep the settings they were recorded with (no ema_decay key): they are reused, not retrained."""
+    without it keep the settings they were recorded with (no ema_decay key): they are reused, not retrained. The
+    decay reaches each run's DTOKDConfig (with timm's warm-up), which is what makes evaluate() score the average."""
+    import hf_dtokd
+
+    configs: list[tuple[float, bool]] = []
+
+    class RecordingConfig(hf_dtokd.DTOKDConfig):
+        def __post_init__(self) -> None:
+            configs.append((self.ema_decay, self.ema_warmup))
+            super().__post_init__()
+
+    monkeypatch.setattr(hf_dtokd, "DTOKDConfig", RecordingConfig)  # run_paper imports it at call time
     runs = tmp_path / "runs"
     argv = [
         "--regime", "paper", "--student_family", "vit", "--rows", "fixed_0.5", "--folds", "2", "--only_folds", "0",
@@ -288,6 +299,7 @@ def test_runs_with_a_moving_average_are_kept_apart_from_runs_without(tmp_path):
     report = compare_methods.main([*argv[:-1], str(averaged), "--ema_decay", "0.9"])
     (run_ema,) = [json.loads(gzip.decompress(p.read_bytes())) for p in averaged.iterdir()]
     assert run_ema["settings"]["ema_decay"] == 0.9 and report["arguments"]["ema_decay"] == 0.9
+    assert configs == [(0.0, False), (0.9, True)]  # one run trained without the average, one with it
     table = (tmp_path / "results" / "compare_methods.md").read_text()
     assert "--ema_decay 0.9" in table and "moving average of its weights (decay 0.9" in table
 

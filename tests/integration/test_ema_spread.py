@@ -13,12 +13,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import ema_spread  # noqa: E402
 
 
-def _write_runs(folder: Path, top1: dict[str, list[float]], ema_decay: float, teacher: str = "t") -> None:
+def _write_runs(
+    folder: Path, top1: dict[str, list[float]], ema_decay: float, teacher: str = "t", other_decay: float = 0.0
+) -> None:
     folder.mkdir(parents=True)
     for row, values in top1.items():
         for i, value in enumerate(values):
             fold, seed = i % 2, i // 2
-            settings = {"ema_decay": ema_decay} if ema_decay else {}
+            decay = (
+                other_decay if other_decay and i == 0 else ema_decay
+            )  # the first pair's run: another decay
+            settings = {"ema_decay": decay} if decay else {}
             run = {
                 "row": row,
                 "fold": fold,
@@ -66,11 +71,14 @@ def test_mismatched_folders_are_refused(tmp_path):
     _write_runs(tmp_path / "plain", runs, 0.0)
     _write_runs(tmp_path / "other_teacher", runs, 0.999, teacher="u")
     _write_runs(tmp_path / "no_average", runs, 0.0)
+    _write_runs(tmp_path / "two_decays", runs, 0.999, other_decay=0.99)
     common = ["--plain_runs", str(tmp_path / "plain"), "--output", str(tmp_path / "s")]
     with pytest.raises(ValueError, match="trained against other teachers"):
         ema_spread.main([*common, "--ema_runs", str(tmp_path / "other_teacher")])
     with pytest.raises(ValueError, match="holds runs without a moving average"):
         ema_spread.main([*common, "--ema_runs", str(tmp_path / "no_average")])
+    with pytest.raises(ValueError, match=r"runs of several decays \[0.99, 0.999\]"):
+        ema_spread.main([*common, "--ema_runs", str(tmp_path / "two_decays")])
     with pytest.raises(ValueError, match="is not a folder of runs"):
         ema_spread.main([*common, "--ema_runs", str(tmp_path / "missing")])
     with pytest.raises(ValueError, match="baseline and at least one row"):

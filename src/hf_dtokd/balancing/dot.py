@@ -108,24 +108,17 @@ class DOT(Balancer):
             )
         if form not in DOT_FORMS:
             raise ValueError(f"unknown DOT form {form!r}; valid values: {', '.join(DOT_FORMS)}")
-        if second_moment not in DOT_SECOND_MOMENTS:
-            raise ValueError(
-                f"unknown dot_second_moment {second_moment!r}; valid values: {', '.join(DOT_SECOND_MOMENTS)}"
-            )
-        if second_moment != "sum" and form != "adamw":
-            raise ValueError(
-                f"dot_second_moment={second_moment!r} belongs to the AdamW form (method='dot_adamw'); DOT's SGD "
-                "form has no second moment"
-            )
-        if bias_correction not in DOT_BIAS_CORRECTIONS:
-            raise ValueError(
-                f"unknown dot_bias_correction {bias_correction!r}; valid values: {', '.join(DOT_BIAS_CORRECTIONS)}"
-            )
-        if bias_correction != "branches" and form != "adamw":
-            raise ValueError(
-                f"dot_bias_correction={bias_correction!r} belongs to the AdamW form (method='dot_adamw'); DOT's SGD "
-                "form has no bias correction"
-            )
+        # the AdamW form's own options: a known value, and the default (the only value) with the SGD form
+        for name, value, choices, part in (
+            ("dot_second_moment", second_moment, DOT_SECOND_MOMENTS, "second moment"),
+            ("dot_bias_correction", bias_correction, DOT_BIAS_CORRECTIONS, "bias correction"),
+        ):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; valid values: {', '.join(choices)}")
+            if value != choices[0] and form != "adamw":
+                raise ValueError(
+                    f"{name}={value!r} belongs to the AdamW form (method='dot_adamw'); DOT's SGD form has no {part}"
+                )
         self.second_moment, self.bias_correction = second_moment, bias_correction
         self.pi = torch.tensor([alpha, 1.0 - alpha])
         self.momentum, self.delta, self.form = momentum, delta, form

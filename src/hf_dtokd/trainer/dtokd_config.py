@@ -336,8 +336,8 @@ class DTOKDConfig(TrainingArguments):
                 f"unknown rescale rule {self.rescale!r}; valid values: {', '.join(RESCALE_RULES)}"
             )
         self._check_method_options()
-        if method_class(self.method).experiment:
-            warnings.warn(method_class(self.method).experiment, UserWarning, stacklevel=3)
+        if experiment := method_class(self.method).experiment:
+            warnings.warn(experiment, UserWarning, stacklevel=3)
         if self.gradient_placement not in GRADIENT_PLACEMENTS:
             raise ValueError(
                 f"unknown gradient_placement {self.gradient_placement!r}; valid values: {', '.join(GRADIENT_PLACEMENTS)}"
